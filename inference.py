@@ -1,0 +1,94 @@
+"""Evaluate a model (optionally with a LoRA adapter) on a test file: HitRatio@1 and ValidRatio.
+
+Writes metrics.json, predictions.jsonl and run_config.json to --output_dir and prints the metrics.
+"""
+
+import json
+import logging
+import time
+
+import torch
+from peft import PeftModel
+
+from trainer.cli import run, save_run_config
+from trainer.data_interface import PromptBuilder, load_records, select_indices
+from trainer.errors import InputError
+from trainer.evaluation import generate_answers, score_answers, write_evaluation
+from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path
+
+logger = logging.getLogger("inference")
+
+
+def inference(
+    test_file: str = "data/lastfm/test.json",
+    output_dir: str = "output/eval",
+    model_name: str = EMBEDDED_MODEL_NAME,
+    adapter: str | None = None,
+    resume_from_checkpoint: str | None = None,
+    domain: str = "music",
+    template_index: int = 0,
+    max_prompt_tokens: int = 512,
+    max_samples: int | None = None,
+    sample_seed: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 20,
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+):
+    """Generate one greedy answer per test prompt and score it against the candidates.
+
+    Args:
+        test_file: JSON records to evaluate (see data/README.md).
+        output_dir: Folder for metrics.json, predictions.jsonl and run_config.json.
+        model_name: Base model: 'embedded-smollm2' (the bundled SmolLM2-135M-Instruct), a local folder or a hub id.
+        adapter: LoRA adapter folder to apply to the base model; none evaluates the base model alone.
+        resume_from_checkpoint: Same as --adapter (the name the S-DPO authors' scripts use).
+        domain: Prompt wording: music, movie, book or game.
+        template_index: Which of the domain's prompt templates to use (0-4); fixed for every prompt.
+        max_prompt_tokens: Token budget of a prompt; longer prompts drop their oldest history titles.
+        max_samples: Evaluate only this many records: the first ones, or a seeded sample with --sample_seed.
+        sample_seed: With --max_samples, draw a fixed random sample with this seed instead of a prefix.
+        batch_size: Prompts generated together.
+        max_new_tokens: Longest answer generated, in tokens.
+        dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16.
+        load_in_4bit: Load the base model in 4-bit NF4 through bitsandbytes.
+    """
+    config = dict(locals())
+    if adapter and resume_from_checkpoint and adapter != resume_from_checkpoint:
+        raise InputError("--adapter and --resume_from_checkpoint name different folders; give one")
+    adapter = adapter or resume_from_checkpoint
+
+    records = load_records(test_file)
+    indices = select_indices(len(records), max_samples, sample_seed)
+    records = [records[index] for index in indices]
+
+    dtype = resolve_dtype(dtype)
+    model_path = resolve_model_path(model_name)
+    tokenizer = load_tokenizer(model_path, padding_side="left")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_path, dtype, load_in_4bit, device_map={"": device})
+    if adapter:
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--adapter {adapter!r}: cannot load a LoRA adapter ({error})") from None
+    model.eval()
+
+    builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=template_index)
+    prompts = [builder.build(record, index) for record, index in zip(records, indices)]
+
+    logger.info("Evaluating %d prompts from %s on %s%s", len(prompts), test_file, model_path,
+                f" + {adapter}" if adapter else "")
+    started = time.perf_counter()
+    answers = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens)
+    predictions, metrics = score_answers(indices, records, answers)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["prompts_per_second"] = round(len(prompts) / metrics["seconds"], 3)
+
+    save_run_config(config | {"resolved_model_path": model_path, "resolved_adapter": adapter}, output_dir)
+    write_evaluation(output_dir, predictions, metrics)
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    run(inference)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Evaluates a model, with or without a LoRA adapter, on the LastFM test split: HitRatio@1 and
+# ValidRatio, written to OUTPUT_DIR/metrics.json with predictions.jsonl.
+# Settings are variables, each overridable from the environment; extra flags go to inference.py:
+#   ADAPTER= bash inference.sh                      # the base model alone
+#   MAX_SAMPLES=2495 bash inference.sh              # the whole test split
+#
+#   NUM_PROCESSES  processes for accelerate launch (1)
+#   MODEL_NAME     base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
+#   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
+#   DATA_DIR       folder holding test.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
+#   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
+#   MAX_SAMPLES    test records evaluated, a fixed seeded sample (500: ~5 min on 2 CPU cores)
+#   SAMPLE_SEED    seed of that sample (0)
+#   BATCH_SIZE     prompts generated together (16)
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/common.sh
+
+NUM_PROCESSES=${NUM_PROCESSES:-1}
+MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
+ADAPTER=${ADAPTER-output/sft}
+DATA_DIR=${DATA_DIR:-data/lastfm}
+OUTPUT_DIR=${OUTPUT_DIR:-output/eval}
+MAX_SAMPLES=${MAX_SAMPLES:-500}
+SAMPLE_SEED=${SAMPLE_SEED:-0}
+BATCH_SIZE=${BATCH_SIZE:-16}
+
+if [[ ${1:-} == --help || ${1:-} == -h ]]; then
+    show_help "$0" inference.py
+    exit 0
+fi
+
+ensure_lastfm_data "$DATA_DIR"
+adapter_flag=()
+if [[ -n $ADAPTER ]]; then
+    adapter_flag=(--adapter "$ADAPTER")
+fi
+launch inference.py \
+    --model_name "$MODEL_NAME" \
+    "${adapter_flag[@]}" \
+    --test_file "$DATA_DIR/test.json" \
+    --output_dir "$OUTPUT_DIR" \
+    --max_samples "$MAX_SAMPLES" \
+    --sample_seed "$SAMPLE_SEED" \
+    --batch_size "$BATCH_SIZE" \
+    "$@"

@@ -1,0 +1,190 @@
+"""Supervised fine-tuning with LoRA: prompt -> true title, loss on the answer tokens only.
+
+Writes the LoRA adapter (save_pretrained), the tokenizer, run_config.json and the training log
+(trainer_state.json, train_results.json with the final validation loss) to --output_dir.
+"""
+
+import logging
+import os
+
+import torch
+from datasets import Dataset
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from trl import SFTConfig, SFTTrainer
+
+from trainer.cli import is_main_process, run, save_run_config, write_json_atomically
+from trainer.data_interface import PromptBuilder, load_records, select_indices, supervised_example
+from trainer.errors import InputError
+from trainer.modeling import (
+    EMBEDDED_MODEL_NAME,
+    LLAMA_PROJECTIONS,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    resolve_dtype,
+    resolve_model_path,
+)
+
+logger = logging.getLogger("sft")
+
+EVAL_TEMPLATE_INDEX = 0  # validation prompts use inference's default template
+
+
+def supervised_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer) -> Dataset:
+    """A seeded sample of a data file as tokenized (input_ids, labels) rows."""
+    records = load_records(path)
+    indices = select_indices(len(records), max_samples, seed)
+    rows = [supervised_example(tokenizer, builder.build(records[index], index), records[index].target)
+            for index in indices]
+    return Dataset.from_list(rows)
+
+
+def sft(
+    train_file: str = "data/lastfm/train.json",
+    valid_file: str = "data/lastfm/valid.json",
+    output_dir: str = "output/sft",
+    model_name: str = EMBEDDED_MODEL_NAME,
+    resume_from_checkpoint: str | None = None,
+    domain: str = "music",
+    template_index: int | None = None,
+    max_prompt_tokens: int = 512,
+    max_train_samples: int | None = None,
+    max_valid_samples: int | None = 500,
+    seed: int = 42,
+    num_train_epochs: float = 1.0,
+    max_steps: int = -1,
+    batch_size: int = 4,
+    gradient_accumulation_steps: int = 1,
+    learning_rate: float = 1e-4,
+    lr_scheduler_type: str = "cosine",
+    warmup_ratio: float = 0.05,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 0.3,
+    lora_r: int = 8,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.1,
+    lora_target_modules: str = ",".join(LLAMA_PROJECTIONS),
+    load_in_4bit: bool = False,
+    dtype: str = "auto",
+    gradient_checkpointing: bool = False,
+    logging_steps: int = 10,
+    eval_steps: int = 0,
+    save_steps: int = 0,
+):
+    """Fine-tune a LoRA adapter to answer each prompt with its true title.
+
+    Args:
+        train_file: JSON training records (see data/README.md).
+        valid_file: JSON validation records; their loss is reported during and after training.
+        output_dir: Folder for the adapter, tokenizer, run_config.json and training logs.
+        model_name: Base model: 'embedded-smollm2' (the bundled SmolLM2-135M-Instruct), a local folder or a hub id.
+        resume_from_checkpoint: A Trainer checkpoint folder to resume, or a LoRA adapter folder to continue training.
+        domain: Prompt wording: music, movie, book or game.
+        template_index: Use this one template (0-4) for every training prompt; by default each example draws one, seeded by --seed and its index.
+        max_prompt_tokens: Token budget of a prompt; longer prompts drop their oldest history titles.
+        max_train_samples: Train on a seeded random sample of this many records (all when unset).
+        max_valid_samples: Compute the validation loss on a seeded random sample of this many records (all when unset).
+        seed: Seeds the samples, the templates, LoRA initialisation and the data order.
+        num_train_epochs: Passes over the training sample (ignored when --max_steps is positive).
+        max_steps: Stop after this many optimizer steps (-1: run the epochs).
+        batch_size: Examples per device per forward pass.
+        gradient_accumulation_steps: Forward passes per optimizer step.
+        learning_rate: Peak learning rate of AdamW.
+        lr_scheduler_type: Learning rate schedule after warm-up (a transformers scheduler name, e.g. cosine, linear, constant).
+        warmup_ratio: Fraction of the steps spent warming the learning rate up from 0.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm (the S-DPO authors use 0.3).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: Dropout on the LoRA input.
+        lora_target_modules: Comma-separated module names that get LoRA (default: every attention and MLP projection).
+        load_in_4bit: QLoRA: load the base model in 4-bit NF4 through bitsandbytes.
+        dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; bf16 also turns on bf16 autocast.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
+        logging_steps: Log the training loss every this many optimizer steps.
+        eval_steps: Compute the validation loss every this many steps as well as at the end (0: only at the end).
+        save_steps: Save a resumable checkpoint every this many steps (0: only the final adapter).
+    """
+    config = dict(locals())
+    torch_dtype = resolve_dtype(dtype)
+    model_path = resolve_model_path(model_name)
+    tokenizer = load_tokenizer(model_path, padding_side="right")
+
+    # Build (and so validate) both datasets before anything is written.
+    train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index)
+    eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX)
+    train_dataset = supervised_dataset(train_file, max_train_samples, seed, train_builder, tokenizer)
+    eval_dataset = supervised_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer)
+    logger.info("SFT on %d training examples (%s), validation loss on %d (%s)",
+                len(train_dataset), train_file, len(eval_dataset), valid_file)
+
+    trainer_checkpoint = None
+    if resume_from_checkpoint:
+        if os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json")):
+            trainer_checkpoint = resume_from_checkpoint
+        elif not os.path.isfile(os.path.join(resume_from_checkpoint, "adapter_config.json")):
+            raise InputError(f"--resume_from_checkpoint {resume_from_checkpoint!r}: "
+                             "neither a Trainer checkpoint nor a LoRA adapter folder")
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # A 4-bit model must be placed at load time; otherwise the Trainer places the model itself.
+    device_map = {"": local_rank if torch.cuda.is_available() else "cpu"} if load_in_4bit else None
+    model = load_model(model_path, torch_dtype, load_in_4bit, device_map)
+    if load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if resume_from_checkpoint and trainer_checkpoint is None:
+        model = PeftModel.from_pretrained(model, resume_from_checkpoint, is_trainable=True)
+    else:
+        model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
+    if is_main_process():
+        model.print_trainable_parameters()
+
+    args = SFTConfig(
+        output_dir=output_dir,
+        seed=seed,
+        num_train_epochs=num_train_epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type=lr_scheduler_type,
+        warmup_steps=warmup_ratio,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        bf16=torch_dtype == torch.bfloat16,
+        fp16=False,
+        activation_checkpointing=gradient_checkpointing,
+        # Prompts are budgeted by the builder; truncating here could cut the answer off.
+        max_length=None,
+        # Batches of similar length waste little compute on padding.
+        train_sampling_strategy="group_by_length",
+        logging_steps=logging_steps,
+        eval_strategy="steps" if eval_steps > 0 else "no",
+        eval_steps=eval_steps if eval_steps > 0 else None,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else None,
+        report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
+    results = dict(train_result.metrics) | trainer.evaluate()
+    results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset)}
+
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        trainer.save_state()
+        write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
+        save_run_config(config | {"resolved_model_path": model_path}, output_dir)
+        logger.info("Saved the adapter to %s; validation loss %.4f", output_dir, results["eval_loss"])
+
+
+if __name__ == "__main__":
+    run(sft)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Supervised fine-tuning (LoRA) of the embedded model on the LastFM data, sized for a 2-core CPU:
+# a seeded sample of MAX_TRAIN_SAMPLES training records, about 20 minutes here.
+# Settings are variables, each overridable from the environment; extra flags go to sft.py:
+#   MAX_TRAIN_SAMPLES= bash sft.sh                  # every training record
+#   bash sft.sh --load_in_4bit True                 # QLoRA
+#
+#   NUM_PROCESSES      processes for accelerate launch, one per GPU (1)
+#   MODEL_NAME         base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
+#   DATA_DIR           folder with train.json and valid.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
+#   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/sft)
+#   MAX_TRAIN_SAMPLES  training records, a seeded sample; empty for all (720)
+#   MAX_VALID_SAMPLES  validation records for the validation loss (200)
+#   EPOCHS             passes over the training sample (1)
+#   BATCH_SIZE         examples per forward pass (4)
+#   GRAD_ACCUM         forward passes per optimizer step (1)
+#   LEARNING_RATE      peak learning rate, cosine schedule (3e-4)
+#   SEED               seeds sampling, templates, initialisation and data order (42)
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/common.sh
+
+NUM_PROCESSES=${NUM_PROCESSES:-1}
+MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
+DATA_DIR=${DATA_DIR:-data/lastfm}
+OUTPUT_DIR=${OUTPUT_DIR:-output/sft}
+MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-720}
+MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-200}
+EPOCHS=${EPOCHS:-1}
+BATCH_SIZE=${BATCH_SIZE:-4}
+GRAD_ACCUM=${GRAD_ACCUM:-1}
+LEARNING_RATE=${LEARNING_RATE:-3e-4}
+SEED=${SEED:-42}
+
+if [[ ${1:-} == --help || ${1:-} == -h ]]; then
+    show_help "$0" sft.py
+    exit 0
+fi
+
+ensure_lastfm_data "$DATA_DIR"
+sample_flag=()
+if [[ -n $MAX_TRAIN_SAMPLES ]]; then
+    sample_flag=(--max_train_samples "$MAX_TRAIN_SAMPLES")
+fi
+launch sft.py \
+    --model_name "$MODEL_NAME" \
+    --train_file "$DATA_DIR/train.json" \
+    --valid_file "$DATA_DIR/valid.json" \
+    --output_dir "$OUTPUT_DIR" \
+    "${sample_flag[@]}" \
+    --max_valid_samples "$MAX_VALID_SAMPLES" \
+    --num_train_epochs "$EPOCHS" \
+    --batch_size "$BATCH_SIZE" \
+    --gradient_accumulation_steps "$GRAD_ACCUM" \
+    --learning_rate "$LEARNING_RATE" \
+    --seed "$SEED" \
+    "$@"

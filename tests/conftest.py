@@ -1,0 +1,80 @@
+"""Fixtures: the shared data location, the embedded model and tokenizer, a tiny random LLaMA."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from trainer.modeling import EMBEDDED_MODEL_NAME, load_tokenizer, resolve_model_path
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA_VARIABLE = "SHARED_DATA_DIR"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> str:
+    """../shared/data, found through SHARED_DATA_DIR (set by .ci/run). Missing data fails, never skips."""
+    path = os.environ.get(SHARED_DATA_VARIABLE)
+    if not path or not os.path.isdir(os.path.join(path, "lastfm")):
+        pytest.fail(f"set {SHARED_DATA_VARIABLE} to the shared data folder (holding lastfm/ and golden/); got {path!r}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path() -> str:
+    """The embedded SmolLM2 converted to safetensors (once per machine, cached)."""
+    return resolve_model_path(EMBEDDED_MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_path):
+    return load_tokenizer(embedded_model_path, padding_side="right")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_model_path, tokenizer) -> str:
+    """A 2-layer random LLaMA with the embedded tokenizer, saved as a model folder."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    folder = str(tmp_path_factory.mktemp("tiny-llama"))
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_records(path, records) -> str:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(records, handle)
+    return str(path)
+
+
+def make_record(index: int, num_candidates: int = 20) -> dict:
+    """A valid record with distinct made-up titles; the true item sits at a varying position."""
+    candidates = [f"Band {index}-{position}" for position in range(num_candidates)]
+    return {
+        "historyList": "::".join(f"Old Band {index}-{position}" for position in range(5)),
+        "itemList": candidates,
+        "trueSelection": candidates[index % num_candidates],
+    }
+
+
+@pytest.fixture
+def small_data_dir(tmp_path) -> str:
+    """train/valid/test JSON files of a few made-up records."""
+    for split, count in (("train", 12), ("valid", 4), ("test", 5)):
+        write_records(tmp_path / f"{split}.json", [make_record(index) for index in range(count)])
+    return str(tmp_path)

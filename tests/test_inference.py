@@ -1,0 +1,77 @@
+"""inference.py on a tiny random LLaMA: outputs, batching, and bad input from the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, make_record, write_records
+
+from inference import inference
+from trainer.evaluation import generate_answers
+from trainer.modeling import load_model, load_tokenizer
+
+
+def test_inference_writes_metrics_and_predictions(tiny_model_dir, small_data_dir, tmp_path):
+    output_dir = str(tmp_path / "eval")
+    inference(test_file=f"{small_data_dir}/test.json", output_dir=output_dir, model_name=tiny_model_dir,
+              max_samples=3, sample_seed=0, batch_size=2, max_new_tokens=4)
+    with open(os.path.join(output_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    assert metrics["n"] == 3
+    assert 0 <= metrics["hit_ratio_at_1"] <= metrics["valid_ratio"] <= 1
+    with open(os.path.join(output_dir, "predictions.jsonl")) as handle:
+        rows = [json.loads(line) for line in handle]
+    assert len(rows) == 3
+    assert set(rows[0]) == {"index", "candidates", "true_item", "answer", "matched_candidate", "valid", "hit"}
+    assert all(row["hit"] == (row["matched_candidate"] == row["true_item"]) for row in rows)
+    assert os.path.isfile(os.path.join(output_dir, "run_config.json"))
+
+
+def test_batched_generation_matches_one_prompt_at_a_time(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
+    model = load_model(tiny_model_dir, dtype=__import__("torch").float32).eval()
+    prompts = ["Short prompt. Answer:", "A much longer prompt with many more words in it. Answer:", "Mid one. Answer:"]
+    one_by_one = generate_answers(model, tokenizer, prompts, batch_size=1, max_new_tokens=5)
+    batched = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=5)
+    assert batched == one_by_one
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "bad_record, message",
+    [
+        ({"trueSelection": "Nobody"}, "record 1: field 'trueSelection'"),
+        ({"itemList": ["Same", "Same"], "trueSelection": "Same"}, "record 1: field 'itemList': duplicate candidate"),
+    ],
+)
+def test_bad_test_file_fails_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, bad_record, message):
+    test_file = write_records(tmp_path / "test.json", [make_record(0), make_record(1) | bad_record])
+    output_dir = tmp_path / "eval"
+    result = run_cli("inference.py", "--test_file", test_file, "--output_dir", str(output_dir),
+                     "--model_name", tiny_model_dir)
+    assert result.returncode == 2
+    error_line = result.stderr.strip().splitlines()[-1]
+    assert error_line == f"error: {test_file}: " + error_line.split(f"{test_file}: ", 1)[1]
+    assert message in error_line
+    assert not output_dir.exists()
+
+
+def test_not_json_and_unknown_model_fail_cleanly(tmp_path, small_data_dir):
+    (tmp_path / "broken.json").write_text("this is not json")
+    result = run_cli("inference.py", "--test_file", str(tmp_path / "broken.json"), "--output_dir", str(tmp_path / "a"))
+    assert result.returncode == 2 and "broken.json: not a JSON file" in result.stderr
+    result = run_cli("inference.py", "--test_file", f"{small_data_dir}/test.json", "--output_dir",
+                     str(tmp_path / "b"), "--model_name", str(tmp_path / "no-such-model"))
+    assert result.returncode == 2 and "error: --model_name" in result.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_sft_cli_rejects_a_bad_flag_value(tmp_path):
+    result = run_cli("sft.py", "--batch_size", "four", "--output_dir", str(tmp_path / "s"))
+    assert result.returncode == 2 and "error: --batch_size: expected int, got 'four'" in result.stderr
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,43 @@
+"""The stage scripts as a user runs them: sft.sh then inference.sh on the embedded model and LastFM."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def run_script(script, env_overrides, *args):
+    env = os.environ | env_overrides
+    return subprocess.run(["bash", script, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_sft_then_inference_scripts_on_the_embedded_model(shared_data_dir, tmp_path):
+    data_dir, sft_dir, eval_dir = tmp_path / "lastfm", tmp_path / "sft", tmp_path / "eval"
+    sft = run_script("sft.sh", {"DATA_DIR": str(data_dir), "OUTPUT_DIR": str(sft_dir), "MAX_TRAIN_SAMPLES": "8",
+                                "MAX_VALID_SAMPLES": "4"}, "--max_steps", "2", "--logging_steps", "1")
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    assert {"train.json", "valid.json", "test.json"} <= set(os.listdir(data_dir)), "sft.sh prepares the data"
+    assert os.path.isfile(sft_dir / "adapter_model.safetensors")
+    state = json.loads((sft_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
+
+    evaluation = run_script("inference.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sft_dir),
+                                             "OUTPUT_DIR": str(eval_dir), "MAX_SAMPLES": "4"})
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["n"] == 4 and 0 <= metrics["hit_ratio_at_1"] <= metrics["valid_ratio"] <= 1
+    assert json.loads((eval_dir / "run_config.json").read_text())["resolved_adapter"] == str(sft_dir)
+    lines = (eval_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+@pytest.mark.parametrize("script, flag", [("sft.sh", "--learning_rate"), ("inference.sh", "--max_new_tokens")])
+def test_stage_scripts_answer_help(script, flag):
+    result = run_script(script, {}, "--help")
+    assert result.returncode == 0
+    assert "NUM_PROCESSES" in result.stdout and flag in result.stdout

@@ -1,0 +1,68 @@
+"""The answer-matching rule and the summary metrics, on hand-made cases."""
+
+import pytest
+
+from trainer.metrics import match_answer, named_candidates, summarize, wilson_interval
+
+CANDIDATES = ["Genesis", "Genesis P-Orridge", "Hope", "Sunn O)))", "Harry Connick, Jr.", "Yes", "Muse"]
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("Genesis", "Genesis"),
+        (" Genesis", "Genesis"),
+        # A title inside a longer title is not a second mention.
+        ("Genesis P-Orridge", "Genesis P-Orridge"),
+        ("I pick Genesis P-Orridge.", "Genesis P-Orridge"),
+        # ...but the shorter title named on its own next to the longer one is.
+        ("Genesis or Genesis P-Orridge", None),
+        # No match inside a longer word or next to a digit.
+        ("Hopeless", None),
+        ("Hope2", None),
+        ("Hope", "Hope"),
+        ("'Hope'", "Hope"),
+        # Titles ending in punctuation need no boundary at that end.
+        ("Sunn O))) rules", "Sunn O)))"),
+        ("Harry Connick, Jr.", "Harry Connick, Jr."),
+        # "Yes" inside the word "Yesterday" is not a mention; as a word it is.
+        ("Yesterday", None),
+        ("Yes", "Yes"),
+        # Two different candidates: invalid. The same one twice: fine.
+        ("Muse\nHope", None),
+        ("Muse, Muse", "Muse"),
+        # Case-sensitive, as the paper's substring test.
+        ("muse", None),
+        ("", None),
+        ("\nA: 2\nB: 1", None),
+    ],
+)
+def test_match_answer(answer, expected):
+    assert match_answer(answer, CANDIDATES) == expected
+
+
+def test_named_candidates_lists_every_separate_mention_in_candidate_order():
+    assert named_candidates("Muse then Genesis then Hope", CANDIDATES) == ["Genesis", "Hope", "Muse"]
+
+
+def test_partly_overlapping_titles_both_count():
+    # Neither mention lies inside the other, so the answer names two candidates.
+    assert named_candidates("Alpha Beta Gamma", ["Alpha Beta", "Beta Gamma"]) == ["Alpha Beta", "Beta Gamma"]
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    # 5/10: centre 0.5, half-width 1.96*sqrt(0.025 + 0.0096)/1.384 = 0.2634 (z = 1.959964).
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    # 0/10: [0, z^2/(n+z^2)] = [0, 3.8415/13.8415].
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.27753, abs=1e-4)
+
+
+def test_summarize_divides_by_all_rows():
+    metrics = summarize(hits=[True, False, False, False], valid=[True, True, False, False])
+    assert metrics["n"] == 4
+    assert metrics["hit_ratio_at_1"] == 0.25
+    assert metrics["valid_ratio"] == 0.5
+    low, high = metrics["hit_ratio_at_1_ci95"]
+    assert low < 0.25 < high

@@ -1,0 +1,1 @@
+"""Shared code for the SFT, DPO, S-DPO and inference entry scripts."""

