@@ -22,6 +22,7 @@ ensure_lastfm_data() {
 }
 
 # Starts a Python stage through accelerate, NUM_PROCESSES processes (one per GPU; 1 on a CPU).
+# Precision is each script's own --dtype, so accelerate's mixed precision stays off here.
 launch() {
     accelerate launch --num_processes "$NUM_PROCESSES" --num_machines 1 --dynamo_backend no \
         --mixed_precision no "$@"

@@ -1,5 +1,6 @@
 """What every entry script shares: flag checking, rank-0 logging, and writing outputs safely."""
 
+import contextlib
 import functools
 import inspect
 import json
@@ -15,6 +16,7 @@ import fire
 from trainer.errors import InputError
 
 RUN_CONFIG_FILE = "run_config.json"
+HELP_FLAGS = ("-h", "--help")
 
 
 def is_main_process() -> bool:
@@ -63,8 +65,11 @@ def run(entry) -> None:
         check_flags(entry, inspect.signature(entry).bind(*args, **kwargs).arguments)
         return entry(*args, **kwargs)
 
+    # Fire prints help on stderr; help belongs on stdout, so `--help | less` works.
+    help_requested = any(flag in sys.argv[1:] for flag in HELP_FLAGS)
     try:
-        fire.Fire(checked_entry, serialize=lambda result: None)
+        with contextlib.redirect_stderr(sys.stdout) if help_requested else contextlib.nullcontext():
+            fire.Fire(checked_entry, serialize=lambda result: None)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
