@@ -7,7 +7,8 @@ import json
 import logging
 import time
 
-import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from peft import PeftModel
 
 from trainer.cli import run, save_run_config
@@ -65,8 +66,9 @@ def inference(
     dtype = resolve_dtype(dtype)
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_path, dtype, load_in_4bit, device_map={"": device})
+    # Under accelerate launch each process takes every num_processes-th prompt on its own device.
+    state = PartialState()
+    model = load_model(model_path, dtype, load_in_4bit, device_map={"": state.device})
     if adapter:
         try:
             model = PeftModel.from_pretrained(model, adapter)
@@ -80,10 +82,18 @@ def inference(
     logger.info("Evaluating %d prompts from %s on %s%s", len(prompts), test_file, model_path,
                 f" + {adapter}" if adapter else "")
     started = time.perf_counter()
-    answers = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens)
+    shard = list(range(state.process_index, len(prompts), state.num_processes))
+    shard_answers = generate_answers(model, tokenizer, [prompts[position] for position in shard], batch_size,
+                                     max_new_tokens)
+    answers = [""] * len(prompts)
+    for position, answer in gather_object(list(zip(shard, shard_answers))):
+        answers[position] = answer
+    if not state.is_main_process:
+        return
     predictions, metrics = score_answers(indices, records, answers)
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
-    metrics["prompts_per_second"] = round(len(prompts) / metrics["seconds"], 3)
+    seconds = time.perf_counter() - started
+    metrics["seconds"] = round(seconds, 1)
+    metrics["prompts_per_second"] = round(len(prompts) / seconds, 3)
 
     save_run_config(config | {"resolved_model_path": model_path, "resolved_adapter": adapter}, output_dir)
     write_evaluation(output_dir, predictions, metrics)
