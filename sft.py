@@ -9,7 +9,7 @@ import os
 
 import torch
 from datasets import Dataset
-from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
 from trainer.cli import is_main_process, run, save_run_config, write_json_atomically
@@ -18,7 +18,8 @@ from trainer.errors import InputError
 from trainer.modeling import (
     EMBEDDED_MODEL_NAME,
     LLAMA_PROJECTIONS,
-    load_model,
+    is_adapter_folder,
+    load_model_for_training,
     load_tokenizer,
     lora_config,
     resolve_dtype,
@@ -122,16 +123,11 @@ def sft(
     if resume_from_checkpoint:
         if os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json")):
             trainer_checkpoint = resume_from_checkpoint
-        elif not os.path.isfile(os.path.join(resume_from_checkpoint, "adapter_config.json")):
+        elif not is_adapter_folder(resume_from_checkpoint):
             raise InputError(f"--resume_from_checkpoint {resume_from_checkpoint!r}: "
                              "neither a Trainer checkpoint nor a LoRA adapter folder")
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    # A 4-bit model must be placed at load time; otherwise the Trainer places the model itself.
-    device_map = {"": local_rank if torch.cuda.is_available() else "cpu"} if load_in_4bit else None
-    model = load_model(model_path, torch_dtype, load_in_4bit, device_map)
-    if load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing)
     if resume_from_checkpoint and trainer_checkpoint is None:
         model = PeftModel.from_pretrained(model, resume_from_checkpoint, is_trainable=True)
     else:

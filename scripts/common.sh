@@ -1,4 +1,4 @@
-# Shared by the stage scripts (sft.sh, inference.sh, ...): sourced, not run.
+# Shared by the stage scripts (sft.sh, dpo.sh, softmax_dpo.sh, inference.sh): sourced, not run.
 # Expects the caller to have cd'ed to the repository root and set NUM_PROCESSES.
 
 # Prints the calling script's header comment, then the Python script's own --help.
@@ -26,4 +26,33 @@ ensure_lastfm_data() {
 launch() {
     accelerate launch --num_processes "$NUM_PROCESSES" --num_machines 1 --dynamo_backend no \
         --mixed_precision no "$@"
+}
+
+# Runs a preference stage (dpo.py or softmax_dpo.py) with the settings its .sh script defined above
+# (MODEL_NAME, SFT_ADAPTER, DATA_DIR, OUTPUT_DIR, LOSS_TYPE, NEG_NUM, BETA, MAX_TRAIN_SAMPLES, ...).
+launch_preference_stage() {
+    local python_script=$1
+    shift
+    ensure_lastfm_data "$DATA_DIR"
+    local sample_flag=()
+    if [[ -n $MAX_TRAIN_SAMPLES ]]; then
+        sample_flag=(--max_train_samples "$MAX_TRAIN_SAMPLES")
+    fi
+    launch "$python_script" \
+        --model_name "$MODEL_NAME" \
+        --sft_adapter "$SFT_ADAPTER" \
+        --train_file "$DATA_DIR/train.json" \
+        --valid_file "$DATA_DIR/valid.json" \
+        --output_dir "$OUTPUT_DIR" \
+        --loss_type "$LOSS_TYPE" \
+        --neg_num "$NEG_NUM" \
+        --beta "$BETA" \
+        "${sample_flag[@]}" \
+        --max_valid_samples "$MAX_VALID_SAMPLES" \
+        --num_train_epochs "$EPOCHS" \
+        --batch_size "$BATCH_SIZE" \
+        --gradient_accumulation_steps "$GRAD_ACCUM" \
+        --learning_rate "$LEARNING_RATE" \
+        --seed "$SEED" \
+        "$@"
 }

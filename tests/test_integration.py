@@ -16,8 +16,8 @@ def run_script(script, env_overrides, *args):
                           timeout=900)
 
 
-def test_sft_then_inference_scripts_on_the_embedded_model(shared_data_dir, tmp_path):
-    data_dir, sft_dir, eval_dir = tmp_path / "lastfm", tmp_path / "sft", tmp_path / "eval"
+def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(shared_data_dir, tmp_path):
+    data_dir, sft_dir, sdpo_dir, eval_dir = (tmp_path / name for name in ("lastfm", "sft", "sdpo", "eval"))
     sft = run_script("sft.sh", {"DATA_DIR": str(data_dir), "OUTPUT_DIR": str(sft_dir), "MAX_TRAIN_SAMPLES": "8",
                                 "MAX_VALID_SAMPLES": "4"}, "--max_steps", "2", "--logging_steps", "1")
     assert sft.returncode == 0, sft.stderr[-3000:]
@@ -26,17 +26,26 @@ def test_sft_then_inference_scripts_on_the_embedded_model(shared_data_dir, tmp_p
     state = json.loads((sft_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
 
-    evaluation = run_script("inference.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sft_dir),
+    sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "SFT_ADAPTER": str(sft_dir),
+                                         "OUTPUT_DIR": str(sdpo_dir), "MAX_TRAIN_SAMPLES": "4",
+                                         "MAX_VALID_SAMPLES": "2", "BATCH_SIZE": "2", "GRAD_ACCUM": "1"},
+                      "--max_steps", "1")
+    assert sdpo.returncode == 0, sdpo.stderr[-3000:]
+    state = json.loads((sdpo_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and "logps/chosen" in state["log_history"][0]
+
+    evaluation = run_script("inference.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sdpo_dir),
                                              "OUTPUT_DIR": str(eval_dir), "MAX_SAMPLES": "4"})
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["n"] == 4 and 0 <= metrics["hit_ratio_at_1"] <= metrics["valid_ratio"] <= 1
-    assert json.loads((eval_dir / "run_config.json").read_text())["resolved_adapter"] == str(sft_dir)
+    assert json.loads((eval_dir / "run_config.json").read_text())["resolved_adapter"] == str(sdpo_dir)
     lines = (eval_dir / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 4
 
 
-@pytest.mark.parametrize("script, flag", [("sft.sh", "--learning_rate"), ("inference.sh", "--max_new_tokens")])
+@pytest.mark.parametrize("script, flag", [("sft.sh", "--learning_rate"), ("dpo.sh", "--neg_num"),
+                                          ("softmax_dpo.sh", "--loss_type"), ("inference.sh", "--max_new_tokens")])
 def test_stage_scripts_answer_help(script, flag):
     result = run_script(script, {}, "--help")
     assert result.returncode == 0

@@ -56,6 +56,27 @@ def check_flags(entry, values: dict) -> None:
             raise InputError(f"--{name}: expected {expected}, got {values[name]!r}")
 
 
+def with_defaults(entry, summary: str, **defaults):
+    """`entry` under a new one-line summary and other flag defaults, for a script that is a preset of another."""
+    signature = inspect.signature(entry)
+    unknown = set(defaults) - set(signature.parameters)
+    if unknown:
+        raise ValueError(f"{entry.__name__} has no flags {sorted(unknown)}")
+
+    @functools.wraps(entry)
+    def preset(*args, **kwargs):
+        bound = preset.__signature__.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return entry(**bound.arguments)
+
+    preset.__signature__ = signature.replace(parameters=[
+        parameter.replace(default=defaults.get(name, parameter.default))
+        for name, parameter in signature.parameters.items()
+    ])
+    preset.__doc__ = summary + "\n" + entry.__doc__.split("\n", 1)[1]
+    return preset
+
+
 def run(entry) -> None:
     """Run an entry function as a command line program; bad input ends in one line and exit code 2."""
     setup_logging()

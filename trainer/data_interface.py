@@ -187,3 +187,19 @@ def supervised_example(tokenizer, prompt: str, title: str) -> dict[str, list[int
     prompt_ids = encode_prompt(tokenizer, prompt)
     answer_ids = encode_answer(tokenizer, title)
     return {"input_ids": prompt_ids + answer_ids, "labels": [-100] * len(prompt_ids) + answer_ids}
+
+
+def sample_negatives(record: Record, num_negatives: int, seed: int, example_index: int) -> list[str]:
+    """`num_negatives` candidates other than the true one, without replacement, seeded by run and example."""
+    others = [title for title in record.candidates if title != record.target]
+    if not 1 <= num_negatives <= len(others):
+        raise ValueError(f"cannot draw {num_negatives} negatives from {len(others)}")
+    return random.Random(f"{seed}:{example_index}:negatives").sample(others, num_negatives)
+
+
+def preference_example(tokenizer, prompt: str, chosen: str, rejected: list[str]) -> dict:
+    """prompt_ids, and completion_ids: the chosen answer first, then each rejected answer."""
+    return {
+        "prompt_ids": encode_prompt(tokenizer, prompt),
+        "completion_ids": [encode_answer(tokenizer, title) for title in [chosen, *rejected]],
+    }

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from trainer.errors import InputError
@@ -116,6 +116,22 @@ def load_model(model_path: str, dtype: torch.dtype, load_in_4bit: bool = False, 
         )
     except OSError as error:
         raise InputError(f"--model_name {model_path!r}: not a model folder or reachable hub id ({error})") from None
+
+
+def load_model_for_training(model_path: str, dtype: torch.dtype, load_in_4bit: bool, gradient_checkpointing: bool):
+    """The base model to put a trainable adapter on; in 4-bit it is placed on this process's device now."""
+    # A 4-bit model must be placed at load time; otherwise the Trainer places the model itself.
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device_map = {"": local_rank if torch.cuda.is_available() else "cpu"} if load_in_4bit else None
+    model = load_model(model_path, dtype, load_in_4bit, device_map)
+    if load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def is_adapter_folder(path: str) -> bool:
+    """A folder written by a PEFT model's save_pretrained."""
+    return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
 
 def parse_target_modules(target_modules) -> list[str]:

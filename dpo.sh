@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Pairwise DPO from the SFT adapter on the LastFM data, sized for a 2-core CPU: a seeded sample of
+# MAX_TRAIN_SAMPLES training prompts, each with one rejected title.
+# Settings are variables, each overridable from the environment; extra flags go to dpo.py:
+#   MAX_TRAIN_SAMPLES= EPOCHS=3 bash dpo.sh                       # every training prompt
+#
+#   NUM_PROCESSES      processes for accelerate launch, one per GPU (1)
+#   MODEL_NAME         base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
+#   SFT_ADAPTER        LoRA adapter to start from, also the frozen reference (output/sft, what sft.sh writes)
+#   DATA_DIR           folder with train.json and valid.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
+#   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/dpo)
+#   LOSS_TYPE          dpo; sdpo is the same loss with one negative (dpo)
+#   NEG_NUM            rejected titles per prompt (1)
+#   BETA               inverse temperature of the implicit reward (1.0)
+#   MAX_TRAIN_SAMPLES  training prompts, a seeded sample; empty for all (240)
+#   MAX_VALID_SAMPLES  validation prompts for the preference loss and reward accuracy; 0 for none (50)
+#   EPOCHS             passes over the training sample (1)
+#   BATCH_SIZE         prompts per forward pass (2)
+#   GRAD_ACCUM         forward passes per optimizer step (4)
+#   LEARNING_RATE      peak learning rate, cosine schedule (1e-4)
+#   SEED               seeds sampling, negatives, templates and data order (42)
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/common.sh
+
+NUM_PROCESSES=${NUM_PROCESSES:-1}
+MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
+SFT_ADAPTER=${SFT_ADAPTER:-output/sft}
+DATA_DIR=${DATA_DIR:-data/lastfm}
+OUTPUT_DIR=${OUTPUT_DIR:-output/dpo}
+LOSS_TYPE=${LOSS_TYPE:-dpo}
+NEG_NUM=${NEG_NUM:-1}
+BETA=${BETA:-1.0}
+MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-240}
+MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-50}
+EPOCHS=${EPOCHS:-1}
+BATCH_SIZE=${BATCH_SIZE:-2}
+GRAD_ACCUM=${GRAD_ACCUM:-4}
+LEARNING_RATE=${LEARNING_RATE:-1e-4}
+SEED=${SEED:-42}
+
+if [[ ${1:-} == --help || ${1:-} == -h ]]; then
+    show_help "$0" dpo.py
+    exit 0
+fi
+
+launch_preference_stage dpo.py "$@"

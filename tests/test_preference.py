@@ -1,0 +1,194 @@
+"""The preference stage on a tiny random LLaMA: batches, log-probs, TRL parity, training, the entry scripts."""
+
+import copy
+import inspect
+import json
+import os
+
+import pytest
+import torch
+from conftest import make_record, write_records
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from trl import DPOConfig, DPOTrainer
+
+from dpo import dpo
+from trainer.data_interface import PromptBuilder, answer_text, parse_record, preference_example, sample_negatives
+from trainer.errors import InputError
+from trainer.logprobs import completion_logps
+from trainer.modeling import LLAMA_PROJECTIONS
+from trainer.preference import train_preference
+from trainer.preference_trainer import MultiNegativeCollator, MultiNegativeDPOConfig, MultiNegativeDPOTrainer
+
+
+def examples(tokenizer, count: int, neg_num: int) -> list[dict]:
+    builder = PromptBuilder("music", seed=0)
+    rows = []
+    for index in range(count):
+        record = parse_record(make_record(index), "made-up", index)
+        # Titles of uneven token lengths: the chosen one gets a long tail on some examples.
+        target = record.target + " and the Extraordinarily Long Orchestra" * (index % 2)
+        rejected = sample_negatives(record, neg_num, seed=0, example_index=index)
+        rows.append(preference_example(tokenizer, builder.build(record, index)[: 40 + 17 * index], target, rejected))
+    return rows
+
+
+def lora_model(model_dir: str, seed: int = 0):
+    """A LoRA model whose adapter is not zero, so it differs from the base model from the start."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_PROJECTIONS), init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
+
+
+def slow_completion_logp(model, prompt_ids, completion_ids) -> torch.Tensor:
+    """One unpadded sequence, full logits: the definition, computed the obvious way."""
+    input_ids = torch.tensor([prompt_ids + completion_ids])
+    logits = model(input_ids=input_ids).logits[0].float()
+    token_logps = logits[:-1].log_softmax(-1).gather(-1, input_ids[0, 1:, None]).squeeze(-1)
+    return token_logps[len(prompt_ids) - 1:].sum()
+
+
+def test_collator_rows_are_example_major_and_left_padded(tokenizer):
+    rows = examples(tokenizer, 2, neg_num=3)
+    batch = MultiNegativeCollator(tokenizer.pad_token_id)(rows)
+    assert batch["input_ids"].shape[0] == 2 * 4
+    for example_index, example in enumerate(rows):
+        for completion_index, completion in enumerate(example["completion_ids"]):
+            row = example_index * 4 + completion_index
+            length = len(example["prompt_ids"]) + len(completion)
+            assert batch["input_ids"][row, -length:].tolist() == example["prompt_ids"] + completion
+            assert batch["attention_mask"][row].sum() == length and batch["attention_mask"][row, -length:].all()
+            assert batch["completion_mask"][row].sum() == len(completion)
+            assert batch["completion_mask"][row, -len(completion):].all()
+
+
+def test_completion_logps_match_the_slow_definition(tiny_model_dir, tokenizer):
+    model = lora_model(tiny_model_dir)
+    rows = examples(tokenizer, 3, neg_num=2)
+    batch = MultiNegativeCollator(tokenizer.pad_token_id)(rows)
+    fast = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    slow = torch.stack([slow_completion_logp(model, example["prompt_ids"], completion)
+                        for example in rows for completion in example["completion_ids"]])
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-4)
+    fast.sum().backward()
+    gradients = [parameter.grad for parameter in model.parameters() if parameter.requires_grad]
+    assert all(torch.isfinite(gradient).all() for gradient in gradients), "left padding must not leak NaN"
+    assert any(gradient.abs().sum() > 0 for gradient in gradients)
+
+
+def trainer_config(tmp_path, **overrides) -> dict:
+    settings = dict(output_dir=str(tmp_path), bf16=False, gradient_checkpointing=False, report_to="none",
+                    dataloader_pin_memory=False, per_device_train_batch_size=2, learning_rate=1e-2,
+                    warmup_steps=0, beta=0.7)
+    return settings | overrides
+
+
+def test_sdpo_with_one_negative_equals_trl_dpo_on_the_same_model_and_batch(tiny_model_dir, tokenizer, tmp_path):
+    builder = PromptBuilder("music", seed=0)
+    records = [parse_record(make_record(index), "made-up", index) for index in range(4)]
+    text_rows = [{"prompt": builder.build(record, index), "chosen": answer_text(record.target),
+                  "rejected": answer_text(sample_negatives(record, 1, seed=0, example_index=index)[0])}
+                 for index, record in enumerate(records)]
+    policy = lora_model(tiny_model_dir)
+    policy_copy = copy.deepcopy(policy)
+    trl_trainer = DPOTrainer(model=policy, args=DPOConfig(**trainer_config(tmp_path / "trl")),
+                             train_dataset=Dataset.from_list(text_rows), processing_class=tokenizer)
+    # TRL tokenizes the text itself; our examples reuse its token ids, so both see the same batch.
+    trl_rows = [{key: row[key] for key in ("prompt_ids", "chosen_ids", "rejected_ids")}
+                for row in trl_trainer.train_dataset]
+    rows = [{"prompt_ids": row["prompt_ids"], "completion_ids": [row["chosen_ids"], row["rejected_ids"]]}
+            for row in trl_rows]
+    assert rows[0] == preference_example(tokenizer, text_rows[0]["prompt"], records[0].target,
+                                         sample_negatives(records[0], 1, seed=0, example_index=0))
+    our_trainer = MultiNegativeDPOTrainer(
+        model=policy_copy, args=MultiNegativeDPOConfig(**trainer_config(tmp_path / "ours"), num_rejected=1),
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    # Both trainers copied the adapter into a frozen "ref"; move the policies away from it, identically.
+    for model in (policy, policy_copy):
+        torch.manual_seed(1)
+        for name, parameter in model.named_parameters():
+            if ".default." in name:
+                parameter.data += 0.5 * torch.randn_like(parameter)
+    trl_loss = trl_trainer._compute_loss(policy, trl_trainer.data_collator(trl_rows), return_outputs=False)
+    our_loss = our_trainer._compute_loss(policy_copy, our_trainer.data_collator(rows), return_outputs=False)
+    assert abs(trl_loss.item() - 0.6931) > 1e-3, "policy and reference must differ for the check to mean anything"
+    torch.testing.assert_close(our_loss, trl_loss, rtol=0, atol=1e-5)
+
+
+def test_training_changes_lora_weights_and_leaves_the_reference_alone(tiny_model_dir, tokenizer, tmp_path):
+    rows = examples(tokenizer, 4, neg_num=3)
+    model = lora_model(tiny_model_dir)
+    trainer = MultiNegativeDPOTrainer(
+        model=model, args=MultiNegativeDPOConfig(**trainer_config(tmp_path), num_rejected=3, max_steps=3,
+                                                 logging_steps=1),
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = trainer.data_collator(rows)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters() if "lora_" in name}
+    policy_before, reference_before = trainer._policy_and_reference_logps(model, batch)
+    torch.testing.assert_close(policy_before, reference_before)
+    trainer.train()
+    policy_after, reference_after = trainer._policy_and_reference_logps(model, batch)
+    torch.testing.assert_close(reference_after, reference_before, rtol=0, atol=1e-6)
+    assert not torch.allclose(policy_after, policy_before)
+    changed = [name for name, parameter in model.named_parameters()
+               if ".default." in name and not torch.equal(parameter, before[name])]
+    reference_names = [name for name in before if ".ref." in name]
+    assert changed and reference_names
+    assert all(torch.equal(model.get_parameter(name), before[name]) for name in reference_names)
+    logged = trainer.state.log_history[0]
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logps/chosen", "logps/rejected"):
+        assert key in logged
+
+
+def save_sft_adapter(tiny_model_dir, folder) -> str:
+    lora_model(tiny_model_dir).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("loss_type", ["sdpo", "dmpo"])
+def test_train_preference_writes_a_trained_adapter(tiny_model_dir, small_data_dir, tmp_path, loss_type):
+    sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
+    output_dir = tmp_path / "out"
+    train_preference(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                     valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir),
+                     resume_from_checkpoint=sft_dir, loss_type=loss_type, neg_num=3, max_steps=2, batch_size=2,
+                     gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0)
+    assert not os.path.exists(output_dir / "ref"), "the frozen reference copy is not saved"
+    trained, start = load_file(output_dir / "adapter_model.safetensors"), load_file(f"{sft_dir}/adapter_model.safetensors")
+    assert trained.keys() == start.keys()
+    assert any(not torch.equal(trained[name], start[name]) for name in trained)
+    config = json.loads((output_dir / "run_config.json").read_text())
+    assert config["loss_type"] == loss_type and config["resolved_sft_adapter"] == sft_dir
+    results = json.loads((output_dir / "train_results.json").read_text())
+    assert "eval_rewards/accuracies" in results and results["valid_examples"] == 4
+    assert os.path.isfile(output_dir / "tokenizer.json")
+
+
+def test_dpo_script_is_the_preference_stage_with_one_negative(tiny_model_dir, small_data_dir, tmp_path):
+    parameters = inspect.signature(dpo).parameters
+    assert parameters["loss_type"].default == "dpo" and parameters["neg_num"].default == 1
+    assert dpo.__doc__.startswith("Pairwise DPO") and "Args:" in dpo.__doc__
+    output_dir = tmp_path / "dpo"
+    dpo(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json", output_dir=str(output_dir),
+        max_valid_samples=0, max_steps=1, batch_size=2, gradient_accumulation_steps=1)
+    config = json.loads((output_dir / "run_config.json").read_text())
+    assert (config["loss_type"], config["neg_num"], config["sft_adapter"]) == ("dpo", 1, None)
+    assert os.path.isfile(output_dir / "adapter_model.safetensors")
+
+
+def test_too_many_negatives_fail_at_start_up_naming_the_record(tiny_model_dir, tmp_path):
+    train_file = write_records(tmp_path / "train.json", [make_record(0), make_record(1, num_candidates=3)])
+    output_dir = tmp_path / "out"
+    with pytest.raises(InputError, match=r"train\.json: record 1: field 'itemList': 2 negatives available"):
+        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(output_dir),
+                         neg_num=3, max_valid_samples=0)
+    assert not output_dir.exists()
+
+
+def test_conflicting_adapter_flags_are_refused(tmp_path):
+    with pytest.raises(InputError, match="--sft_adapter and --resume_from_checkpoint"):
+        train_preference(sft_adapter=str(tmp_path / "a"), resume_from_checkpoint=str(tmp_path / "b"))

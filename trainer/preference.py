@@ -1,0 +1,215 @@
+"""The preference stage shared by softmax_dpo.py and dpo.py: S-DPO, DPO or DMPO from an SFT adapter.
+
+Each training example is a prompt, its true title as the chosen answer and `neg_num` other
+candidates as rejected answers, drawn without replacement from a generator seeded by the run seed
+and the example index. Writes the trained adapter, the tokenizer, run_config.json and the training
+log (trainer_state.json with the per-step rewards and chosen log-probs, train_results.json).
+"""
+
+import logging
+import os
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+
+from trainer.cli import is_main_process, save_run_config, write_json_atomically
+from trainer.data_interface import PromptBuilder, load_records, preference_example, sample_negatives, select_indices
+from trainer.errors import InputError
+from trainer.losses import LOSS_TYPES
+from trainer.modeling import (
+    EMBEDDED_MODEL_NAME,
+    LLAMA_PROJECTIONS,
+    is_adapter_folder,
+    load_model_for_training,
+    load_tokenizer,
+    lora_config,
+    resolve_dtype,
+    resolve_model_path,
+)
+from trainer.preference_trainer import MultiNegativeDPOConfig, MultiNegativeDPOTrainer
+
+logger = logging.getLogger("preference")
+
+EVAL_TEMPLATE_INDEX = 0  # validation prompts use inference's default template
+
+
+def preference_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer,
+                       neg_num: int) -> Dataset:
+    """A seeded sample of a data file as tokenized (prompt_ids, completion_ids) preference examples."""
+    records = load_records(path)
+    indices = select_indices(len(records), max_samples, seed)
+    # Every record is checked before any is tokenized, so a bad --neg_num fails at start-up.
+    for index in indices:
+        available = len(records[index].candidates) - 1
+        if neg_num > available:
+            raise InputError(f"{path}: record {index}: field 'itemList': {available} negatives available, "
+                             f"fewer than --neg_num {neg_num}")
+    rows = []
+    for index in indices:
+        record = records[index]
+        rejected = sample_negatives(record, neg_num, seed, index)
+        rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected))
+    return Dataset.from_list(rows)
+
+
+def train_preference(
+    train_file: str = "data/lastfm/train.json",
+    valid_file: str = "data/lastfm/valid.json",
+    output_dir: str = "output/softmax_dpo",
+    model_name: str = EMBEDDED_MODEL_NAME,
+    sft_adapter: str | None = None,
+    resume_from_checkpoint: str | None = None,
+    loss_type: str = "sdpo",
+    neg_num: int = 3,
+    beta: float = 1.0,
+    domain: str = "music",
+    template_index: int | None = None,
+    max_prompt_tokens: int = 512,
+    max_train_samples: int | None = None,
+    max_valid_samples: int | None = 500,
+    seed: int = 42,
+    num_train_epochs: float = 3.0,
+    max_steps: int = -1,
+    batch_size: int = 4,
+    gradient_accumulation_steps: int = 8,
+    learning_rate: float = 1e-5,
+    lr_scheduler_type: str = "cosine",
+    warmup_ratio: float = 0.05,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 0.3,
+    lora_r: int = 8,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.1,
+    lora_target_modules: str = ",".join(LLAMA_PROJECTIONS),
+    load_in_4bit: bool = False,
+    dtype: str = "auto",
+    gradient_checkpointing: bool = False,
+    logging_steps: int = 1,
+    eval_steps: int = 0,
+    save_steps: int = 0,
+):
+    """Preference-train a LoRA adapter: S-DPO (default), DPO or DMPO, one true title against --neg_num others.
+
+    Args:
+        train_file: JSON training records (see data/README.md).
+        valid_file: JSON validation records; their preference loss and reward accuracy are reported.
+        output_dir: Folder for the adapter, tokenizer, run_config.json and training logs.
+        model_name: Base model: 'embedded-smollm2' (the bundled SmolLM2-135M-Instruct), a local folder or a hub id.
+        sft_adapter: LoRA adapter folder from sft.py to start from; it also serves, frozen, as the reference policy. Without one a fresh adapter is trained against the base model.
+        resume_from_checkpoint: The S-DPO authors' name for --sft_adapter.
+        loss_type: sdpo (softmax DPO), dpo (pairwise DPO, averaged over the negatives) or dmpo.
+        neg_num: Rejected titles per prompt (k), drawn from the other candidates, seeded by --seed and the example index.
+        beta: Inverse temperature of the implicit reward beta * log(pi / pi_ref).
+        domain: Prompt wording: music, movie, book or game.
+        template_index: Use this one template (0-4) for every training prompt; by default each example draws one, seeded by --seed and its index.
+        max_prompt_tokens: Token budget of a prompt; longer prompts drop their oldest history titles.
+        max_train_samples: Train on a seeded random sample of this many records (all when unset).
+        max_valid_samples: Evaluate on a seeded random sample of this many validation records (all when unset; 0 skips evaluation).
+        seed: Seeds the samples, the negatives, the templates, LoRA initialisation and the data order.
+        num_train_epochs: Passes over the training sample (ignored when --max_steps is positive).
+        max_steps: Stop after this many optimizer steps (-1: run the epochs).
+        batch_size: Prompts per device per forward pass (each brings 1 + neg_num sequences).
+        gradient_accumulation_steps: Forward passes per optimizer step.
+        learning_rate: Peak learning rate of AdamW.
+        lr_scheduler_type: Learning rate schedule after warm-up (a transformers scheduler name).
+        warmup_ratio: Fraction of the steps spent warming the learning rate up from 0.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm.
+        lora_r: LoRA rank of a fresh adapter (an SFT adapter keeps its own settings).
+        lora_alpha: LoRA scaling numerator of a fresh adapter.
+        lora_dropout: Dropout on the LoRA input of a fresh adapter (dropout is turned off while training preferences).
+        lora_target_modules: Comma-separated module names that get a fresh adapter.
+        load_in_4bit: QLoRA: load the base model in 4-bit NF4 through bitsandbytes.
+        dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; bf16 also turns on bf16 autocast.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
+        logging_steps: Log loss, rewards, reward accuracy and chosen log-prob every this many optimizer steps.
+        eval_steps: Evaluate every this many steps as well as at the end (0: only at the end).
+        save_steps: Save a resumable checkpoint every this many steps (0: only the final adapter).
+    """
+    config = dict(locals())
+    if sft_adapter and resume_from_checkpoint and sft_adapter != resume_from_checkpoint:
+        raise InputError("--sft_adapter and --resume_from_checkpoint name the same thing; give one of them")
+    start_adapter = sft_adapter or resume_from_checkpoint
+    if start_adapter and not is_adapter_folder(start_adapter):
+        raise InputError(f"--sft_adapter {start_adapter!r}: not a LoRA adapter folder (no adapter_config.json); "
+                         "sft.py writes one")
+    if loss_type not in LOSS_TYPES:
+        raise InputError(f"--loss_type: expected one of {list(LOSS_TYPES)}, got {loss_type!r}")
+    if neg_num < 1:
+        raise InputError(f"--neg_num must be at least 1, got {neg_num}")
+    if max_valid_samples is not None and max_valid_samples < 0:
+        raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
+    torch_dtype = resolve_dtype(dtype)
+    model_path = resolve_model_path(model_name)
+    tokenizer = load_tokenizer(model_path, padding_side="left")
+
+    # Build (and so validate) the datasets before anything is written.
+    train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index)
+    train_dataset = preference_dataset(train_file, max_train_samples, seed, train_builder, tokenizer, neg_num)
+    eval_dataset = None
+    if max_valid_samples != 0:
+        eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX)
+        eval_dataset = preference_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer, neg_num)
+    logger.info("%s with %d negatives on %d training prompts (%s)%s", loss_type, neg_num, len(train_dataset),
+                train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
+
+    model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing)
+    peft_config = None
+    if start_adapter:
+        model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
+    else:
+        logger.warning("No --sft_adapter: training a fresh adapter against the base model")
+        peft_config = lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules)
+
+    args = MultiNegativeDPOConfig(
+        output_dir=output_dir,
+        preference_loss=loss_type,
+        num_rejected=neg_num,
+        beta=beta,
+        seed=seed,
+        num_train_epochs=num_train_epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type=lr_scheduler_type,
+        warmup_steps=warmup_ratio,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        bf16=torch_dtype == torch.bfloat16,
+        fp16=False,
+        gradient_checkpointing=gradient_checkpointing,
+        logging_steps=logging_steps,
+        eval_strategy="steps" if eval_dataset is not None and eval_steps > 0 else "no",
+        eval_steps=eval_steps if eval_steps > 0 else None,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else None,
+        report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = MultiNegativeDPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if is_main_process():
+        trainer.model.print_trainable_parameters()
+    results = dict(trainer.train().metrics)
+    if eval_dataset is not None:
+        results |= trainer.evaluate()
+    results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset or [])}
+
+    if trainer.is_world_process_zero():
+        # Only the trained adapter is saved; the frozen "ref" copy is the SFT adapter, already on disk.
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, selected_adapters=["default"])
+        tokenizer.save_pretrained(output_dir)
+        trainer.save_state()
+        write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
+        save_run_config(config | {"resolved_model_path": model_path, "resolved_sft_adapter": start_adapter},
+                        output_dir)
+        logger.info("Saved the adapter to %s", output_dir)

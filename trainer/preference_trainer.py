@@ -1,0 +1,143 @@
+"""TRL's DPOTrainer, taught to compare one chosen completion with k rejected ones per prompt.
+
+What changes from DPOTrainer: examples arrive tokenized (prompt_ids, completion_ids with the chosen
+completion first), a batch holds 1 + k rows per prompt, and the loss is one of trainer.losses.
+Everything else (optimizer, schedule, PEFT reference adapter, logging, saving, distributed
+training) is DPOTrainer's and Trainer's own.
+
+The reference policy is never a second copy of the base model: when training continues an SFT
+adapter, DPOTrainer copies it into a frozen adapter named "ref"; when training a fresh adapter,
+the reference is the base model with adapters disabled.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import DPOConfig, DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import use_adapter
+
+from trainer.logprobs import completion_logps, pad_left
+from trainer.losses import LOSS_TYPES, preference_loss, rewards
+
+PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
+
+
+@dataclass
+class MultiNegativeDPOConfig(DPOConfig):
+    """DPOConfig plus the two settings of multi-negative preference training.
+
+    `beta` is DPOConfig's own. DPOConfig's `loss_type` and `precompute_ref_log_probs` are not used:
+    the loss is `preference_loss`, and reference log-probs are computed in each step.
+
+    Parameters:
+        num_rejected (`int`, defaults to `3`):
+            Rejected completions per prompt (k); each example must carry 1 + k completions.
+        preference_loss (`str`, defaults to `"sdpo"`):
+            "sdpo" (softmax DPO), "dpo" (pairwise DPO, averaged over the k rejected) or "dmpo".
+    """
+
+    num_rejected: int = field(default=3, metadata={"help": "Rejected completions per prompt (k)."})
+    preference_loss: str = field(default="sdpo", metadata={"help": f"One of {LOSS_TYPES}."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preference_loss not in LOSS_TYPES:
+            raise ValueError(f"preference_loss must be one of {LOSS_TYPES}, got {self.preference_loss!r}")
+        if self.num_rejected < 1:
+            raise ValueError(f"num_rejected must be at least 1, got {self.num_rejected}")
+        if self.precompute_ref_log_probs:
+            raise ValueError("precompute_ref_log_probs is not supported; reference log-probs are computed per step")
+
+
+@dataclass
+class MultiNegativeCollator:
+    """Examples -> one row per (prompt, completion), example-major, left-padded.
+
+    Row i * (1 + k) + j is example i's completion j (j = 0: chosen). Left padding puts every
+    completion at the right edge, so log-probs need the vocabulary head on the last positions only.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences, completion_masks = [], []
+        for example in examples:
+            prompt = example["prompt_ids"]
+            for completion in example["completion_ids"]:
+                sequences.append(prompt + completion)
+                completion_masks.append([0] * len(prompt) + [1] * len(completion))
+        return {
+            "input_ids": pad_left(sequences, self.pad_token_id),
+            "attention_mask": pad_left([[1] * len(sequence) for sequence in sequences], 0),
+            "completion_mask": pad_left(completion_masks, 0),
+        }
+
+
+class MultiNegativeDPOTrainer(DPOTrainer):
+    """DPOTrainer over batches of one chosen and `args.num_rejected` rejected completions per prompt."""
+
+    def __init__(self, *args, processing_class, **kwargs):
+        kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id))
+        super().__init__(*args, processing_class=processing_class, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        # Examples come tokenized by trainer.data_interface.preference_example; check their shape once here.
+        missing = [column for column in PREFERENCE_COLUMNS if column not in dataset.column_names]
+        if missing:
+            raise ValueError(f"the {dataset_name} dataset lacks the columns {missing}")
+        counts = {len(completions) for completions in dataset["completion_ids"]}
+        if counts != {1 + args.num_rejected}:
+            raise ValueError(f"every {dataset_name} example needs 1 + {args.num_rejected} completions, "
+                             f"found {sorted(counts)}")
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = PREFERENCE_COLUMNS
+
+    def _policy_and_reference_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 1 + k] log-probs under the policy (with gradients) and the frozen reference."""
+        batch = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        width = 1 + self.args.num_rejected
+        policy = completion_logps(model, *batch).view(-1, width)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if self.ref_model is not None:
+                reference = completion_logps(self.ref_model, *batch)
+            else:
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                with use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
+                    reference = completion_logps(model, *batch)
+        return policy, reference.view(-1, width)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        policy, reference = self._policy_and_reference_logps(model, inputs)
+        loss = preference_loss(self.args.preference_loss, policy[:, 0], policy[:, 1:], reference[:, 0],
+                               reference[:, 1:], self.beta).mean()
+        self._record_metrics(policy.detach(), reference)
+        return (loss, None) if return_outputs else loss
+
+    def _record_metrics(self, policy: torch.Tensor, reference: torch.Tensor) -> None:
+        """Per-step averages over the batch (and processes), logged by DPOTrainer.log."""
+        mode = "train" if self.model.training else "eval"
+        reward = rewards(policy, reference, self.beta)
+        chosen, rejected = reward[:, 0], reward[:, 1:]
+        values = {
+            "rewards/chosen": chosen,
+            "rewards/rejected": rejected.mean(dim=1),
+            "rewards/margins": chosen - rejected.mean(dim=1),
+            # The chosen completion must beat every rejected one.
+            "rewards/accuracies": (chosen > rejected.max(dim=1).values).float(),
+            # S-DPO's claim is that it keeps the chosen likelihood from falling as DPO's does.
+            "logps/chosen": policy[:, 0],
+            "logps/rejected": policy[:, 1:].mean(dim=1),
+        }
+        for name, value in values.items():
+            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Evaluation is the loss and the logged metrics; there are no logits to return.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
