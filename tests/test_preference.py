@@ -17,7 +17,7 @@ from trl import DPOConfig, DPOTrainer
 from dpo import dpo
 from trainer.data_interface import PromptBuilder, answer_text, parse_record, preference_example, sample_negatives
 from trainer.errors import InputError
-from trainer.logprobs import completion_logps
+from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps
 from trainer.modeling import LLAMA_PROJECTIONS
 from trainer.preference import train_preference
 from trainer.preference_trainer import MultiNegativeCollator, MultiNegativeDPOConfig, MultiNegativeDPOTrainer
@@ -51,9 +51,9 @@ def slow_completion_logp(model, prompt_ids, completion_ids) -> torch.Tensor:
     return token_logps[len(prompt_ids) - 1:].sum()
 
 
-def test_collator_rows_are_example_major_and_left_padded(tokenizer):
+def test_plain_collator_rows_are_example_major_and_left_padded(tokenizer):
     rows = examples(tokenizer, 2, neg_num=3)
-    batch = MultiNegativeCollator(tokenizer.pad_token_id)(rows)
+    batch = MultiNegativeCollator(tokenizer.pad_token_id, packed=False)(rows)
     assert batch["input_ids"].shape[0] == 2 * 4
     for example_index, example in enumerate(rows):
         for completion_index, completion in enumerate(example["completion_ids"]):
@@ -65,18 +65,67 @@ def test_collator_rows_are_example_major_and_left_padded(tokenizer):
             assert batch["completion_mask"][row, -len(completion):].all()
 
 
-def test_completion_logps_match_the_slow_definition(tiny_model_dir, tokenizer):
+def test_packed_rows_by_hand():
+    # Prompt [5, 6] with completions [7, 8] and [9]; prompt [1, 2, 3] with [4] and [4, 4]. The second row is
+    # one token longer, so the first gets one padding token on the left.
+    batch = collate_packed([pack_example([5, 6], [[7, 8], [9]]), pack_example([1, 2, 3], [[4], [4, 4]])], 0)
+    assert batch["input_ids"].tolist() == [[0, 5, 6, 7, 8, 9], [1, 2, 3, 4, 4, 4]]
+    # Positions restart after the prompt for every completion.
+    assert batch["position_ids"].tolist() == [[0, 0, 1, 2, 3, 2], [0, 1, 2, 3, 3, 4]]
+    assert batch["attention"][0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0],  # padding: itself only
+        [0, 1, 0, 0, 0, 0],  # prompt
+        [0, 1, 1, 0, 0, 0],
+        [0, 1, 1, 1, 0, 0],  # completion 0: the prompt and itself
+        [0, 1, 1, 1, 1, 0],
+        [0, 1, 1, 0, 0, 1],  # completion 1: the prompt and itself, not completion 0
+    ]
+    # The prompt's last token predicts each completion's first token; then each token predicts the next.
+    assert batch["predictors"].tolist() == [[2, 3, 2], [2, 2, 4]]
+    assert batch["targets"].tolist() == [[7, 8, 9], [4, 4, 4]]
+    assert batch["owners"].tolist() == [[0, 0, 1], [0, 1, 1]]
+
+
+def batch_logps(model, rows, packed: bool) -> torch.Tensor:
+    width = len(rows[0]["completion_ids"])
+    batch = MultiNegativeCollator(0, packed=packed)(rows)
+    if packed:
+        return packed_completion_logps(model, batch, width)
+    return completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).view(-1, width)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_completion_logps_match_the_slow_definition(tiny_model_dir, tokenizer, packed):
     model = lora_model(tiny_model_dir)
     rows = examples(tokenizer, 3, neg_num=2)
-    batch = MultiNegativeCollator(tokenizer.pad_token_id)(rows)
-    fast = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-    slow = torch.stack([slow_completion_logp(model, example["prompt_ids"], completion)
-                        for example in rows for completion in example["completion_ids"]])
+    fast = batch_logps(model, rows, packed)
+    slow = torch.stack([torch.stack([slow_completion_logp(model, example["prompt_ids"], completion)
+                                     for completion in example["completion_ids"]]) for example in rows])
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-4)
     fast.sum().backward()
     gradients = [parameter.grad for parameter in model.parameters() if parameter.requires_grad]
-    assert all(torch.isfinite(gradient).all() for gradient in gradients), "left padding must not leak NaN"
+    assert all(torch.isfinite(gradient).all() for gradient in gradients), "padding must not leak NaN"
     assert any(gradient.abs().sum() > 0 for gradient in gradients)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("neg_num", [1, 3, 7, 19])
+def test_packed_equals_plain_in_values_and_lora_gradients(tiny_model_dir, tokenizer, neg_num, attention):
+    model = lora_model(tiny_model_dir)
+    model.base_model.model.config._attn_implementation = attention
+    rows = examples(tokenizer, 3, neg_num=neg_num)
+    results = []
+    for packed in (True, False):
+        model.zero_grad()
+        logps = batch_logps(model, rows, packed)
+        # A loss that weighs completions unevenly, so every gradient path counts.
+        (logps * torch.linspace(-1, 1, logps.numel()).view_as(logps)).sum().backward()
+        results.append((logps.detach(), {name: parameter.grad.clone() for name, parameter in model.named_parameters()
+                                         if parameter.requires_grad}))
+    (packed_logps, packed_grads), (plain_logps, plain_grads) = results
+    torch.testing.assert_close(packed_logps, plain_logps, rtol=0, atol=1e-4)
+    for name, gradient in packed_grads.items():
+        torch.testing.assert_close(gradient, plain_grads[name], rtol=1e-3, atol=1e-5)
 
 
 def trainer_config(tmp_path, **overrides) -> dict:

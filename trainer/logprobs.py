@@ -1,7 +1,11 @@
-"""Per-completion log-probabilities: the one function preference training scores completions with.
+"""Per-completion log-probabilities, the scores preference training compares.
 
-A batch row is prompt + completion, left-padded, with a completion mask marking the completion's
-tokens. The sum of log pi(token | prefix) over those tokens is the completion's log-probability.
+Two ways compute the same numbers. The plain way (completion_logps): one left-padded row per
+prompt + completion, so a prompt is recomputed for each of its 1 + k completions. The packed way
+(pack_example, collate_packed, packed_completion_logps): one row per prompt holding the prompt
+once and then every completion, each completion attending only to the prompt and to itself, with
+positions restarting after the prompt, so every completion sees exactly what it would see alone.
+Either way the sum of log pi(token | prefix) over a completion's tokens is its log-probability.
 """
 
 import torch
@@ -40,3 +44,92 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     targets = input_ids[:, first_completion:]
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
     return (token_logps * completion_mask[:, first_completion:]).sum(dim=1)
+
+
+def pack_example(prompt: list[int], completions: list[list[int]]) -> dict:
+    """One prompt followed by all its completions, as one sequence (see packed_completion_logps).
+
+    Returns token ids, a segment id per token (-1 prompt, j for completion j), position ids that
+    restart right after the prompt for every completion, and for every completion token the
+    position whose logits predict it: the prompt's last token for a completion's first token,
+    the completion's previous token otherwise.
+    """
+    tokens, segments, positions, predictors, targets, owners = list(prompt), [-1] * len(prompt), [], [], [], []
+    positions = list(range(len(prompt)))
+    for index, completion in enumerate(completions):
+        start = len(tokens)
+        tokens += completion
+        segments += [index] * len(completion)
+        positions += range(len(prompt), len(prompt) + len(completion))
+        predictors += [len(prompt) - 1] + list(range(start, start + len(completion) - 1))
+        targets += completion
+        owners += [index] * len(completion)
+    return {"input_ids": tokens, "segments": segments, "position_ids": positions, "predictors": predictors,
+            "targets": targets, "owners": owners}
+
+
+def collate_packed(packed: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-pads packed sequences into a batch and builds the attention pattern.
+
+    attention [B, S, S] bool, True where query token q may attend key token k: a prompt token sees
+    the prompt up to itself; a completion token sees the whole prompt and its own completion up to
+    itself, never another completion; a padding token sees only itself (a row with nothing to
+    attend to would turn softmax into NaN). predictors/targets/owners are [B, T] over completion
+    tokens, padded with owner -1.
+    """
+    length = max(len(example["input_ids"]) for example in packed)
+    width = max(len(example["targets"]) for example in packed)
+    padding = [length - len(example["input_ids"]) for example in packed]
+    input_ids = torch.tensor([[pad_token_id] * pad + example["input_ids"] for pad, example in zip(padding, packed)])
+    segments = torch.tensor([[-2] * pad + example["segments"] for pad, example in zip(padding, packed)])
+    position_ids = torch.tensor([[0] * pad + example["position_ids"] for pad, example in zip(padding, packed)])
+    predictors = torch.tensor([[pad + predictor for predictor in example["predictors"]]
+                               + [length - 1] * (width - len(example["predictors"]))
+                               for pad, example in zip(padding, packed)])
+    targets = torch.tensor([example["targets"] + [pad_token_id] * (width - len(example["targets"]))
+                            for example in packed])
+    owners = torch.tensor([example["owners"] + [-1] * (width - len(example["owners"])) for example in packed])
+
+    query, key = segments[:, :, None], segments[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    sees_prompt = (key == -1) & (query != -2)
+    sees_own_completion = (key == query) & (query >= 0)
+    itself = torch.eye(length, dtype=torch.bool) & (query == -2)
+    attention = (causal & (sees_prompt | sees_own_completion)) | itself
+    return {"input_ids": input_ids, "attention": attention, "position_ids": position_ids,
+            "predictors": predictors, "targets": targets, "owners": owners}
+
+
+def _attention_mask(model, attention: torch.Tensor) -> torch.Tensor:
+    """The [B, 1, S, S] mask in the form the model's attention reads: bool for sdpa, additive for eager."""
+    config = getattr(model, "module", model).config
+    implementation = getattr(config, "_attn_implementation", None) or "eager"
+    if implementation == "sdpa":
+        return attention[:, None]
+    if implementation == "eager":
+        # Under eager attention a bool mask would be added as 0/1: it must be additive (0 / very negative).
+        blocked = torch.finfo(torch.float32).min
+        return torch.zeros(attention.shape, dtype=torch.float32, device=attention.device).masked_fill(
+            ~attention, blocked)[:, None]
+    raise ValueError(f"the packed forward needs sdpa or eager attention, not {implementation!r}")
+
+
+def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completions: int) -> torch.Tensor:
+    """log pi(completion j | prompt) for every prompt of a packed batch (collate_packed), as [B, num_completions].
+
+    Each prompt is computed once for all its completions. The vocabulary head runs only on the last
+    positions of the (left-padded) rows, where every predictor of a completion token lies.
+    """
+    input_ids, predictors = batch["input_ids"], batch["predictors"]
+    length = input_ids.shape[1]
+    valid = batch["owners"] >= 0
+    first_predictor = int(predictors.masked_fill(~valid, length - 1).min())
+    kept = length - first_predictor
+    logits = model(input_ids=input_ids, attention_mask=_attention_mask(model, batch["attention"]),
+                   position_ids=batch["position_ids"], logits_to_keep=kept, use_cache=False).logits.float()
+    rows = predictors - first_predictor  # [B, T] positions within the kept logits
+    vocabulary = logits.shape[-1]
+    chosen_logits = logits.flatten(1).gather(1, rows * vocabulary + batch["targets"])  # [B, T]
+    token_logps = (chosen_logits - logits.logsumexp(dim=-1).gather(1, rows)).masked_fill(~valid, 0.0)
+    sums = torch.zeros(input_ids.shape[0], num_completions, dtype=token_logps.dtype, device=token_logps.device)
+    return sums.scatter_add(1, batch["owners"].clamp(min=0), token_logps)

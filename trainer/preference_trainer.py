@@ -17,7 +17,13 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from trainer.logprobs import completion_logps, pad_left
+from trainer.logprobs import (
+    collate_packed,
+    completion_logps,
+    pack_example,
+    packed_completion_logps,
+    pad_left,
+)
 from trainer.losses import LOSS_TYPES, preference_loss, rewards
 
 PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
@@ -35,10 +41,15 @@ class MultiNegativeDPOConfig(DPOConfig):
             Rejected completions per prompt (k); each example must carry 1 + k completions.
         preference_loss (`str`, defaults to `"sdpo"`):
             "sdpo" (softmax DPO), "dpo" (pairwise DPO, averaged over the k rejected) or "dmpo".
+        packed_forward (`bool`, defaults to `True`):
+            One sequence per prompt holding the prompt once and then every completion, each completion
+            attending only to the prompt and itself. False scores 1 + k padded sequences per prompt
+            (the plain way, kept for comparison).
     """
 
     num_rejected: int = field(default=3, metadata={"help": "Rejected completions per prompt (k)."})
     preference_loss: str = field(default="sdpo", metadata={"help": f"One of {LOSS_TYPES}."})
+    packed_forward: bool = field(default=True, metadata={"help": "Compute each prompt once for its 1 + k completions."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -52,15 +63,20 @@ class MultiNegativeDPOConfig(DPOConfig):
 
 @dataclass
 class MultiNegativeCollator:
-    """Examples -> one row per (prompt, completion), example-major, left-padded.
+    """Examples -> a batch for the packed forward (default) or for the plain one.
 
-    Row i * (1 + k) + j is example i's completion j (j = 0: chosen). Left padding puts every
-    completion at the right edge, so log-probs need the vocabulary head on the last positions only.
+    Packed: one left-padded row per prompt holding the prompt and then all 1 + k completions
+    (trainer.logprobs.collate_packed). Plain: one left-padded row per (prompt, completion),
+    example-major: row i * (1 + k) + j is example i's completion j (j = 0: chosen).
     """
 
     pad_token_id: int
+    packed: bool = True
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if self.packed:
+            packed = [pack_example(example["prompt_ids"], example["completion_ids"]) for example in examples]
+            return collate_packed(packed, self.pad_token_id)
         sequences, completion_masks = [], []
         for example in examples:
             prompt = example["prompt_ids"]
@@ -77,9 +93,9 @@ class MultiNegativeCollator:
 class MultiNegativeDPOTrainer(DPOTrainer):
     """DPOTrainer over batches of one chosen and `args.num_rejected` rejected completions per prompt."""
 
-    def __init__(self, *args, processing_class, **kwargs):
-        kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id))
-        super().__init__(*args, processing_class=processing_class, **kwargs)
+    def __init__(self, model, args: MultiNegativeDPOConfig, processing_class, **kwargs):
+        kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id, args.packed_forward))
+        super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # Examples come tokenized by trainer.data_interface.preference_example; check their shape once here.
@@ -96,19 +112,23 @@ class MultiNegativeDPOTrainer(DPOTrainer):
         if self._signature_columns is None:
             self._signature_columns = PREFERENCE_COLUMNS
 
+    def _completion_logps(self, model, inputs) -> torch.Tensor:
+        """[B, 1 + k] log pi(completion | prompt), chosen first: the one place completions are scored."""
+        width = 1 + self.args.num_rejected
+        if self.args.packed_forward:
+            return packed_completion_logps(model, inputs, width)
+        plain = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        return plain.view(-1, width)
+
     def _policy_and_reference_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 1 + k] log-probs under the policy (with gradients) and the frozen reference."""
-        batch = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
-        width = 1 + self.args.num_rejected
-        policy = completion_logps(model, *batch).view(-1, width)
+        policy = self._completion_logps(model, inputs)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             if self.ref_model is not None:
-                reference = completion_logps(self.ref_model, *batch)
-            else:
-                unwrapped = self.accelerator.unwrap_model(self.model)
-                with use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
-                    reference = completion_logps(model, *batch)
-        return policy, reference.view(-1, width)
+                return policy, self._completion_logps(self.ref_model, inputs)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
+                return policy, self._completion_logps(model, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):
         policy, reference = self._policy_and_reference_logps(model, inputs)
