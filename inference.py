@@ -14,7 +14,7 @@ from peft import PeftModel
 from trainer.cli import run, save_run_config
 from trainer.data_interface import PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import generate_answers, score_answers, write_evaluation
+from trainer.evaluation import candidate_logps, generate_answers, score_answers, write_evaluation
 from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path
 
 logger = logging.getLogger("inference")
@@ -35,6 +35,7 @@ def inference(
     max_new_tokens: int = 20,
     dtype: str = "auto",
     load_in_4bit: bool = False,
+    score_candidates: bool = True,
 ):
     """Generate one greedy answer per test prompt and score it against the candidates.
 
@@ -53,6 +54,7 @@ def inference(
         max_new_tokens: Longest answer generated, in tokens.
         dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16.
         load_in_4bit: Load the base model in 4-bit NF4 through bitsandbytes.
+        score_candidates: Also rank every prompt's candidates by the model's log-probability of answering with each (HR@1, HR@5, NDCG@5, NDCG@10, MRR).
     """
     config = dict(locals())
     if adapter and resume_from_checkpoint and adapter != resume_from_checkpoint:
@@ -83,14 +85,22 @@ def inference(
                 f" + {adapter}" if adapter else "")
     started = time.perf_counter()
     shard = list(range(state.process_index, len(prompts), state.num_processes))
-    shard_answers = generate_answers(model, tokenizer, [prompts[position] for position in shard], batch_size,
-                                     max_new_tokens)
-    answers = [""] * len(prompts)
-    for position, answer in gather_object(list(zip(shard, shard_answers))):
-        answers[position] = answer
+    shard_prompts = [prompts[position] for position in shard]
+    shard_results = generate_answers(model, tokenizer, shard_prompts, batch_size, max_new_tokens)
+    if score_candidates:
+        shard_scores = candidate_logps(model, tokenizer, shard_prompts, [records[position] for position in shard],
+                                       batch_size)
+        shard_results = list(zip(shard_results, shard_scores))
+    results = [None] * len(prompts)
+    for position, result in gather_object(list(zip(shard, shard_results))):
+        results[position] = result
     if not state.is_main_process:
         return
-    predictions, metrics = score_answers(indices, records, answers)
+    if score_candidates:
+        answers, candidate_scores = (list(column) for column in zip(*results))
+    else:
+        answers, candidate_scores = results, None
+    predictions, metrics = score_answers(indices, records, answers, candidate_scores)
     seconds = time.perf_counter() - started
     metrics["seconds"] = round(seconds, 1)
     metrics["prompts_per_second"] = round(len(prompts) / seconds, 3)

@@ -13,7 +13,7 @@
 #   LOSS_TYPE          sdpo, dpo or dmpo (sdpo)
 #   NEG_NUM            rejected titles per prompt (3)
 #   BETA               inverse temperature of the implicit reward (1.0)
-#   MAX_TRAIN_SAMPLES  training prompts, a seeded sample; empty for all (240)
+#   MAX_TRAIN_SAMPLES  training prompts, a seeded sample; empty for all (480)
 #   MAX_VALID_SAMPLES  validation prompts for the preference loss and reward accuracy; 0 for none (50)
 #   EPOCHS             passes over the training sample (1)
 #   BATCH_SIZE         prompts per forward pass (2)
@@ -32,7 +32,7 @@ OUTPUT_DIR=${OUTPUT_DIR:-output/softmax_dpo}
 LOSS_TYPE=${LOSS_TYPE:-sdpo}
 NEG_NUM=${NEG_NUM:-3}
 BETA=${BETA:-1.0}
-MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-240}
+MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-480}
 MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-50}
 EPOCHS=${EPOCHS:-1}
 BATCH_SIZE=${BATCH_SIZE:-2}

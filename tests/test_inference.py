@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT, make_record, write_records
 
 from inference import inference
-from trainer.evaluation import generate_answers
+from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
+from trainer.evaluation import candidate_logps, generate_answers, score_answers
 from trainer.modeling import load_model, load_tokenizer
 
 
@@ -24,14 +26,41 @@ def test_inference_writes_metrics_and_predictions(tiny_model_dir, small_data_dir
     with open(os.path.join(output_dir, "predictions.jsonl")) as handle:
         rows = [json.loads(line) for line in handle]
     assert len(rows) == 3
-    assert set(rows[0]) == {"index", "candidates", "true_item", "answer", "matched_candidate", "valid", "hit"}
+    assert set(rows[0]) == {"index", "candidates", "true_item", "answer", "matched_candidate", "valid", "hit",
+                            "candidate_logps", "top_scored_candidate", "true_item_rank"}
     assert all(row["hit"] == (row["matched_candidate"] == row["true_item"]) for row in rows)
+    ranks = [row["true_item_rank"] for row in rows]
+    assert metrics["ranking_hit_ratio_at_1"] == sum(rank == 1 for rank in ranks) / 3
+    assert metrics["ranking_mrr"] == pytest.approx(sum(1 / rank for rank in ranks) / 3)
     assert os.path.isfile(os.path.join(output_dir, "run_config.json"))
+
+
+def test_candidate_scores_match_one_title_at_a_time(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
+    model = load_model(tiny_model_dir, dtype=torch.float32).eval()
+    records = [parse_record(make_record(index, num_candidates=4 + 3 * index), "made-up", index) for index in range(3)]
+    builder = PromptBuilder("music", template_index=0)
+    prompts = [builder.build(record, index) for index, record in enumerate(records)]
+    scores = candidate_logps(model, tokenizer, prompts, records, batch_size=2)
+    for prompt, record, row in zip(prompts, records, scores):
+        assert len(row) == len(record.candidates)
+        prompt_ids = encode_prompt(tokenizer, prompt)
+        for title, score in zip(record.candidates, row):
+            input_ids = torch.tensor([prompt_ids + encode_answer(tokenizer, title)])
+            with torch.no_grad():
+                logps = model(input_ids=input_ids).logits[0, :-1].log_softmax(-1)
+            expected = logps.gather(-1, input_ids[0, 1:, None])[len(prompt_ids) - 1 :].sum()
+            assert score == pytest.approx(expected.item(), abs=1e-4)
+    predictions, metrics = score_answers([0, 1, 2], records, ["", "", ""], scores)
+    slow_top = [max(record.candidates, key=lambda title, row=row, record=record: row[record.candidates.index(title)])
+                for record, row in zip(records, scores)]
+    assert [row["top_scored_candidate"] for row in predictions] == slow_top
+    assert metrics["ranking_hit_ratio_at_1"] == sum(top == record.target for top, record in zip(slow_top, records)) / 3
 
 
 def test_batched_generation_matches_one_prompt_at_a_time(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
-    model = load_model(tiny_model_dir, dtype=__import__("torch").float32).eval()
+    model = load_model(tiny_model_dir, dtype=torch.float32).eval()
     prompts = ["Short prompt. Answer:", "A much longer prompt with many more words in it. Answer:", "Mid one. Answer:"]
     one_by_one = generate_answers(model, tokenizer, prompts, batch_size=1, max_new_tokens=5)
     batched = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=5)

@@ -2,7 +2,14 @@
 
 import pytest
 
-from trainer.metrics import match_answer, named_candidates, summarize, wilson_interval
+from trainer.metrics import (
+    match_answer,
+    named_candidates,
+    summarize,
+    summarize_ranks,
+    true_item_rank,
+    wilson_interval,
+)
 
 CANDIDATES = ["Genesis", "Genesis P-Orridge", "Hope", "Sunn O)))", "Harry Connick, Jr.", "Yes", "Muse"]
 
@@ -66,3 +73,19 @@ def test_summarize_divides_by_all_rows():
     assert metrics["valid_ratio"] == 0.5
     low, high = metrics["hit_ratio_at_1_ci95"]
     assert low < 0.25 < high
+
+
+def test_true_item_rank_counts_strictly_better_candidates():
+    assert true_item_rank([-1.0, -3.0, -2.0], 0) == 1
+    assert true_item_rank([-1.0, -3.0, -2.0], 1) == 3
+    assert true_item_rank([-2.0, -2.0, -5.0], 1) == 1, "a tie does not push the true item down"
+
+
+def test_ranking_metrics_by_hand():
+    metrics = summarize_ranks([1, 3, 7, 12])
+    assert metrics["ranking_hit_ratio_at_1"] == 0.25
+    assert metrics["ranking_hit_ratio_at_5"] == 0.5
+    # NDCG@5: (1/log2(2) + 1/log2(4)) / 4 = (1 + 0.5) / 4; NDCG@10 adds 1/log2(8) = 1/3 for rank 7.
+    assert metrics["ranking_ndcg_at_5"] == pytest.approx(0.375)
+    assert metrics["ranking_ndcg_at_10"] == pytest.approx((1 + 0.5 + 1 / 3) / 4)
+    assert metrics["ranking_mrr"] == pytest.approx((1 + 1 / 3 + 1 / 7 + 1 / 12) / 4)

@@ -198,13 +198,15 @@ def save_sft_adapter(tiny_model_dir, folder) -> str:
     return str(folder)
 
 
-@pytest.mark.parametrize("loss_type", ["sdpo", "dmpo"])
-def test_train_preference_writes_a_trained_adapter(tiny_model_dir, small_data_dir, tmp_path, loss_type):
+@pytest.mark.parametrize("loss_type, packed_forward", [("sdpo", True), ("dmpo", False)])
+def test_train_preference_writes_a_trained_adapter(tiny_model_dir, small_data_dir, tmp_path, loss_type,
+                                                   packed_forward):
     sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
     output_dir = tmp_path / "out"
     train_preference(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
                      valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir),
-                     resume_from_checkpoint=sft_dir, loss_type=loss_type, neg_num=3, max_steps=2, batch_size=2,
+                     resume_from_checkpoint=sft_dir, loss_type=loss_type, packed_forward=packed_forward,
+                     neg_num=3, max_steps=2, batch_size=2,
                      gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0)
     assert not os.path.exists(output_dir / "ref"), "the frozen reference copy is not saved"
     trained, start = load_file(output_dir / "adapter_model.safetensors"), load_file(f"{sft_dir}/adapter_model.safetensors")

@@ -1,4 +1,9 @@
-"""Generation-based evaluation: greedy answers for a batch of prompts, scored by trainer.metrics."""
+"""Evaluation: greedy answers scored by trainer.metrics (the headline), and candidate scoring.
+
+Candidate scoring ranks the candidates of each prompt by the model's log-probability of answering
+with each of them; the ranking gives HR@1, HR@5, NDCG@5, NDCG@10 and MRR, which show what the model
+prefers even where its generated answer names no candidate.
+"""
 
 import os
 
@@ -6,8 +11,9 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.cli import is_main_process, write_json_atomically, write_jsonl_atomically
-from trainer.data_interface import Record
-from trainer.metrics import match_answer, summarize
+from trainer.data_interface import Record, encode_answer, encode_prompt
+from trainer.logprobs import collate_packed, pack_example, packed_completion_logps
+from trainer.metrics import match_answer, summarize, summarize_ranks, true_item_rank
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -43,23 +49,55 @@ def generate_answers(model, tokenizer, prompts: list[str], batch_size: int, max_
     return answers
 
 
-def score_answers(indices: list[int], records: list[Record], answers: list[str]) -> tuple[list[dict], dict]:
-    """Per-row predictions and the summary metrics (HitRatio@1, ValidRatio, intervals, n)."""
+@torch.no_grad()
+def candidate_logps(model, tokenizer, prompts: list[str], records: list[Record], batch_size: int) -> list[list[float]]:
+    """log pi(" " + title + eos | prompt) for every candidate of every prompt, in candidate order.
+
+    One packed forward per prompt scores all its candidates (trainer.logprobs): the prompt is
+    computed once, each title sees only the prompt and itself.
+    """
+    device = next(model.parameters()).device
+    scores = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="scoring candidates", disable=not is_main_process()):
+        batch_records = records[start : start + batch_size]
+        packed = [pack_example(encode_prompt(tokenizer, prompt), [encode_answer(tokenizer, title)
+                                                                  for title in record.candidates])
+                  for prompt, record in zip(prompts[start : start + batch_size], batch_records)]
+        width = max(len(record.candidates) for record in batch_records)
+        batch = {name: tensor.to(device) for name, tensor in collate_packed(packed, tokenizer.pad_token_id).items()}
+        logps = packed_completion_logps(model, batch, width).tolist()
+        scores += [row[: len(record.candidates)] for row, record in zip(logps, batch_records)]
+    return scores
+
+
+def score_answers(indices: list[int], records: list[Record], answers: list[str],
+                  candidate_scores: list[list[float]] | None = None) -> tuple[list[dict], dict]:
+    """Per-row predictions and the summary metrics (HitRatio@1, ValidRatio, intervals, n).
+
+    With candidate scores, each row also gets the candidates' log-probabilities, the top-scored
+    candidate and the true item's rank, and the metrics the ranking ones (trainer.metrics).
+    """
     predictions = []
-    for index, record, answer in zip(indices, records, answers, strict=True):
+    for position, (index, record, answer) in enumerate(zip(indices, records, answers, strict=True)):
         matched = match_answer(answer, record.candidates)
-        predictions.append(
-            {
-                "index": index,
-                "candidates": list(record.candidates),
-                "true_item": record.target,
-                "answer": answer,
-                "matched_candidate": matched,
-                "valid": matched is not None,
-                "hit": matched == record.target,
-            }
-        )
+        row = {
+            "index": index,
+            "candidates": list(record.candidates),
+            "true_item": record.target,
+            "answer": answer,
+            "matched_candidate": matched,
+            "valid": matched is not None,
+            "hit": matched == record.target,
+        }
+        if candidate_scores is not None:
+            scores = candidate_scores[position]
+            row["candidate_logps"] = scores
+            row["top_scored_candidate"] = record.candidates[max(range(len(scores)), key=scores.__getitem__)]
+            row["true_item_rank"] = true_item_rank(scores, record.candidates.index(record.target))
+        predictions.append(row)
     metrics = summarize([row["hit"] for row in predictions], [row["valid"] for row in predictions])
+    if candidate_scores is not None:
+        metrics |= summarize_ranks([row["true_item_rank"] for row in predictions])
     return predictions, metrics
 
 

@@ -80,3 +80,26 @@ def summarize(hits: list[bool], valid: list[bool]) -> dict:
         metrics[name] = count / total
         metrics[f"{name}_ci95"] = [low, high]
     return metrics
+
+
+def true_item_rank(scores: list[float], true_index: int) -> int:
+    """1 + the number of candidates scored strictly above the true one (ties resolve in its favour)."""
+    return 1 + sum(score > scores[true_index] for score in scores)
+
+
+def summarize_ranks(ranks: list[int]) -> dict:
+    """Ranking metrics from the true item's rank among the candidates, averaged over all rows.
+
+    HR@k: the true item ranks k or better. NDCG@k: 1 / log2(rank + 1) when it ranks k or better,
+    else 0 (one relevant item, so the ideal DCG is 1). MRR: mean of 1 / rank.
+    """
+    if not ranks:
+        raise ValueError("no rows to summarize")
+    total = len(ranks)
+    metrics = {}
+    for cutoff in (1, 5):
+        metrics[f"ranking_hit_ratio_at_{cutoff}"] = sum(rank <= cutoff for rank in ranks) / total
+    for cutoff in (5, 10):
+        metrics[f"ranking_ndcg_at_{cutoff}"] = sum(1 / math.log2(rank + 1) for rank in ranks if rank <= cutoff) / total
+    metrics["ranking_mrr"] = sum(1 / rank for rank in ranks) / total
+    return metrics
