@@ -121,14 +121,14 @@ def measure(model_name: str, train_file: str, neg_num: int, packed: bool, batch_
 
 
 def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/train.json",
-          neg_nums: str = "1,3,7,19", batch_size: int = 2, steps: int = 3, dtype: str = "float32",
+          neg_nums: int | tuple = (1, 3, 7, 19), batch_size: int = 2, steps: int = 3, dtype: str = "float32",
           device: str = "cpu", seed: int = 0, worker: str | None = None):
     """Print plain against packed for each k.
 
     Args:
         model_name: Base model ('embedded-smollm2', a folder or a hub id); a fresh LoRA adapter goes on it.
         train_file: JSON records to draw prompts from.
-        neg_nums: Comma-separated k values.
+        neg_nums: The k values, e.g. 3 or 1,3,7,19.
         batch_size: Prompts per step.
         steps: Timed steps per measurement, after one warm-up step.
         dtype: float32, bfloat16 or float16.
@@ -142,7 +142,7 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/
         way, neg_num = worker.split(":")
         print(json.dumps(measure(neg_num=int(neg_num), packed=way == "packed", **settings)))
         return
-    values = [int(value) for value in str(neg_nums).replace("(", "").replace(")", "").split(",") if str(value).strip()]
+    values = (neg_nums,) if isinstance(neg_nums, int) else tuple(neg_nums)
     print(f"one S-DPO step ({batch_size} prompts): policy forward+backward and reference forward; "
           f"{dtype} on {device}, median of {steps} steps")
     header = ("k", "plain s", "packed s", "speed-up", "plain GB", "packed GB", "memory ratio",

@@ -3,6 +3,7 @@
 import copy
 import inspect
 import json
+import math
 import os
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import make_record, write_records
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from trl import DPOConfig, DPOTrainer
 
 from dpo import dpo
@@ -243,3 +244,22 @@ def test_too_many_negatives_fail_at_start_up_naming_the_record(tiny_model_dir, t
 def test_conflicting_adapter_flags_are_refused(tmp_path):
     with pytest.raises(InputError, match="--sft_adapter and --resume_from_checkpoint"):
         train_preference(sft_adapter=str(tmp_path / "a"), resume_from_checkpoint=str(tmp_path / "b"))
+
+
+def test_qlora_preference_training_runs_in_4bit(tokenizer, small_data_dir, tmp_path):
+    # bitsandbytes' CPU kernels need layers at least one quantization block (64) wide.
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    model_dir = str(tmp_path / "tiny-64")
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    output_dir = tmp_path / "qlora"
+    train_preference(model_name=model_dir, train_file=f"{small_data_dir}/train.json",
+                     valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), load_in_4bit=True,
+                     neg_num=2, max_steps=2, batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
+                     warmup_ratio=0.0)
+    results = json.loads((output_dir / "train_results.json").read_text())
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+    assert os.path.isfile(output_dir / "adapter_model.safetensors")

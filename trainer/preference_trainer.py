@@ -1,7 +1,8 @@
 """TRL's DPOTrainer, taught to compare one chosen completion with k rejected ones per prompt.
 
 What changes from DPOTrainer: examples arrive tokenized (prompt_ids, completion_ids with the chosen
-completion first), a batch holds 1 + k rows per prompt, and the loss is one of trainer.losses.
+completion first), a batch scores 1 + k completions per prompt (packed into one row per prompt by
+default, see trainer.logprobs), and the loss is one of trainer.losses.
 Everything else (optimizer, schedule, PEFT reference adapter, logging, saving, distributed
 training) is DPOTrainer's and Trainer's own.
 
@@ -31,7 +32,7 @@ PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
 
 @dataclass
 class MultiNegativeDPOConfig(DPOConfig):
-    """DPOConfig plus the two settings of multi-negative preference training.
+    """DPOConfig plus the settings of multi-negative preference training.
 
     `beta` is DPOConfig's own. DPOConfig's `loss_type` and `precompute_ref_log_probs` are not used:
     the loss is `preference_loss`, and reference log-probs are computed in each step.
