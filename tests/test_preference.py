@@ -21,7 +21,12 @@ from trainer.errors import InputError
 from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps
 from trainer.modeling import LLAMA_PROJECTIONS
 from trainer.preference import train_preference
-from trainer.preference_trainer import MultiNegativeCollator, MultiNegativeDPOConfig, MultiNegativeDPOTrainer
+from trainer.preference_trainer import (
+    REFERENCE_COLUMN,
+    MultiNegativeCollator,
+    MultiNegativeDPOConfig,
+    MultiNegativeDPOTrainer,
+)
 
 
 def examples(tokenizer, count: int, neg_num: int) -> list[dict]:
@@ -192,6 +197,28 @@ def test_training_changes_lora_weights_and_leaves_the_reference_alone(tiny_model
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected"):
         assert key in logged
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_precomputed_reference_log_probs_equal_the_per_step_ones(tiny_model_dir, tokenizer, tmp_path, packed):
+    rows = examples(tokenizer, 5, neg_num=3)
+    trainers = []
+    for precompute in (False, True):
+        config = MultiNegativeDPOConfig(**trainer_config(tmp_path / str(precompute)), num_rejected=3,
+                                        packed_forward=packed, precompute_ref_log_probs=precompute, max_steps=2)
+        trainers.append(MultiNegativeDPOTrainer(model=lora_model(tiny_model_dir), args=config,
+                                                train_dataset=Dataset.from_list(rows), processing_class=tokenizer))
+    per_step, precomputed = trainers
+    stored = torch.tensor(precomputed.train_dataset[REFERENCE_COLUMN])
+    assert stored.shape == (5, 4)
+    batch = per_step.data_collator(rows)
+    # Batches of 2 (precomputed) and of 5 differ in padding, hence a float32 rounding tolerance.
+    torch.testing.assert_close(stored, per_step._reference_logps(per_step.model, batch), rtol=1e-6, atol=1e-4)
+    precomputed_batch = precomputed.data_collator(list(precomputed.train_dataset))
+    _, reference = precomputed._policy_and_reference_logps(precomputed.model, precomputed_batch)
+    torch.testing.assert_close(reference, stored)
+    precomputed.train()
+    assert precomputed.state.global_step == 2
 
 
 def save_sft_adapter(tiny_model_dir, folder) -> str:

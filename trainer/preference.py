@@ -86,6 +86,7 @@ def train_preference(
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
     packed_forward: bool = True,
+    precompute_ref_log_probs: bool = False,
     logging_steps: int = 1,
     eval_steps: int = 0,
     save_steps: int = 0,
@@ -125,6 +126,7 @@ def train_preference(
         dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; bf16 also turns on bf16 autocast.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
         packed_forward: Compute each prompt once for all its 1 + neg_num titles; False scores 1 + neg_num padded sequences per prompt (the plain way, slower).
+        precompute_ref_log_probs: Compute the reference log-probs of every example once before training (and evaluation) instead of in each step: one forward less per step.
         logging_steps: Log loss, rewards, reward accuracy and chosen log-prob every this many optimizer steps.
         eval_steps: Evaluate every this many steps as well as at the end (0: only at the end).
         save_steps: Save a resumable checkpoint every this many steps (0: only the final adapter).
@@ -169,6 +171,7 @@ def train_preference(
         preference_loss=loss_type,
         num_rejected=neg_num,
         packed_forward=packed_forward,
+        precompute_ref_log_probs=precompute_ref_log_probs,
         beta=beta,
         seed=seed,
         num_train_epochs=num_train_epochs,

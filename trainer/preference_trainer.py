@@ -14,6 +14,8 @@ the reference is the base model with adapters disabled.
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import tqdm
+from torch.utils.data import DataLoader
 from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
@@ -28,14 +30,18 @@ from trainer.logprobs import (
 from trainer.losses import LOSS_TYPES, preference_loss, rewards
 
 PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
+# Added by precompute_ref_log_probs: the reference log-probs of an example's 1 + k completions.
+REFERENCE_COLUMN = "ref_logps"
 
 
 @dataclass
 class MultiNegativeDPOConfig(DPOConfig):
     """DPOConfig plus the settings of multi-negative preference training.
 
-    `beta` is DPOConfig's own. DPOConfig's `loss_type` and `precompute_ref_log_probs` are not used:
-    the loss is `preference_loss`, and reference log-probs are computed in each step.
+    `beta` and `precompute_ref_log_probs` are DPOConfig's own; with the latter the reference
+    log-probs of every example's 1 + k completions are computed once before training (and before
+    evaluation) instead of in every step. DPOConfig's `loss_type` is not used: the loss is
+    `preference_loss`.
 
     Parameters:
         num_rejected (`int`, defaults to `3`):
@@ -58,8 +64,6 @@ class MultiNegativeDPOConfig(DPOConfig):
             raise ValueError(f"preference_loss must be one of {LOSS_TYPES}, got {self.preference_loss!r}")
         if self.num_rejected < 1:
             raise ValueError(f"num_rejected must be at least 1, got {self.num_rejected}")
-        if self.precompute_ref_log_probs:
-            raise ValueError("precompute_ref_log_probs is not supported; reference log-probs are computed per step")
 
 
 @dataclass
@@ -75,9 +79,16 @@ class MultiNegativeCollator:
     packed: bool = True
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        if self.packed:
-            packed = [pack_example(example["prompt_ids"], example["completion_ids"]) for example in examples]
-            return collate_packed(packed, self.pad_token_id)
+        batch = self._packed(examples) if self.packed else self._plain(examples)
+        if REFERENCE_COLUMN in examples[0]:
+            batch[REFERENCE_COLUMN] = torch.tensor([example[REFERENCE_COLUMN] for example in examples])
+        return batch
+
+    def _packed(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        packed = [pack_example(example["prompt_ids"], example["completion_ids"]) for example in examples]
+        return collate_packed(packed, self.pad_token_id)
+
+    def _plain(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         sequences, completion_masks = [], []
         for example in examples:
             prompt = example["prompt_ids"]
@@ -111,7 +122,16 @@ class MultiNegativeDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = PREFERENCE_COLUMNS
+            self._signature_columns = PREFERENCE_COLUMNS + [REFERENCE_COLUMN]
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """The dataset with a column of its examples' reference log-probs, computed once, in dataset order."""
+        loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
+                                                     shuffle=False))
+        values = []
+        for batch in tqdm(loader, desc=f"Reference log-probs of the {name} examples"):
+            values.append(self.accelerator.gather_for_metrics(self._reference_logps(self.model, batch)).cpu())
+        return dataset.add_column(REFERENCE_COLUMN, torch.cat(values).tolist())
 
     def _completion_logps(self, model, inputs) -> torch.Tensor:
         """[B, 1 + k] log pi(completion | prompt), chosen first: the one place completions are scored."""
@@ -121,15 +141,21 @@ class MultiNegativeDPOTrainer(DPOTrainer):
         plain = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         return plain.view(-1, width)
 
+    def _reference_logps(self, model, inputs) -> torch.Tensor:
+        """[B, 1 + k] log-probs under the frozen reference, without gradients."""
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if self.ref_model is not None:
+                return self._completion_logps(self.ref_model, inputs)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
+                return self._completion_logps(model, inputs)
+
     def _policy_and_reference_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 1 + k] log-probs under the policy (with gradients) and the frozen reference."""
         policy = self._completion_logps(model, inputs)
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            if self.ref_model is not None:
-                return policy, self._completion_logps(self.ref_model, inputs)
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            with use_adapter(unwrapped, "ref" if "ref" in unwrapped.peft_config else None):
-                return policy, self._completion_logps(model, inputs)
+        if REFERENCE_COLUMN in inputs:
+            return policy, inputs[REFERENCE_COLUMN].to(policy.dtype)
+        return policy, self._reference_logps(model, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):
         policy, reference = self._policy_and_reference_logps(model, inputs)
