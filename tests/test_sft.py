@@ -25,6 +25,7 @@ def test_trl_batches_carry_minus_100_on_prompt_and_padding(tiny_model_dir, token
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_length=None, bf16=False,
+                       dataloader_pin_memory=False,
                        report_to="none", train_sampling_strategy="sequential"),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,

@@ -1,0 +1,87 @@
+"""Bench: evaluation by generation and by candidate scoring, against one forward over the prompts alone.
+
+All three run in one process on the same model and the same test prompts: the floor is a single
+batched forward over the prompts (the least any evaluation must compute), generation is
+inference's greedy answer, and candidate scoring is one packed forward per prompt over all its
+candidates. Prints seconds per prompt and the ratio of each to the floor.
+
+    python bench/evaluation.py                           # 64 LastFM test prompts, embedded model
+    python bench/evaluation.py --adapter output/sft --dtype bfloat16 --device cuda
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from peft import PeftModel  # noqa: E402
+
+from trainer.cli import run  # noqa: E402
+from trainer.data_interface import PromptBuilder, load_records, select_indices  # noqa: E402
+from trainer.evaluation import candidate_logps, generate_answers  # noqa: E402
+from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path  # noqa: E402
+
+
+@torch.no_grad()
+def prompt_forward(model, tokenizer, prompts: list[str], batch_size: int) -> None:
+    """The floor: each prompt through the model once, the vocabulary head on the last position only."""
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        inputs = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+        model(**inputs, logits_to_keep=1, use_cache=False)
+
+
+def timed(function, device: str) -> float:
+    started = time.perf_counter()
+    function()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
+          test_file: str = "data/lastfm/test.json", num_prompts: int = 64, batch_size: int = 16,
+          max_new_tokens: int = 20, dtype: str = "float32", device: str = "cpu", seed: int = 0):
+    """Print seconds per prompt for the prompt-only floor, generation and candidate scoring.
+
+    Args:
+        model_name: Base model ('embedded-smollm2', a folder or a hub id).
+        adapter: LoRA adapter folder to apply (a trained model answers differently from the base).
+        test_file: JSON records to draw prompts from.
+        num_prompts: Prompts evaluated, a seeded sample.
+        batch_size: Prompts per batch, for all three.
+        max_new_tokens: Longest generated answer.
+        dtype: float32, bfloat16 or float16.
+        device: cpu or cuda.
+        seed: Seeds the sample of prompts.
+    """
+    model_path = resolve_model_path(model_name)
+    tokenizer = load_tokenizer(model_path, padding_side="left")
+    model = load_model(model_path, resolve_dtype(dtype), device_map={"": device})
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    records = load_records(test_file)
+    indices = select_indices(len(records), num_prompts, seed)
+    records = [records[index] for index in indices]
+    builder = PromptBuilder("music", tokenizer, 512, template_index=0)
+    prompts = [builder.build(record, index) for record, index in zip(records, indices)]
+
+    prompt_forward(model, tokenizer, prompts[:batch_size], batch_size)  # warm-up
+    seconds = {
+        "prompt forward (floor)": timed(lambda: prompt_forward(model, tokenizer, prompts, batch_size), device),
+        "generation": timed(lambda: generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens), device),
+        "candidate scoring": timed(lambda: candidate_logps(model, tokenizer, prompts, records, batch_size), device),
+    }
+    floor = seconds["prompt forward (floor)"]
+    print(f"{len(prompts)} prompts, batches of {batch_size}, {dtype} on {device}"
+          f"{' with ' + adapter if adapter else ''}")
+    print("what | s/prompt | x floor")
+    for name, value in seconds.items():
+        print(f"{name} | {value / len(prompts):.3f} | {value / floor:.2f}")
+
+
+if __name__ == "__main__":
+    run(bench)
