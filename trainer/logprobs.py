@@ -54,8 +54,10 @@ def pack_example(prompt: list[int], completions: list[list[int]]) -> dict:
     position whose logits predict it: the prompt's last token for a completion's first token,
     the completion's previous token otherwise.
     """
-    tokens, segments, positions, predictors, targets, owners = list(prompt), [-1] * len(prompt), [], [], [], []
-    positions = list(range(len(prompt)))
+    if not prompt or not all(completions):
+        raise ValueError("packing needs a non-empty prompt and non-empty completions")
+    tokens, segments, positions = list(prompt), [-1] * len(prompt), list(range(len(prompt)))
+    predictors, targets, owners = [], [], []
     for index, completion in enumerate(completions):
         start = len(tokens)
         tokens += completion
