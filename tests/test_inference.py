@@ -13,6 +13,7 @@ from inference import inference
 from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
 from trainer.evaluation import candidate_logps, generate_answers, score_answers
 from trainer.modeling import load_model, load_tokenizer
+from trainer.popularity import popularity
 
 
 def test_inference_writes_metrics_and_predictions(tiny_model_dir, small_data_dir, tmp_path):
@@ -104,3 +105,20 @@ def test_sft_cli_rejects_a_bad_flag_value(tmp_path):
     result = run_cli("sft.py", "--batch_size", "four", "--output_dir", str(tmp_path / "s"))
     assert result.returncode == 2 and "error: --batch_size: expected int, got 'four'" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_popularity_answers_the_candidate_most_often_true_in_training(tmp_path):
+    train = [make_record(0), make_record(1)]
+    train[0]["trueSelection"] = train[1]["trueSelection"] = "Band 9-3"
+    for record in train:
+        record["itemList"][3] = "Band 9-3"
+    test = [make_record(5), make_record(6)]
+    test[0]["itemList"][7] = "Band 9-3"  # the popular title is a candidate here, not the true item
+    paths = write_records(tmp_path / "train.json", train), write_records(tmp_path / "test.json", test)
+    popularity(train_file=paths[0], test_file=paths[1], output_dir=str(tmp_path / "out"))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert rows[0]["answer"] == "Band 9-3" and not rows[0]["hit"]
+    # Without a popular candidate every count is 0: the first listed candidate is answered.
+    assert rows[1]["answer"] == test[1]["itemList"][0] and rows[1]["valid"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["valid_ratio"] == 1.0
