@@ -1,0 +1,150 @@
+"""Collects a comparison run into results.json, results.md and results.png.
+
+A run folder holds one folder per stage: the stage's training outputs (adapter, train_results.json,
+trainer_state.json; none for the base model) and, in its `eval/` subfolder, what inference.py wrote
+(metrics.json, predictions.jsonl). For each stage this reports HR@1 and ValidRatio with 95%
+bootstrap intervals (rows resampled with replacement, seeded), the ranking metrics when present,
+the number of evaluated prompts, training examples and steps, and wall times; the picture shows
+the metrics with their intervals and the preference stages' training curves.
+
+    python -m trainer.results --run_dir output/reproduce --stages base,sft,dpo,softmax_dpo,dmpo
+"""
+
+import json
+import os
+import random
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from trainer.cli import run, write_json_atomically, write_text_atomically  # noqa: E402
+from trainer.errors import InputError  # noqa: E402
+from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
+
+EVAL_FOLDER = "eval"
+BOOTSTRAP_SAMPLES = 1000
+# Logged by the preference trainer each step; drawn as curves.
+# The chosen reward beta * (log pi - log pi_ref) follows the chosen answer's likelihood against the SFT
+# reference; the raw log-prob would mostly follow which prompts a batch drew.
+CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"),
+          ("rewards/chosen", "chosen reward, beta * (log pi - log pi_ref)"))
+
+
+def bootstrap_interval(flags: list[bool], seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
+    """95% percentile bootstrap interval of the mean of `flags`."""
+    generator = random.Random(seed)
+    total = len(flags)
+    means = sorted(sum(flags[generator.randrange(total)] for _ in range(total)) / total for _ in range(samples))
+    return [means[int(0.025 * samples)], means[int(0.975 * samples) - 1]]
+
+
+def read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; has this stage finished?") from None
+
+
+def stage_summary(run_dir: str, stage: str, seed: int) -> dict:
+    """One stage's row of results.json."""
+    stage_dir = os.path.join(run_dir, stage)
+    eval_dir = os.path.join(stage_dir, EVAL_FOLDER)
+    metrics = read_json(os.path.join(eval_dir, METRICS_FILE))
+    with open(os.path.join(eval_dir, PREDICTIONS_FILE), encoding="utf-8") as handle:
+        predictions = [json.loads(line) for line in handle]
+    row = {"stage": stage, "evaluated_prompts": len(predictions)}
+    for name in ("hit", "valid"):
+        metric = "hit_ratio_at_1" if name == "hit" else "valid_ratio"
+        flags = [prediction[name] for prediction in predictions]
+        row[metric] = sum(flags) / len(flags)
+        row[f"{metric}_ci95"] = bootstrap_interval(flags, seed)
+    row |= {name: value for name, value in metrics.items() if name.startswith("ranking_")}
+    row["eval_seconds"] = metrics.get("seconds")
+    train_results = os.path.join(stage_dir, "train_results.json")
+    if os.path.isfile(train_results):
+        training = read_json(train_results)
+        state = read_json(os.path.join(stage_dir, "trainer_state.json"))
+        row |= {"train_examples": training["train_examples"], "train_steps": state["global_step"],
+                "train_seconds": round(training["train_runtime"], 1)}
+    return row
+
+
+def curves(run_dir: str, stage: str) -> dict[str, list[tuple[int, float]]] | None:
+    """The logged training curves of a preference stage, or None for a stage without them."""
+    state_path = os.path.join(run_dir, stage, "trainer_state.json")
+    if not os.path.isfile(state_path):
+        return None
+    history = [entry for entry in read_json(state_path)["log_history"] if "rewards/margins" in entry]
+    if not history:
+        return None
+    return {key: [(entry["step"], entry[key]) for entry in history] for key, _ in CURVES}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def interval(row, name):
+        low, high = row[f"{name}_ci95"]
+        return f"{row[name]:.3f} [{low:.3f}, {high:.3f}]"
+
+    lines = ["| stage | HR@1 [95% CI] | ValidRatio [95% CI] | ranked HR@1 | MRR | prompts | train examples | "
+             "steps | train s | eval s |", "|---" * 10 + "|"]
+    for row in rows:
+        ranked = f"{row['ranking_hit_ratio_at_1']:.3f}" if "ranking_hit_ratio_at_1" in row else ""
+        mrr = f"{row['ranking_mrr']:.3f}" if "ranking_mrr" in row else ""
+        lines.append(f"| {row['stage']} | {interval(row, 'hit_ratio_at_1')} | {interval(row, 'valid_ratio')} | "
+                     f"{ranked} | {mrr} | {row['evaluated_prompts']} | {row.get('train_examples', '')} | "
+                     f"{row.get('train_steps', '')} | {row.get('train_seconds', '')} | {row['eval_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8))
+    names = [row["stage"] for row in rows]
+    for axis, metric, title in ((axes[0, 0], "hit_ratio_at_1", "HR@1"), (axes[0, 1], "valid_ratio", "ValidRatio")):
+        values = [row[metric] for row in rows]
+        errors = [[value - row[f"{metric}_ci95"][0] for value, row in zip(values, rows)],
+                  [row[f"{metric}_ci95"][1] - value for value, row in zip(values, rows)]]
+        axis.bar(names, values, yerr=errors, capsize=4, color="tab:blue")
+        axis.set_title(f"{title} (95% bootstrap interval)")
+        axis.tick_params(axis="x", rotation=30)
+    ranked = [row.get("ranking_hit_ratio_at_1", 0.0) for row in rows]
+    axes[0, 2].bar(names, ranked, color="tab:gray")
+    axes[0, 2].set_title("HR@1 of the candidate ranking")
+    axes[0, 2].tick_params(axis="x", rotation=30)
+    for axis, (key, title) in zip(axes[1], CURVES):
+        for stage, values in stage_curves.items():
+            steps, points = zip(*values[key])
+            axis.plot(steps, points, label=stage)
+        axis.set_title(title)
+        axis.set_xlabel("optimizer step")
+        if stage_curves:
+            axis.legend()
+    figure.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, ".results.png.tmp")
+    figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", seed: int = 0):
+    """Write results.json, results.md and results.png into --run_dir from its finished stages.
+
+    Args:
+        run_dir: The run folder; each stage is a subfolder with its evaluation in eval/.
+        stages: Comma-separated stage folders, in the order to report them.
+        seed: Seeds the bootstrap resampling.
+    """
+    names = stages.split(",") if isinstance(stages, str) else list(stages)
+    rows = [stage_summary(run_dir, stage, seed) for stage in names]
+    stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
+    write_json_atomically({"stages": rows}, os.path.join(run_dir, "results.json"))
+    write_text_atomically(markdown_table(rows), os.path.join(run_dir, "results.md"))
+    draw(rows, stage_curves, os.path.join(run_dir, "results.png"))
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    run(results)
