@@ -3,14 +3,14 @@
 # ValidRatio, written to OUTPUT_DIR/metrics.json with predictions.jsonl.
 # Settings are variables, each overridable from the environment; extra flags go to inference.py:
 #   ADAPTER= bash inference.sh                      # the base model alone
-#   MAX_SAMPLES=2495 bash inference.sh              # the whole test split
+#   MAX_SAMPLES= bash inference.sh                  # the whole test split
 #
 #   NUM_PROCESSES  processes for accelerate launch (1)
 #   MODEL_NAME     base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
 #   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
 #   DATA_DIR       folder holding test.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
 #   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
-#   MAX_SAMPLES    test records evaluated, a fixed seeded sample (500: ~5 min on 2 CPU cores)
+#   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (500: ~10 min on 2 CPU cores)
 #   SAMPLE_SEED    seed of that sample (0)
 #   BATCH_SIZE     prompts generated together (16)
 set -euo pipefail
@@ -22,7 +22,7 @@ MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
 ADAPTER=${ADAPTER-output/sft}
 DATA_DIR=${DATA_DIR:-data/lastfm}
 OUTPUT_DIR=${OUTPUT_DIR:-output/eval}
-MAX_SAMPLES=${MAX_SAMPLES:-500}
+MAX_SAMPLES=${MAX_SAMPLES-500}
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BATCH_SIZE=${BATCH_SIZE:-16}
 
@@ -36,12 +36,16 @@ adapter_flag=()
 if [[ -n $ADAPTER ]]; then
     adapter_flag=(--adapter "$ADAPTER")
 fi
+sample_flag=()
+if [[ -n $MAX_SAMPLES ]]; then
+    sample_flag=(--max_samples "$MAX_SAMPLES")
+fi
 launch inference.py \
     --model_name "$MODEL_NAME" \
     "${adapter_flag[@]}" \
     --test_file "$DATA_DIR/test.json" \
     --output_dir "$OUTPUT_DIR" \
-    --max_samples "$MAX_SAMPLES" \
+    "${sample_flag[@]}" \
     --sample_seed "$SAMPLE_SEED" \
     --batch_size "$BATCH_SIZE" \
     "$@"

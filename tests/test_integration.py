@@ -45,8 +45,36 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(share
 
 
 @pytest.mark.parametrize("script, flag", [("sft.sh", "--learning_rate"), ("dpo.sh", "--neg_num"),
-                                          ("softmax_dpo.sh", "--loss_type"), ("inference.sh", "--max_new_tokens")])
+                                          ("softmax_dpo.sh", "--loss_type"), ("inference.sh", "--max_new_tokens"),
+                                          ("reproduce.sh", "PREF_LEARNING_RATE")])
 def test_stage_scripts_answer_help(script, flag):
     result = run_script(script, {}, "--help")
     assert result.returncode == 0
     assert "NUM_PROCESSES" in result.stdout and flag in result.stdout
+
+
+SHORT_REPRODUCTION = {"SFT_SAMPLES": "4", "SFT_BATCH_SIZE": "2", "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2",
+                      "PREF_BATCH_SIZE": "2", "PREF_GRAD_ACCUM": "1", "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3"}
+STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
+
+
+def test_reproduce_runs_every_stage_then_skips_them(shared_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    env = SHORT_REPRODUCTION | {"RUN_DIR": str(run_dir), "DATA_DIR": str(tmp_path / "lastfm")}
+    first = run_script("reproduce.sh", env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [row["stage"] for row in results["stages"]] == list(STAGES)
+    assert all(row["evaluated_prompts"] == 3 for row in results["stages"])
+    assert "evaluation on 3 test prompts" in results["title"]
+    for stage in STAGES:
+        assert len((run_dir / stage / "eval" / "predictions.jsonl").read_text().splitlines()) == 3
+    for stage in STAGES[1:]:
+        assert (run_dir / stage / "adapter_model.safetensors").is_file()
+    assert (run_dir / "results.md").read_text().count("\n| ") == 1 + len(STAGES)
+    assert (run_dir / "results.png").read_bytes().startswith(b"\x89PNG")
+
+    second = run_script("reproduce.sh", env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("complete, skipped") == 9, second.stdout
+    assert "done in" not in second.stdout

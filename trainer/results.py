@@ -129,21 +129,23 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
     os.replace(temporary, path)
 
 
-def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", seed: int = 0):
+def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", seed: int = 0):
     """Write results.json, results.md and results.png into --run_dir from its finished stages.
 
     Args:
         run_dir: The run folder; each stage is a subfolder with its evaluation in eval/.
         stages: Comma-separated stage folders, in the order to report them.
+        title: What the run was (data, sizes, profile), written above the table and into results.json.
         seed: Seeds the bootstrap resampling.
     """
     names = stages.split(",") if isinstance(stages, str) else list(stages)
     rows = [stage_summary(run_dir, stage, seed) for stage in names]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
-    write_json_atomically({"stages": rows}, os.path.join(run_dir, "results.json"))
-    write_text_atomically(markdown_table(rows), os.path.join(run_dir, "results.md"))
+    table = (f"{title}\n\n" if title else "") + markdown_table(rows)
+    write_json_atomically({"title": title, "stages": rows}, os.path.join(run_dir, "results.json"))
+    write_text_atomically(table, os.path.join(run_dir, "results.md"))
     draw(rows, stage_curves, os.path.join(run_dir, "results.png"))
-    print(markdown_table(rows))
+    print(table)
 
 
 if __name__ == "__main__":
