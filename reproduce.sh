@@ -91,12 +91,12 @@ run_stage() {
     echo "== $name: done in $((SECONDS - started)) s"
 }
 
-# Trains a preference stage from the SFT adapter: name, loss type, negatives.
+# Trains a preference stage from the SFT adapter: name, script, loss type, negatives.
 train_preference() {
-    OUTPUT_DIR=$RUN_DIR/$1 SFT_ADAPTER=$RUN_DIR/sft LOSS_TYPE=$2 NEG_NUM=$3 BETA=$BETA \
+    OUTPUT_DIR=$RUN_DIR/$1 SFT_ADAPTER=$RUN_DIR/sft LOSS_TYPE=$3 NEG_NUM=$4 BETA=$BETA \
         MAX_TRAIN_SAMPLES=$PREF_SAMPLES MAX_VALID_SAMPLES=$PREF_VALID_SAMPLES EPOCHS=$PREF_EPOCHS \
         BATCH_SIZE=$PREF_BATCH_SIZE GRAD_ACCUM=$PREF_GRAD_ACCUM LEARNING_RATE=$PREF_LEARNING_RATE \
-        bash softmax_dpo.sh
+        bash "$2"
 }
 
 # Evaluates a stage (an adapter folder, or none for the base model) into RUN_DIR/stage/eval.
@@ -108,9 +108,9 @@ run_stage base "$RUN_DIR/base/eval/metrics.json" evaluate base ""
 run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
     BATCH_SIZE="$SFT_BATCH_SIZE" GRAD_ACCUM="$SFT_GRAD_ACCUM" LEARNING_RATE="$SFT_LEARNING_RATE" bash sft.sh
-for stage in dpo:dpo:1 softmax_dpo:sdpo:$NEG_NUM dmpo:dmpo:$NEG_NUM; do
-    IFS=: read -r name loss negatives <<< "$stage"
-    run_stage "$name" "$RUN_DIR/$name/train_results.json" train_preference "$name" "$loss" "$negatives"
+for stage in dpo:dpo.sh:dpo:1 softmax_dpo:softmax_dpo.sh:sdpo:$NEG_NUM dmpo:softmax_dpo.sh:dmpo:$NEG_NUM; do
+    IFS=: read -r name script loss negatives <<< "$stage"
+    run_stage "$name" "$RUN_DIR/$name/train_results.json" train_preference "$name" "$script" "$loss" "$negatives"
 done
 for name in sft dpo softmax_dpo dmpo; do
     run_stage "$name/eval" "$RUN_DIR/$name/eval/metrics.json" evaluate "$name" "$RUN_DIR/$name"
