@@ -10,6 +10,7 @@ candidates. Prints seconds per prompt and the ratio of each to the floor.
 """
 
 import os
+import statistics
 import sys
 import time
 
@@ -26,24 +27,29 @@ from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, re
 
 @torch.no_grad()
 def prompt_forward(model, tokenizer, prompts: list[str], batch_size: int) -> None:
-    """The floor: each prompt through the model once, the vocabulary head on the last position only."""
+    """The floor: each prompt through the model once, batched by length, the vocabulary head on the last position only."""
     device = next(model.parameters()).device
+    prompts = sorted(prompts, key=lambda prompt: len(tokenizer(prompt).input_ids))
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
         model(**inputs, logits_to_keep=1, use_cache=False)
 
 
-def timed(function, device: str) -> float:
-    started = time.perf_counter()
-    function()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
+def timed(function, device: str, repeats: int) -> float:
+    """Median wall time of `repeats` calls: single timings on a shared CPU vary by 10-20%."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
           test_file: str = "data/lastfm/test.json", num_prompts: int = 64, batch_size: int = 16,
-          max_new_tokens: int = 20, dtype: str = "float32", device: str = "cpu", seed: int = 0):
+          max_new_tokens: int = 20, dtype: str = "float32", device: str = "cpu", seed: int = 0, repeats: int = 3):
     """Print seconds per prompt for the prompt-only floor, generation and candidate scoring.
 
     Args:
@@ -56,6 +62,7 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
         dtype: float32, bfloat16 or float16.
         device: cpu or cuda.
         seed: Seeds the sample of prompts.
+        repeats: Each measurement is the median of this many runs.
     """
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
@@ -71,12 +78,14 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
 
     prompt_forward(model, tokenizer, prompts[:batch_size], batch_size)  # warm-up
     seconds = {
-        "prompt forward (floor)": timed(lambda: prompt_forward(model, tokenizer, prompts, batch_size), device),
-        "generation": timed(lambda: generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens), device),
-        "candidate scoring": timed(lambda: candidate_logps(model, tokenizer, prompts, records, batch_size), device),
+        "prompt forward (floor)": timed(lambda: prompt_forward(model, tokenizer, prompts, batch_size), device, repeats),
+        "generation": timed(lambda: generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens), device,
+                            repeats),
+        "candidate scoring": timed(lambda: candidate_logps(model, tokenizer, prompts, records, batch_size), device,
+                                   repeats),
     }
     floor = seconds["prompt forward (floor)"]
-    print(f"{len(prompts)} prompts, batches of {batch_size}, {dtype} on {device}"
+    print(f"{len(prompts)} prompts, batches of {batch_size}, {dtype} on {device}, median of {repeats} runs"
           f"{' with ' + adapter if adapter else ''}")
     print("what | s/prompt | x floor")
     for name, value in seconds.items():

@@ -54,19 +54,22 @@ def candidate_logps(model, tokenizer, prompts: list[str], records: list[Record],
     """log pi(" " + title + eos | prompt) for every candidate of every prompt, in candidate order.
 
     One packed forward per prompt scores all its candidates (trainer.logprobs): the prompt is
-    computed once, each title sees only the prompt and itself.
+    computed once, each title sees only the prompt and itself. Packed rows are batched by length
+    so little compute goes to padding.
     """
+    packed = [pack_example(encode_prompt(tokenizer, prompt), [encode_answer(tokenizer, title)
+                                                              for title in record.candidates])
+              for prompt, record in zip(prompts, records)]
+    order = sorted(range(len(packed)), key=lambda index: len(packed[index]["input_ids"]))
     device = next(model.parameters()).device
-    scores = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="scoring candidates", disable=not is_main_process()):
-        batch_records = records[start : start + batch_size]
-        packed = [pack_example(encode_prompt(tokenizer, prompt), [encode_answer(tokenizer, title)
-                                                                  for title in record.candidates])
-                  for prompt, record in zip(prompts[start : start + batch_size], batch_records)]
-        width = max(len(record.candidates) for record in batch_records)
-        batch = {name: tensor.to(device) for name, tensor in collate_packed(packed, tokenizer.pad_token_id).items()}
-        logps = packed_completion_logps(model, batch, width).tolist()
-        scores += [row[: len(record.candidates)] for row, record in zip(logps, batch_records)]
+    scores = [None] * len(packed)
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring candidates", disable=not is_main_process()):
+        batch_order = order[start : start + batch_size]
+        width = max(len(records[index].candidates) for index in batch_order)
+        batch = collate_packed([packed[index] for index in batch_order], tokenizer.pad_token_id)
+        logps = packed_completion_logps(model, {name: tensor.to(device) for name, tensor in batch.items()}, width)
+        for index, row in zip(batch_order, logps.tolist()):
+            scores[index] = row[: len(records[index].candidates)]
     return scores
 
 
