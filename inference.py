@@ -12,7 +12,7 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 
 from trainer.cli import run, save_run_config
-from trainer.data_interface import PromptBuilder, load_records, select_indices
+from trainer.data_interface import EVAL_TEMPLATE_INDEX, PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import candidate_logps, generate_answers, score_answers, write_evaluation
 from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path
@@ -27,7 +27,7 @@ def inference(
     adapter: str | None = None,
     resume_from_checkpoint: str | None = None,
     domain: str = "music",
-    template_index: int = 0,
+    template_index: int = EVAL_TEMPLATE_INDEX,
     max_prompt_tokens: int = 512,
     max_samples: int | None = None,
     sample_seed: int | None = None,

@@ -7,13 +7,18 @@ Writes the LoRA adapter (save_pretrained), the tokenizer, run_config.json and th
 import logging
 import os
 
-import torch
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
 from trainer.cli import is_main_process, run, save_run_config, write_json_atomically
-from trainer.data_interface import PromptBuilder, load_records, select_indices, supervised_example
+from trainer.data_interface import (
+    EVAL_TEMPLATE_INDEX,
+    PromptBuilder,
+    load_records,
+    select_indices,
+    supervised_example,
+)
 from trainer.errors import InputError
 from trainer.modeling import (
     EMBEDDED_MODEL_NAME,
@@ -25,10 +30,9 @@ from trainer.modeling import (
     resolve_dtype,
     resolve_model_path,
 )
+from trainer.training import trainer_arguments
 
 logger = logging.getLogger("sft")
-
-EVAL_TEMPLATE_INDEX = 0  # validation prompts use inference's default template
 
 
 def supervised_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer) -> Dataset:
@@ -136,32 +140,12 @@ def sft(
         model.print_trainable_parameters()
 
     args = SFTConfig(
-        output_dir=output_dir,
-        seed=seed,
-        num_train_epochs=num_train_epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        lr_scheduler_type=lr_scheduler_type,
-        warmup_steps=warmup_ratio,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        bf16=torch_dtype == torch.bfloat16,
-        fp16=False,
+        **trainer_arguments(config, torch_dtype, evaluates_during_training=True),
         activation_checkpointing=gradient_checkpointing,
         # Prompts are budgeted by the builder; truncating here could cut the answer off.
         max_length=None,
         # Batches of similar length waste little compute on padding.
         train_sampling_strategy="group_by_length",
-        logging_steps=logging_steps,
-        eval_strategy="steps" if eval_steps > 0 else "no",
-        eval_steps=eval_steps if eval_steps > 0 else None,
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=save_steps if save_steps > 0 else None,
-        report_to="none",
-        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = SFTTrainer(
         model=model,

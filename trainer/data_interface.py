@@ -22,6 +22,8 @@ HISTORY_SEPARATOR = "::"
 # from the list are the tokens it must produce.
 TITLE_SEPARATOR = "; "
 ANSWER_CUE = "Answer:"
+# Evaluation uses one fixed template: inference's default, and the validation prompts of training.
+EVAL_TEMPLATE_INDEX = 0
 
 # Per-domain vocabulary that fills the shared sentence patterns below.
 DOMAINS = {

@@ -9,12 +9,18 @@ log (trainer_state.json with the per-step rewards and chosen log-probs, train_re
 import logging
 import os
 
-import torch
 from datasets import Dataset
 from peft import PeftModel
 
 from trainer.cli import is_main_process, save_run_config, write_json_atomically
-from trainer.data_interface import PromptBuilder, load_records, preference_example, sample_negatives, select_indices
+from trainer.data_interface import (
+    EVAL_TEMPLATE_INDEX,
+    PromptBuilder,
+    load_records,
+    preference_example,
+    sample_negatives,
+    select_indices,
+)
 from trainer.errors import InputError
 from trainer.losses import LOSS_TYPES
 from trainer.modeling import (
@@ -28,11 +34,9 @@ from trainer.modeling import (
     resolve_model_path,
 )
 from trainer.preference_trainer import MultiNegativeDPOConfig, MultiNegativeDPOTrainer
+from trainer.training import trainer_arguments
 
 logger = logging.getLogger("preference")
-
-EVAL_TEMPLATE_INDEX = 0  # validation prompts use inference's default template
-
 
 def preference_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer,
                        neg_num: int) -> Dataset:
@@ -167,33 +171,13 @@ def train_preference(
         peft_config = lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules)
 
     args = MultiNegativeDPOConfig(
-        output_dir=output_dir,
+        **trainer_arguments(config, torch_dtype, evaluates_during_training=eval_dataset is not None),
         preference_loss=loss_type,
         num_rejected=neg_num,
         packed_forward=packed_forward,
         precompute_ref_log_probs=precompute_ref_log_probs,
         beta=beta,
-        seed=seed,
-        num_train_epochs=num_train_epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        lr_scheduler_type=lr_scheduler_type,
-        warmup_steps=warmup_ratio,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        bf16=torch_dtype == torch.bfloat16,
-        fp16=False,
         gradient_checkpointing=gradient_checkpointing,
-        logging_steps=logging_steps,
-        eval_strategy="steps" if eval_dataset is not None and eval_steps > 0 else "no",
-        eval_steps=eval_steps if eval_steps > 0 else None,
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=save_steps if save_steps > 0 else None,
-        report_to="none",
-        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = MultiNegativeDPOTrainer(
         model=model,
