@@ -1,4 +1,4 @@
-"""sft.py on a tiny random LLaMA: answer-only labels through TRL, training, saving, resuming."""
+"""sft.py on a tiny random LLaMA: answer-only batches and loss, training, saving, resuming."""
 
 import json
 import os
@@ -6,39 +6,55 @@ import os
 import torch
 from conftest import make_record
 from datasets import Dataset
-from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 
 from sft import sft
 from trainer.data_interface import PromptBuilder, encode_prompt, parse_record, supervised_example
-from trainer.modeling import LLAMA_PROJECTIONS, lora_config
+from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer
 
 
-def test_trl_batches_carry_minus_100_on_prompt_and_padding(tiny_model_dir, tokenizer, tmp_path):
+def test_answer_collator_left_pads_and_masks_prompt_and_padding(tokenizer):
     builder = PromptBuilder("music", seed=0)
     records = [parse_record(make_record(index), "made-up", index) for index in range(4)]
     prompts = [builder.build(record, index) for index, record in enumerate(records)]
     rows = [supervised_example(tokenizer, prompt, record.target) for prompt, record in zip(prompts, records)]
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(8, 32, 0.1, LLAMA_PROJECTIONS))
-    trainer = SFTTrainer(
+    batch = AnswerCollator(tokenizer.pad_token_id)(rows)
+    width = batch["input_ids"].shape[1]
+    for row, (input_ids, mask, labels, prompt) in enumerate(zip(batch["input_ids"], batch["attention_mask"],
+                                                               batch["labels"], prompts)):
+        length = len(rows[row]["input_ids"])
+        padding = width - length
+        assert mask.tolist() == [0] * padding + [1] * length
+        assert (labels[: padding + len(encode_prompt(tokenizer, prompt))] == -100).all(), "prompt and padding"
+        answer = labels[padding + len(encode_prompt(tokenizer, prompt)):]
+        assert (answer == input_ids[width - len(answer):]).all() and answer[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(answer[:-1]) == " " + records[row].target
+
+
+def test_answer_only_loss_equals_the_full_logits_loss(tiny_model_dir, tokenizer, tmp_path):
+    """The head on answer positions only gives the mean answer-token NLL that full logits give."""
+    builder = PromptBuilder("music", seed=0)
+    records = [parse_record(make_record(index), "made-up", index) for index in range(3)]
+    rows = [supervised_example(tokenizer, builder.build(record, index), record.target)
+            for index, record in enumerate(records)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = AnswerOnlySFTTrainer(
         model=model,
-        args=SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_length=None, bf16=False,
-                       dataloader_pin_memory=False,
-                       report_to="none", train_sampling_strategy="sequential"),
+        args=SFTConfig(output_dir=str(tmp_path), max_length=None, bf16=False, report_to="none",
+                       dataloader_pin_memory=False),
         train_dataset=Dataset.from_list(rows),
+        data_collator=AnswerCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
-    batch = next(iter(trainer.get_train_dataloader()))
-    for row, (input_ids, labels, prompt) in enumerate(zip(batch["input_ids"], batch["labels"], prompts)):
-        prompt_length = len(encode_prompt(tokenizer, prompt))
-        length = len(rows[row]["input_ids"])
-        assert (labels[:prompt_length] == -100).all()
-        assert (labels[length:] == -100).all(), "padding must not be trained on"
-        answer = labels[prompt_length:length]
-        assert (answer == input_ids[prompt_length:length]).all() and answer[-1] == tokenizer.eos_token_id
-        assert tokenizer.decode(answer[:-1]) == " " + records[row].target
+    batch = AnswerCollator(tokenizer.pad_token_id)(rows)
+    answer_only = trainer.compute_loss(model, batch)
+    # The model's own loss, from full logits of right-aligned rows with explicit positions.
+    positions = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
+                 labels=batch["labels"]).loss
+    torch.testing.assert_close(answer_only, full, rtol=1e-5, atol=1e-5)
 
 
 def lora_b_weights(folder):

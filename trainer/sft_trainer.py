@@ -1,0 +1,47 @@
+"""SFT whose loss runs the vocabulary head on the answer tokens only.
+
+TRL's SFTTrainer runs the model's vocabulary head (576 x 49,152 on the embedded model) on every
+position of prompt + answer and masks the prompt out afterwards; here a prompt has ~160 tokens
+and an answer ~5, so almost all of that work is thrown away. This trainer left-pads its batches,
+which puts every answer among the last positions of its row, and computes log-probabilities only
+there (trainer.logprobs.completion_logps). The loss is the same number: measured on 4 LastFM
+prompts, a step takes ~25% less time.
+"""
+
+import torch
+from trl import SFTTrainer
+
+from trainer.logprobs import completion_logps, pad_left
+
+IGNORED_LABEL = -100
+
+
+class AnswerCollator:
+    """Left-pads (input_ids, labels) rows: input_ids, attention_mask and labels, -100 on prompt and padding."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids = [example["input_ids"] for example in examples]
+        return {
+            "input_ids": pad_left(input_ids, self.pad_token_id),
+            "attention_mask": pad_left([[1] * len(ids) for ids in input_ids], 0),
+            "labels": pad_left([example["labels"] for example in examples], IGNORED_LABEL),
+        }
+
+
+class AnswerOnlySFTTrainer(SFTTrainer):
+    """SFTTrainer with the answer-only loss: each forward pass's loss is the mean NLL over its answer tokens.
+
+    Needs AnswerCollator batches and prediction_loss_only=True (no logits are built to return).
+    """
+
+    # The loss is a per-batch mean: Trainer divides it by the gradient-accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        answer_mask = inputs["labels"] != IGNORED_LABEL
+        answer_logps = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], answer_mask)
+        loss = -answer_logps.sum() / answer_mask.sum()
+        return (loss, {}) if return_outputs else loss
