@@ -14,7 +14,7 @@ from peft import PeftModel
 from trainer.cli import run, save_run_config
 from trainer.data_interface import EVAL_TEMPLATE_INDEX, PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import candidate_logps, generate_answers, score_answers, write_evaluation
+from trainer.evaluation import answer_and_score, score_answers, write_evaluation
 from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path
 
 logger = logging.getLogger("inference")
@@ -50,16 +50,18 @@ def inference(
         max_prompt_tokens: Token budget of a prompt; longer prompts drop their oldest history titles.
         max_samples: Evaluate only this many records: the first ones, or a seeded sample with --sample_seed.
         sample_seed: With --max_samples, draw a fixed random sample with this seed instead of a prefix.
-        batch_size: Prompts generated together.
+        batch_size: Prompts generated (and their candidates scored) together.
         max_new_tokens: Longest answer generated, in tokens.
         dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16.
         load_in_4bit: Load the base model in 4-bit NF4 through bitsandbytes.
-        score_candidates: Also rank every prompt's candidates by the model's log-probability of answering with each (HR@1, HR@5, NDCG@5, NDCG@10, MRR).
+        score_candidates: Also rank every prompt's candidates by the model's log-probability of answering with each (HR@1, HR@5, NDCG@5, NDCG@10, MRR); generation then reuses the prompt computation of the scoring pass.
     """
     config = dict(locals())
     if adapter and resume_from_checkpoint and adapter != resume_from_checkpoint:
         raise InputError("--adapter and --resume_from_checkpoint name different folders; give one")
     adapter = adapter or resume_from_checkpoint
+    if max_new_tokens < 1:
+        raise InputError(f"--max_new_tokens must be at least 1, got {max_new_tokens}")
 
     records = load_records(test_file)
     indices = select_indices(len(records), max_samples, sample_seed)
@@ -86,11 +88,10 @@ def inference(
     started = time.perf_counter()
     shard = list(range(state.process_index, len(prompts), state.num_processes))
     shard_prompts = [prompts[position] for position in shard]
-    shard_results = generate_answers(model, tokenizer, shard_prompts, batch_size, max_new_tokens)
-    if score_candidates:
-        shard_scores = candidate_logps(model, tokenizer, shard_prompts, [records[position] for position in shard],
-                                       batch_size)
-        shard_results = list(zip(shard_results, shard_scores))
+    shard_answers, shard_scores = answer_and_score(model, tokenizer, shard_prompts,
+                                                   [records[position] for position in shard], batch_size,
+                                                   max_new_tokens, score_candidates)
+    shard_results = list(zip(shard_answers, shard_scores)) if score_candidates else shard_answers
     results = [None] * len(prompts)
     for position, result in gather_object(list(zip(shard, shard_results))):
         results[position] = result

@@ -1,9 +1,10 @@
 """Bench: evaluation by generation and by candidate scoring, against one forward over the prompts alone.
 
-All three run in one process on the same model and the same test prompts: the floor is a single
+All run in one process on the same model and the same test prompts: the floor is a single
 batched forward over the prompts (the least any evaluation must compute), generation is
-inference's greedy answer, and candidate scoring is one packed forward per prompt over all its
-candidates. Prints seconds per prompt and the ratio of each to the floor.
+inference's greedy answer alone, candidate scoring is one packed forward per prompt over all its
+candidates alone, and both is what inference.py runs: the scoring pass, then greedy decoding from
+the prompts' cached keys and values. Prints seconds per prompt and the ratio of each to the floor.
 
     python bench/evaluation.py                           # 64 LastFM test prompts, embedded model
     python bench/evaluation.py --adapter output/sft --dtype bfloat16 --device cuda
@@ -21,7 +22,7 @@ from peft import PeftModel  # noqa: E402
 
 from trainer.cli import run  # noqa: E402
 from trainer.data_interface import PromptBuilder, load_records, select_indices  # noqa: E402
-from trainer.evaluation import candidate_logps, generate_answers  # noqa: E402
+from trainer.evaluation import answer_and_score  # noqa: E402
 from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path  # noqa: E402
 
 
@@ -50,14 +51,14 @@ def timed(function, device: str, repeats: int) -> float:
 def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
           test_file: str = "data/lastfm/test.json", num_prompts: int = 64, batch_size: int = 16,
           max_new_tokens: int = 20, dtype: str = "float32", device: str = "cpu", seed: int = 0, repeats: int = 3):
-    """Print seconds per prompt for the prompt-only floor, generation and candidate scoring.
+    """Print seconds per prompt for the prompt-only floor, generation, candidate scoring and both.
 
     Args:
         model_name: Base model ('embedded-smollm2', a folder or a hub id).
         adapter: LoRA adapter folder to apply (a trained model answers differently from the base).
         test_file: JSON records to draw prompts from.
         num_prompts: Prompts evaluated, a seeded sample.
-        batch_size: Prompts per batch, for all three.
+        batch_size: Prompts per batch, for all of them.
         max_new_tokens: Longest generated answer.
         dtype: float32, bfloat16 or float16.
         device: cpu or cuda.
@@ -79,10 +80,12 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
     prompt_forward(model, tokenizer, prompts[:batch_size], batch_size)  # warm-up
     seconds = {
         "prompt forward (floor)": timed(lambda: prompt_forward(model, tokenizer, prompts, batch_size), device, repeats),
-        "generation": timed(lambda: generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens), device,
-                            repeats),
-        "candidate scoring": timed(lambda: candidate_logps(model, tokenizer, prompts, records, batch_size), device,
-                                   repeats),
+        "generation": timed(lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens,
+                                                     score_candidates=False), device, repeats),
+        "candidate scoring": timed(lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, 0,
+                                                            score_candidates=True), device, repeats),
+        "both (inference.py)": timed(lambda: answer_and_score(model, tokenizer, prompts, records, batch_size,
+                                                              max_new_tokens, score_candidates=True), device, repeats),
     }
     floor = seconds["prompt forward (floor)"]
     print(f"{len(prompts)} prompts, batches of {batch_size}, {dtype} on {device}, median of {repeats} runs"

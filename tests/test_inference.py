@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import REPO_ROOT, make_record, write_records
 
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from inference import inference
 from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
-from trainer.evaluation import candidate_logps, generate_answers, score_answers
+from trainer.evaluation import answer_and_score, score_answers
 from trainer.modeling import load_model, load_tokenizer
 from trainer.popularity import popularity
 
@@ -42,7 +44,8 @@ def test_candidate_scores_match_one_title_at_a_time(tiny_model_dir):
     records = [parse_record(make_record(index, num_candidates=4 + 3 * index), "made-up", index) for index in range(3)]
     builder = PromptBuilder("music", template_index=0)
     prompts = [builder.build(record, index) for index, record in enumerate(records)]
-    scores = candidate_logps(model, tokenizer, prompts, records, batch_size=2)
+    _, scores = answer_and_score(model, tokenizer, prompts, records, batch_size=2, max_new_tokens=0,
+                                 score_candidates=True)
     for prompt, record, row in zip(prompts, records, scores):
         assert len(row) == len(record.candidates)
         prompt_ids = encode_prompt(tokenizer, prompt)
@@ -63,9 +66,34 @@ def test_batched_generation_matches_one_prompt_at_a_time(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
     model = load_model(tiny_model_dir, dtype=torch.float32).eval()
     prompts = ["Short prompt. Answer:", "A much longer prompt with many more words in it. Answer:", "Mid one. Answer:"]
-    one_by_one = generate_answers(model, tokenizer, prompts, batch_size=1, max_new_tokens=5)
-    batched = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=5)
-    assert batched == one_by_one
+    records = [parse_record(make_record(index), "made-up", index) for index in range(3)]
+
+    def answers(batch_size):
+        return answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens=5,
+                                score_candidates=False)[0]
+
+    assert answers(3) == answers(1)
+
+
+def test_generation_from_the_scoring_cache_matches_plain_generation(tiny_model_dir):
+    """Scoring leaves the prompts' keys and values in a cache; greedy answers from it are unchanged."""
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
+    # Large random weights make every next token depend on the whole context, so a cache holding
+    # the wrong keys and values would change the answers.
+    config = AutoConfig.from_pretrained(tiny_model_dir, initializer_range=1.0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    records = [parse_record(make_record(index, num_candidates=4 + 3 * index), "made-up", index) for index in range(5)]
+    prompts = [PromptBuilder("music", seed=0).build(record, index) for index, record in enumerate(records)]
+    plain, _ = answer_and_score(model, tokenizer, prompts, records, batch_size=3, max_new_tokens=6,
+                                score_candidates=False)
+    from_cache, scores = answer_and_score(model, tokenizer, prompts, records, batch_size=3, max_new_tokens=6,
+                                          score_candidates=True)
+    _, scores_alone = answer_and_score(model, tokenizer, prompts, records, batch_size=3, max_new_tokens=0,
+                                       score_candidates=True)
+    assert from_cache == plain and any(answer for answer in plain)
+    for row, row_alone in zip(scores, scores_alone):
+        assert row == pytest.approx(row_alone, abs=1e-4)
 
 
 def run_cli(*args):

@@ -9,10 +9,11 @@ import os
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from trainer.cli import is_main_process, write_json_atomically, write_jsonl_atomically
 from trainer.data_interface import Record, encode_answer, encode_prompt
-from trainer.logprobs import collate_packed, pack_example, packed_completion_logps
+from trainer.logprobs import collate_packed, pack_example, packed_completion_logps, pad_left
 from trainer.metrics import match_answer, summarize, summarize_ranks, true_item_rank
 
 METRICS_FILE = "metrics.json"
@@ -20,57 +21,65 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
-    """Greedy answers (new tokens only, special tokens dropped), in the order of `prompts`.
+def answer_and_score(model, tokenizer, prompts: list[str], records: list[Record], batch_size: int,
+                     max_new_tokens: int, score_candidates: bool) -> tuple[list[str] | None, list[list[float]] | None]:
+    """Greedy answers, and log pi(" " + title + eos | prompt) of every candidate, in the order of `prompts`.
 
-    Prompts are batched by length so little compute goes to padding; padding is on the left so
-    every row's generation starts right after its own prompt. A batch stops as soon as every row
-    has produced end-of-sequence.
+    Returns (answers, scores): answers are the new tokens decoded without special tokens (None when
+    `max_new_tokens` is 0), scores are per prompt in candidate order (None without
+    `score_candidates`).
+
+    Prompts are batched by length so little compute goes to padding, and left-padded so every
+    row's answer starts right after its own prompt. A batch stops generating as soon as every row
+    has produced end-of-sequence. With candidate scoring, one packed forward per batch scores all
+    the candidates (trainer.logprobs: each title sees only the prompt and itself) with the prompts
+    aligned at the same end; their keys and values, cut at the prompt, are then the cache greedy
+    decoding starts from, so each prompt is computed once for both.
     """
     if tokenizer.padding_side != "left":
         raise ValueError("generation needs a left-padding tokenizer")
-    lengths = [len(ids) for ids in tokenizer(prompts).input_ids]
-    order = sorted(range(len(prompts)), key=lambda index: lengths[index])
-    answers = [""] * len(prompts)
+    if max_new_tokens == 0 and not score_candidates:
+        raise ValueError("nothing to do: no answers (max_new_tokens 0) and no candidate scores")
+    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    packed = [pack_example(ids, [encode_answer(tokenizer, title) for title in record.candidates])
+              for ids, record in zip(prompt_ids, records)] if score_candidates else None
+    lengths = [len(example["input_ids"]) for example in packed] if packed else [len(ids) for ids in prompt_ids]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    answers = [""] * len(prompts) if max_new_tokens else None
+    scores = [None] * len(prompts) if score_candidates else None
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=not is_main_process()):
+    for start in tqdm(range(0, len(order), batch_size), desc="evaluating", disable=not is_main_process()):
         batch = order[start : start + batch_size]
-        inputs = tokenizer([prompts[index] for index in batch], return_tensors="pt", padding=True).to(device)
+        cache = None
+        if score_candidates:
+            cache = DynamicCache(config=model.config) if max_new_tokens else None
+            width = max(len(records[index].candidates) for index in batch)
+            packed_batch = collate_packed([packed[index] for index in batch], tokenizer.pad_token_id,
+                                          align_prompts=max_new_tokens > 0)
+            logps = packed_completion_logps(model, {name: tensor.to(device) for name, tensor in packed_batch.items()},
+                                            width, cache=cache)
+            for index, row in zip(batch, logps.tolist()):
+                scores[index] = row[: len(records[index].candidates)]
+        if not max_new_tokens:
+            continue
+        input_ids = pad_left([prompt_ids[index] for index in batch], tokenizer.pad_token_id).to(device)
+        attention_mask = pad_left([[1] * len(prompt_ids[index]) for index in batch], 0).to(device)
+        if cache is not None:
+            # Generation computes the last prompt position itself: its logits give the first answer token.
+            cache.crop(input_ids.shape[1] - 1 - cache.get_seq_length())  # a negative count of positions to drop
         outputs = model.generate(
-            **inputs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=cache,
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        new_tokens = outputs[:, inputs.input_ids.shape[1] :]
+        new_tokens = outputs[:, input_ids.shape[1] :]
         for index, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             answers[index] = text
-    return answers
-
-
-@torch.no_grad()
-def candidate_logps(model, tokenizer, prompts: list[str], records: list[Record], batch_size: int) -> list[list[float]]:
-    """log pi(" " + title + eos | prompt) for every candidate of every prompt, in candidate order.
-
-    One packed forward per prompt scores all its candidates (trainer.logprobs): the prompt is
-    computed once, each title sees only the prompt and itself. Packed rows are batched by length
-    so little compute goes to padding.
-    """
-    packed = [pack_example(encode_prompt(tokenizer, prompt), [encode_answer(tokenizer, title)
-                                                              for title in record.candidates])
-              for prompt, record in zip(prompts, records)]
-    order = sorted(range(len(packed)), key=lambda index: len(packed[index]["input_ids"]))
-    device = next(model.parameters()).device
-    scores = [None] * len(packed)
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring candidates", disable=not is_main_process()):
-        batch_order = order[start : start + batch_size]
-        width = max(len(records[index].candidates) for index in batch_order)
-        batch = collate_packed([packed[index] for index in batch_order], tokenizer.pad_token_id)
-        logps = packed_completion_logps(model, {name: tensor.to(device) for name, tensor in batch.items()}, width)
-        for index, row in zip(batch_order, logps.tolist()):
-            scores[index] = row[: len(records[index].candidates)]
-    return scores
+    return answers, scores
 
 
 def score_answers(indices: list[int], records: list[Record], answers: list[str],

@@ -70,8 +70,13 @@ def pack_example(prompt: list[int], completions: list[list[int]]) -> dict:
             "targets": targets, "owners": owners}
 
 
-def collate_packed(packed: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Left-pads packed sequences into a batch and builds the attention pattern.
+def collate_packed(packed: list[dict], pad_token_id: int, align_prompts: bool = False) -> dict[str, torch.Tensor]:
+    """Pads packed sequences into a batch and builds the attention pattern.
+
+    Rows are left-padded, so every row ends at the last position and the vocabulary head runs on
+    the fewest positions. With `align_prompts`, every prompt ends at the same position instead
+    (padding before the prompt, and after the completions): the prompts' keys and values then form
+    the cache of a left-padded batch of the prompts alone, which generation can start from.
 
     attention [B, S, S] bool, True where query token q may attend key token k: a prompt token sees
     the prompt up to itself; a completion token sees the whole prompt and its own completion up to
@@ -79,15 +84,27 @@ def collate_packed(packed: list[dict], pad_token_id: int) -> dict[str, torch.Ten
     attend to would turn softmax into NaN). predictors/targets/owners are [B, T] over completion
     tokens, padded with owner -1.
     """
-    length = max(len(example["input_ids"]) for example in packed)
+    prompt_lengths = [example["segments"].count(-1) for example in packed]
+    if align_prompts:
+        before = [max(prompt_lengths) - prompt_length for prompt_length in prompt_lengths]
+    else:
+        longest = max(len(example["input_ids"]) for example in packed)
+        before = [longest - len(example["input_ids"]) for example in packed]
+    length = max(pad + len(example["input_ids"]) for pad, example in zip(before, packed))
+    after = [length - pad - len(example["input_ids"]) for pad, example in zip(before, packed)]
     width = max(len(example["targets"]) for example in packed)
-    padding = [length - len(example["input_ids"]) for example in packed]
-    input_ids = torch.tensor([[pad_token_id] * pad + example["input_ids"] for pad, example in zip(padding, packed)])
-    segments = torch.tensor([[-2] * pad + example["segments"] for pad, example in zip(padding, packed)])
-    position_ids = torch.tensor([[0] * pad + example["position_ids"] for pad, example in zip(padding, packed)])
+
+    def padded(values: list[int], pad: int, tail: int, fill: int) -> list[int]:
+        return [fill] * pad + values + [fill] * tail
+
+    input_ids = torch.tensor([padded(example["input_ids"], pad, tail, pad_token_id)
+                              for pad, tail, example in zip(before, after, packed)])
+    segments = torch.tensor([padded(example["segments"], pad, tail, -2) for pad, tail, example in zip(before, after, packed)])
+    position_ids = torch.tensor([padded(example["position_ids"], pad, tail, 0)
+                                 for pad, tail, example in zip(before, after, packed)])
     predictors = torch.tensor([[pad + predictor for predictor in example["predictors"]]
                                + [length - 1] * (width - len(example["predictors"]))
-                               for pad, example in zip(padding, packed)])
+                               for pad, example in zip(before, packed)])
     targets = torch.tensor([example["targets"] + [pad_token_id] * (width - len(example["targets"]))
                             for example in packed])
     owners = torch.tensor([example["owners"] + [-1] * (width - len(example["owners"])) for example in packed])
@@ -116,11 +133,12 @@ def _attention_mask(model, attention: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"the packed forward needs sdpa or eager attention, not {implementation!r}")
 
 
-def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completions: int) -> torch.Tensor:
+def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completions: int, cache=None) -> torch.Tensor:
     """log pi(completion j | prompt) for every prompt of a packed batch (collate_packed), as [B, num_completions].
 
-    Each prompt is computed once for all its completions. The vocabulary head runs only on the last
-    positions of the (left-padded) rows, where every predictor of a completion token lies.
+    Each prompt is computed once for all its completions. The vocabulary head runs only from the
+    first position that predicts a completion token onwards. An empty transformers Cache passed as
+    `cache` is filled with the batch's keys and values.
     """
     input_ids, predictors = batch["input_ids"], batch["predictors"]
     length = input_ids.shape[1]
@@ -128,7 +146,8 @@ def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completio
     first_predictor = int(predictors.masked_fill(~valid, length - 1).min())
     kept = length - first_predictor
     logits = model(input_ids=input_ids, attention_mask=_attention_mask(model, batch["attention"]),
-                   position_ids=batch["position_ids"], logits_to_keep=kept, use_cache=False).logits.float()
+                   position_ids=batch["position_ids"], logits_to_keep=kept, past_key_values=cache,
+                   use_cache=cache is not None).logits.float()
     rows = predictors - first_predictor  # [B, T] positions within the kept logits
     vocabulary = logits.shape[-1]
     chosen_logits = logits.flatten(1).gather(1, rows * vocabulary + batch["targets"])  # [B, T]
