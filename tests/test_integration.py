@@ -54,7 +54,8 @@ def test_stage_scripts_answer_help(script, flag):
 
 
 SHORT_REPRODUCTION = {"SFT_SAMPLES": "4", "SFT_BATCH_SIZE": "2", "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2",
-                      "PREF_BATCH_SIZE": "2", "PREF_GRAD_ACCUM": "1", "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3"}
+                      "PREF_BATCH_SIZE": "2", "PREF_GRAD_ACCUM": "1", "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3",
+                      "SCORE_CANDIDATES": "True"}
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
 
 
@@ -65,7 +66,7 @@ def test_reproduce_runs_every_stage_then_skips_them(shared_data_dir, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert [row["stage"] for row in results["stages"]] == list(STAGES)
-    assert all(row["evaluated_prompts"] == 3 for row in results["stages"])
+    assert all(row["evaluated_prompts"] == 3 and "ranking_mrr" in row for row in results["stages"])
     assert "evaluation on 3 test prompts" in results["title"]
     for stage in STAGES:
         assert len((run_dir / stage / "eval" / "predictions.jsonl").read_text().splitlines()) == 3

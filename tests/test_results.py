@@ -1,20 +1,22 @@
 """trainer/results.py on a made-up run folder: the three files, the intervals, a missing stage."""
 
+import collections
 import json
 
 import pytest
 
 from trainer.errors import InputError
+from trainer.popularity import popularity_rank
 from trainer.results import bootstrap_interval, results
 
 
-def write_stage(run_dir, stage, hits, trained: bool):
+def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True):
     eval_dir = run_dir / stage / "eval"
     eval_dir.mkdir(parents=True)
     rows = [{"index": index, "hit": hit, "valid": True} for index, hit in enumerate(hits)]
     (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (eval_dir / "metrics.json").write_text(json.dumps({"n": len(rows), "ranking_hit_ratio_at_1": 0.5,
-                                                       "ranking_mrr": 0.6, "seconds": 12.0}))
+    ranking = {"ranking_hit_ratio_at_1": 0.5, "ranking_mrr": 0.6} if ranked else {}
+    (eval_dir / "metrics.json").write_text(json.dumps({"n": len(rows), "seconds": 12.0} | ranking))
     if trained:
         (run_dir / stage / "train_results.json").write_text(json.dumps({"train_examples": 8, "train_runtime": 3.21}))
         history = [{"step": step, "loss": 1.0 / step, "rewards/margins": 0.1 * step, "rewards/chosen": -0.01 * step}
@@ -42,6 +44,44 @@ def test_results_writes_json_markdown_and_picture(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| softmax_dpo | 0.750 [" in table
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_results_without_candidate_scoring_leave_the_ranking_out(tmp_path):
+    write_stage(tmp_path, "base", [False, True], trained=False, ranked=False)
+    write_stage(tmp_path, "sft", [True, True], trained=True, ranked=False)
+    results(run_dir=str(tmp_path), stages="base,sft")
+    rows = json.loads((tmp_path / "results.json").read_text())["stages"]
+    assert not any(name.startswith("ranking_") for row in rows for name in row)
+    assert "| sft | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] |  |  |  | 2 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_popularity_rank_shares_places_among_ties():
+    counts = collections.Counter({"A": 3, "B": 1, "C": 1})
+    ranks = [popularity_rank(title, "ABCD", counts) for title in "ABCD"]
+    assert ranks == [1, 2.5, 2.5, 4]
+    assert sum(ranks) / 4 == (4 + 1) / 2, "a random pick averages the middle place"
+
+
+def test_results_rank_the_answers_by_training_popularity(tmp_path):
+    train = [{"historyList": "X", "itemList": ["A", "B", "C", "D"], "trueSelection": title} for title in "AAABC"]
+    train_file = tmp_path / "train.json"
+    train_file.write_text(json.dumps(train))
+    eval_dir = tmp_path / "run" / "sft" / "eval"
+    eval_dir.mkdir(parents=True)
+    predictions = [  # named A (place 1), named D (place 4), named nothing; true items B and C (2.5 each) and A
+        {"candidates": list("ABCD"), "true_item": "B", "matched_candidate": "A", "valid": True, "hit": False},
+        {"candidates": list("ABCD"), "true_item": "C", "matched_candidate": "D", "valid": True, "hit": False},
+        {"candidates": list("ABCD"), "true_item": "A", "matched_candidate": None, "valid": False, "hit": False},
+    ]
+    (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in predictions))
+    (eval_dir / "metrics.json").write_text(json.dumps({"n": 3, "seconds": 1.0}))
+    results(run_dir=str(tmp_path / "run"), stages="sft", train_file=str(train_file))
+    row = json.loads((tmp_path / "run" / "results.json").read_text())["stages"][0]
+    assert row["answer_popularity_rank"] == 2.5 and row["true_item_popularity_rank"] == 2.0
+    assert row["random_pick_popularity_rank"] == 2.5
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "| 2.50 | 3 |" in table and "the true items average 2.0" in table
 
 
 def test_a_stage_without_its_evaluation_is_named(tmp_path):

@@ -5,9 +5,12 @@ trainer_state.json; none for the base model) and, in its `eval/` subfolder, what
 (metrics.json, predictions.jsonl). For each stage this reports HR@1 and ValidRatio with 95%
 bootstrap intervals (rows resampled with replacement, seeded), the ranking metrics when present,
 the number of evaluated prompts, training examples and steps, and wall times; the picture shows
-the metrics with their intervals and the preference stages' training curves.
+the metrics with their intervals and the preference stages' training curves. Given the training
+file, it also reports where the named candidates sit by popularity (trainer.popularity): whether
+a model has learned which candidates the data makes likely.
 
-    python -m trainer.results --run_dir output/reproduce --stages base,sft,dpo,softmax_dpo,dmpo
+    python -m trainer.results --run_dir output/reproduce --stages base,sft,dpo,softmax_dpo,dmpo \
+        --train_file data/lastfm/train.json
 """
 
 import json
@@ -22,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from trainer.cli import run, write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
+from trainer.popularity import popularity_rank, target_counts  # noqa: E402
 
 EVAL_FOLDER = "eval"
 BOOTSTRAP_SAMPLES = 1000
@@ -48,8 +52,9 @@ def read_json(path: str):
         raise InputError(f"{path}: missing; has this stage finished?") from None
 
 
-def stage_summary(run_dir: str, stage: str, seed: int) -> dict:
-    """One stage's row of results.json."""
+def stage_summary(run_dir: str, stage: str, seed: int, counts=None) -> dict:
+    """One stage's row of results.json; with training counts, the mean popularity rank of the named
+    candidates (valid answers) and of the true items."""
     stage_dir = os.path.join(run_dir, stage)
     eval_dir = os.path.join(stage_dir, EVAL_FOLDER)
     metrics = read_json(os.path.join(eval_dir, METRICS_FILE))
@@ -62,6 +67,15 @@ def stage_summary(run_dir: str, stage: str, seed: int) -> dict:
         row[metric] = sum(flags) / len(flags)
         row[f"{metric}_ci95"] = bootstrap_interval(flags, seed)
     row |= {name: value for name, value in metrics.items() if name.startswith("ranking_")}
+    if counts is not None:
+        named = [popularity_rank(prediction["matched_candidate"], prediction["candidates"], counts)
+                 for prediction in predictions if prediction["valid"]]
+        row["answer_popularity_rank"] = round(sum(named) / len(named), 2) if named else None
+        truths = [popularity_rank(prediction["true_item"], prediction["candidates"], counts)
+                  for prediction in predictions]
+        row["true_item_popularity_rank"] = round(sum(truths) / len(truths), 2)
+        chance = [(len(prediction["candidates"]) + 1) / 2 for prediction in predictions]
+        row["random_pick_popularity_rank"] = round(sum(chance) / len(chance), 2)
     row["eval_seconds"] = metrics.get("seconds")
     train_results = os.path.join(stage_dir, "train_results.json")
     if os.path.isfile(train_results):
@@ -88,15 +102,24 @@ def markdown_table(rows: list[dict]) -> str:
         low, high = row[f"{name}_ci95"]
         return f"{row[name]:.3f} [{low:.3f}, {high:.3f}]"
 
-    lines = ["| stage | HR@1 [95% CI] | ValidRatio [95% CI] | ranked HR@1 | MRR | prompts | train examples | "
-             "steps | train s | eval s |", "|---" * 10 + "|"]
+    def optional(row, name, digits):
+        return "" if row.get(name) is None else f"{row[name]:.{digits}f}"
+
+    lines = ["| stage | HR@1 [95% CI] | ValidRatio [95% CI] | ranked HR@1 | MRR | answer's popularity rank | "
+             "prompts | train examples | steps | train s | eval s |", "|---" * 11 + "|"]
     for row in rows:
-        ranked = f"{row['ranking_hit_ratio_at_1']:.3f}" if "ranking_hit_ratio_at_1" in row else ""
-        mrr = f"{row['ranking_mrr']:.3f}" if "ranking_mrr" in row else ""
         lines.append(f"| {row['stage']} | {interval(row, 'hit_ratio_at_1')} | {interval(row, 'valid_ratio')} | "
-                     f"{ranked} | {mrr} | {row['evaluated_prompts']} | {row.get('train_examples', '')} | "
-                     f"{row.get('train_steps', '')} | {row.get('train_seconds', '')} | {row['eval_seconds']} |")
-    return "\n".join(lines) + "\n"
+                     f"{optional(row, 'ranking_hit_ratio_at_1', 3)} | {optional(row, 'ranking_mrr', 3)} | "
+                     f"{optional(row, 'answer_popularity_rank', 2)} | {row['evaluated_prompts']} | "
+                     f"{row.get('train_examples', '')} | {row.get('train_steps', '')} | "
+                     f"{row.get('train_seconds', '')} | {row['eval_seconds']} |")
+    table = "\n".join(lines) + "\n"
+    if "true_item_popularity_rank" in rows[0]:
+        table += ("\nPopularity rank: where the named candidate sits among its prompt's candidates by how often "
+                  "each was the true item of a training record (1 = most often; ties share the mean place). "
+                  f"A random pick averages {rows[0]['random_pick_popularity_rank']}; "
+                  f"the true items average {rows[0]['true_item_popularity_rank']}.\n")
+    return table
 
 
 def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
@@ -109,10 +132,14 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
         axis.bar(names, values, yerr=errors, capsize=4, color="tab:blue")
         axis.set_title(f"{title} (95% bootstrap interval)")
         axis.tick_params(axis="x", rotation=30)
-    ranked = [row.get("ranking_hit_ratio_at_1", 0.0) for row in rows]
-    axes[0, 2].bar(names, ranked, color="tab:gray")
+    if any("ranking_hit_ratio_at_1" in row for row in rows):
+        ranked = [row.get("ranking_hit_ratio_at_1", float("nan")) for row in rows]
+        axes[0, 2].bar(names, ranked, color="tab:gray")
+        axes[0, 2].tick_params(axis="x", rotation=30)
+    else:
+        axes[0, 2].text(0.5, 0.5, "not measured\n(inference.py --score_candidates False)", ha="center", va="center")
+        axes[0, 2].set_axis_off()
     axes[0, 2].set_title("HR@1 of the candidate ranking")
-    axes[0, 2].tick_params(axis="x", rotation=30)
     for axis, (key, title) in zip(axes[1], CURVES):
         for stage, values in stage_curves.items():
             steps, points = zip(*values[key])
@@ -129,7 +156,8 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
     os.replace(temporary, path)
 
 
-def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", seed: int = 0):
+def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", seed: int = 0,
+            train_file: str | None = None):
     """Write results.json, results.md and results.png into --run_dir from its finished stages.
 
     Args:
@@ -137,9 +165,11 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
         stages: Comma-separated stage folders, in the order to report them.
         title: What the run was (data, sizes, profile), written above the table and into results.json.
         seed: Seeds the bootstrap resampling.
+        train_file: Training records; with them, each stage also gets the mean popularity rank of its answers.
     """
     names = stages.split(",") if isinstance(stages, str) else list(stages)
-    rows = [stage_summary(run_dir, stage, seed) for stage in names]
+    counts = target_counts(train_file) if train_file else None
+    rows = [stage_summary(run_dir, stage, seed, counts) for stage in names]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
     table = (f"{title}\n\n" if title else "") + markdown_table(rows)
     write_json_atomically({"title": title, "stages": rows}, os.path.join(run_dir, "results.json"))
