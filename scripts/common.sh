@@ -23,9 +23,13 @@ ensure_lastfm_data() {
 
 # Starts a Python stage through accelerate, NUM_PROCESSES processes (one per GPU; 1 on a CPU).
 # Precision is each script's own --dtype, so accelerate's mixed precision stays off here.
+# accelerate gives each process one CPU thread unless told (it counts physical cores, 1 on this
+# 2-vCPU machine), which runs a CPU stage at about half speed; the processes share the CPUs
+# instead, or take OMP_NUM_THREADS threads each where that is set.
 launch() {
+    local threads=${OMP_NUM_THREADS:-$(( $(nproc) / NUM_PROCESSES ))}
     accelerate launch --num_processes "$NUM_PROCESSES" --num_machines 1 --dynamo_backend no \
-        --mixed_precision no "$@"
+        --mixed_precision no --num_cpu_threads_per_process "$(( threads > 0 ? threads : 1 ))" "$@"
 }
 
 # Runs a preference stage (dpo.py or softmax_dpo.py) with the settings its .sh script defined above
