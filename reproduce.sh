@@ -3,25 +3,28 @@
 # DMPO from the same SFT adapter, each evaluated on the same test prompts; RUN_DIR/results.md,
 # results.json and results.png collect them. A rerun skips every stage whose outputs are complete
 # (and says so); --force redoes them all.
-#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU
+#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
 #   bash reproduce.sh --force            # redo every stage
 #
 # Settings are variables, each overridable from the environment; the profile sets their defaults:
 #                        cpu     paper
-#   SFT_SAMPLES          720     all    SFT training prompts, a seeded sample (empty: all)
+#   SFT_SAMPLES          640     all    SFT training prompts, a seeded sample (empty: all)
 #   SFT_EPOCHS           1       5
 #   SFT_LEARNING_RATE    3e-4    1e-5
 #   SFT_BATCH_SIZE       4       4      prompts per forward pass
 #   SFT_GRAD_ACCUM       1       32     forward passes per optimizer step (paper: 32 / NUM_PROCESSES)
 #   SFT_VALID_SAMPLES    200     500    validation prompts for the SFT validation loss
-#   PREF_SAMPLES         480     all    training prompts of DPO, S-DPO and DMPO (the same for the three)
+#   SFT_LORA_DROPOUT     0       0.1    dropout on the LoRA input (a third of a CPU step; one pass has little to overfit)
+#   PREF_SAMPLES         200     all    training prompts of DPO, S-DPO and DMPO (the same for the three)
 #   PREF_EPOCHS          1       3
 #   PREF_LEARNING_RATE   1e-4    1e-5
 #   PREF_BATCH_SIZE      2       4
 #   PREF_GRAD_ACCUM      4       32     (paper: 32 / NUM_PROCESSES)
 #   PREF_VALID_SAMPLES   50      500    validation prompts for the preference loss and reward accuracy
 #   EVAL_SAMPLES         500     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
+#   SCORE_CANDIDATES     False   True   also rank the candidates by log-probability (ranking metrics;
+#                                       about 1.5x the evaluation time on a CPU)
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 set -euo pipefail
@@ -35,10 +38,10 @@ DATA_DIR=${DATA_DIR:-data/lastfm}
 RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
 case $PROFILE in
     cpu)
-        defaults=(720 1 3e-4 4 1 200 480 1 1e-4 2 4 50 500) ;;
+        defaults=(640 1 3e-4 4 1 200 0 200 1 1e-4 2 4 50 500 False) ;;
     paper)
         accumulation=$((32 / NUM_PROCESSES))
-        defaults=("" 5 1e-5 4 "$accumulation" 500 "" 3 1e-5 4 "$accumulation" 500 "") ;;
+        defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True) ;;
     *)
         echo "error: PROFILE must be cpu or paper, got '$PROFILE'" >&2
         exit 2 ;;
@@ -49,13 +52,15 @@ SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-${defaults[2]}}
 SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-${defaults[3]}}
 SFT_GRAD_ACCUM=${SFT_GRAD_ACCUM:-${defaults[4]}}
 SFT_VALID_SAMPLES=${SFT_VALID_SAMPLES:-${defaults[5]}}
-PREF_SAMPLES=${PREF_SAMPLES-${defaults[6]}}
-PREF_EPOCHS=${PREF_EPOCHS:-${defaults[7]}}
-PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[8]}}
-PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[9]}}
-PREF_GRAD_ACCUM=${PREF_GRAD_ACCUM:-${defaults[10]}}
-PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[11]}}
-EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[12]}}
+SFT_LORA_DROPOUT=${SFT_LORA_DROPOUT:-${defaults[6]}}
+PREF_SAMPLES=${PREF_SAMPLES-${defaults[7]}}
+PREF_EPOCHS=${PREF_EPOCHS:-${defaults[8]}}
+PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[9]}}
+PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[10]}}
+PREF_GRAD_ACCUM=${PREF_GRAD_ACCUM:-${defaults[11]}}
+PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
+EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
+SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[14]}}
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BETA=${BETA:-1.0}
 NEG_NUM=${NEG_NUM:-3}
@@ -73,7 +78,7 @@ export NUM_PROCESSES MODEL_NAME DATA_DIR SEED
 ensure_lastfm_data "$DATA_DIR"
 mkdir -p "$RUN_DIR"
 echo "profile $PROFILE: SFT on ${SFT_SAMPLES:-all} prompts, preferences on ${PREF_SAMPLES:-all}," \
-    "evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED); outputs in $RUN_DIR"
+    "evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED, candidate scoring $SCORE_CANDIDATES); outputs in $RUN_DIR"
 
 # Runs a stage unless its completion marker exists; --force removes the stage folder first.
 run_stage() {
@@ -101,13 +106,15 @@ train_preference() {
 
 # Evaluates a stage (an adapter folder, or none for the base model) into RUN_DIR/stage/eval.
 evaluate() {
-    ADAPTER=$2 OUTPUT_DIR=$RUN_DIR/$1/eval MAX_SAMPLES=$EVAL_SAMPLES SAMPLE_SEED=$SAMPLE_SEED bash inference.sh
+    ADAPTER=$2 OUTPUT_DIR=$RUN_DIR/$1/eval MAX_SAMPLES=$EVAL_SAMPLES SAMPLE_SEED=$SAMPLE_SEED \
+        SCORE_CANDIDATES=$SCORE_CANDIDATES bash inference.sh
 }
 
 run_stage base "$RUN_DIR/base/eval/metrics.json" evaluate base ""
 run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
-    BATCH_SIZE="$SFT_BATCH_SIZE" GRAD_ACCUM="$SFT_GRAD_ACCUM" LEARNING_RATE="$SFT_LEARNING_RATE" bash sft.sh
+    BATCH_SIZE="$SFT_BATCH_SIZE" GRAD_ACCUM="$SFT_GRAD_ACCUM" LEARNING_RATE="$SFT_LEARNING_RATE" \
+    LORA_DROPOUT="$SFT_LORA_DROPOUT" bash sft.sh
 for stage in dpo:dpo.sh:dpo:1 softmax_dpo:softmax_dpo.sh:sdpo:$NEG_NUM dmpo:softmax_dpo.sh:dmpo:$NEG_NUM; do
     IFS=: read -r name script loss negatives <<< "$stage"
     run_stage "$name" "$RUN_DIR/$name/train_results.json" train_preference "$name" "$script" "$loss" "$negatives"
@@ -115,5 +122,5 @@ done
 for name in sft dpo softmax_dpo dmpo; do
     run_stage "$name/eval" "$RUN_DIR/$name/eval/metrics.json" evaluate "$name" "$RUN_DIR/$name"
 done
-python -m trainer.results --run_dir "$RUN_DIR" --stages base,sft,dpo,softmax_dpo,dmpo \
+python -m trainer.results --run_dir "$RUN_DIR" --stages base,sft,dpo,softmax_dpo,dmpo --train_file "$DATA_DIR/train.json" \
     --title "LastFM, profile $PROFILE: SFT on ${SFT_SAMPLES:-all} training prompts, preferences on ${PREF_SAMPLES:-all}, evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED)"
