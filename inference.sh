@@ -10,10 +10,10 @@
 #   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
 #   DATA_DIR       folder holding test.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
 #   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
-#   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (500: ~7 min on 2 CPU cores)
+#   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (500: ~8 min on 2 CPU cores)
 #   SAMPLE_SEED    seed of that sample (0)
 #   BATCH_SIZE     prompts generated (and their candidates scored) together (16)
-#   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (True; about 1.7x
+#   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (True; about 2.3x
 #                  the evaluation time of a trained model on a CPU)
 set -euo pipefail
 cd "$(dirname "$0")"

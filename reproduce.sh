@@ -24,7 +24,7 @@
 #   PREF_VALID_SAMPLES   50      500    validation prompts for the preference loss and reward accuracy
 #   EVAL_SAMPLES         500     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
 #   SCORE_CANDIDATES     False   True   also rank the candidates by log-probability (ranking metrics;
-#                                       about 1.5x the evaluation time on a CPU)
+#                                       about 2.3x the evaluation time on a CPU)
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 set -euo pipefail

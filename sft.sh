@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Supervised fine-tuning (LoRA) of the embedded model on the LastFM data, sized for a 2-core CPU:
-# a seeded sample of MAX_TRAIN_SAMPLES training records, about 17 minutes here.
+# a seeded sample of MAX_TRAIN_SAMPLES training records, about 13 minutes here (2 CPU cores).
 # Settings are variables, each overridable from the environment; extra flags go to sft.py:
 #   MAX_TRAIN_SAMPLES= bash sft.sh                  # every training record
 #   bash sft.sh --load_in_4bit True                 # QLoRA
