@@ -1,11 +1,16 @@
-"""Bench: one preference training step, the plain way against the packed way, side by side.
+"""Bench: one preference training step, the plain ways against the packed way, side by side.
 
-For each k, both ways score the same prompts (LastFM training records, seeded negatives) on the
+For each k, every way scores the same prompts (LastFM training records, seeded negatives) on the
 same model: a policy forward and backward plus a reference forward, as one S-DPO step does.
+  plain    1 + k left-padded sequences per prompt, the vocabulary head on the answer positions
+           only (trainer.logprobs.completion_logps, --packed_forward False in training);
+  authors  the same sequences with logits at every position, as the S-DPO authors' code scores;
+  packed   one sequence per prompt holding the prompt once and every answer (the default).
 Each measurement runs in its own worker process so that its peak memory is its own; the table
 reports seconds per step (median of --steps after one warm-up), peak memory added over the loaded
-model, tokens processed against the floor (each prompt once plus every title once), and the
-plain/packed ratios.
+model after one forward (so buffers any forward allocates, the same for every way, count for
+none), tokens processed against the floor (each prompt once plus every title once), and the
+ratios of each plain way to the packed one.
 
     python bench/preference_step.py                      # k = 1, 3, 7, 19 on the embedded model
     python bench/preference_step.py --neg_nums 3 --dtype bfloat16 --device cuda
@@ -74,7 +79,18 @@ class PeakMemory:
             self._thread.join()
 
 
-def measure(model_name: str, train_file: str, neg_num: int, packed: bool, batch_size: int, steps: int,
+def full_logits_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      completion_mask: torch.Tensor) -> torch.Tensor:
+    """The S-DPO authors' scoring: logits and log-softmax at every position, then the answer tokens summed."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    token_logps = logits.log_softmax(dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (token_logps * completion_mask[:, 1:]).sum(dim=1)
+
+
+WAYS = ("plain", "authors", "packed")
+
+
+def measure(model_name: str, train_file: str, neg_num: int, way: str, batch_size: int, steps: int,
             dtype: str, device: str, seed: int) -> dict:
     """One worker: seconds per step, peak memory added and tokens for one way and one k."""
     from peft import get_peft_model
@@ -90,14 +106,17 @@ def measure(model_name: str, train_file: str, neg_num: int, packed: bool, batch_
     examples = [preference_example(tokenizer, builder.build(record, index), record.target,
                                    sample_negatives(record, neg_num, seed, index))
                 for index, record in enumerate(records)]
-    collate = MultiNegativeCollator(tokenizer.pad_token_id, packed=packed)
+    collate = MultiNegativeCollator(tokenizer.pad_token_id, packed=way == "packed")
     width = 1 + neg_num
 
     def logps(batch):
-        if packed:
+        if way == "packed":
             return packed_completion_logps(model, batch, width)
-        return completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        score = completion_logps if way == "plain" else full_logits_logps
+        return score(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
 
+    with torch.no_grad():
+        model(input_ids=torch.tensor([examples[0]["prompt_ids"]], device=device), use_cache=False)
     baseline = current_memory_bytes(device)
     seconds, tokens, floor = [], 0, 0
     with PeakMemory(device) as memory:
@@ -134,33 +153,35 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/
         dtype: float32, bfloat16 or float16.
         device: cpu or cuda.
         seed: Seeds the negatives and the templates.
-        worker: Internal: 'packed:k' or 'plain:k' runs one measurement and prints it as JSON.
+        worker: Internal: 'way:k' (plain, authors or packed) runs one measurement and prints it as JSON.
     """
     settings = dict(model_name=model_name, train_file=train_file, batch_size=batch_size, steps=steps, dtype=dtype,
                     device=device, seed=seed)
     if worker:
         way, neg_num = worker.split(":")
-        print(json.dumps(measure(neg_num=int(neg_num), packed=way == "packed", **settings)))
+        print(json.dumps(measure(neg_num=int(neg_num), way=way, **settings)))
         return
     values = (neg_nums,) if isinstance(neg_nums, int) else tuple(neg_nums)
     print(f"one S-DPO step ({batch_size} prompts): policy forward+backward and reference forward; "
           f"{dtype} on {device}, median of {steps} steps")
-    header = ("k", "plain s", "packed s", "speed-up", "plain GB", "packed GB", "memory ratio",
-              "plain tok/floor", "packed tok/floor")
+    header = ("k", "plain s", "authors s", "packed s", "speed-up vs plain", "vs authors", "plain GB", "authors GB",
+              "packed GB", "memory ratio vs plain", "vs authors", "plain tok/floor", "packed tok/floor")
     print(" | ".join(header))
     for neg_num in values:
         results = {}
-        for way in ("plain", "packed"):
+        for way in WAYS:
             command = [sys.executable, os.path.abspath(__file__), "--worker", f"{way}:{neg_num}"]
             command += [f"--{name}={value}" for name, value in settings.items()]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[way] = json.loads(output.strip().splitlines()[-1])
         plain, packed = results["plain"], results["packed"]
+        seconds = [results[way]["seconds_per_step"] for way in WAYS]
+        memory = [results[way]["peak_added_gb"] for way in WAYS]
         print(" | ".join([
-            str(neg_num), f"{plain['seconds_per_step']:.2f}", f"{packed['seconds_per_step']:.2f}",
-            f"{plain['seconds_per_step'] / packed['seconds_per_step']:.1f}x",
-            f"{plain['peak_added_gb']:.2f}", f"{packed['peak_added_gb']:.2f}",
-            f"{plain['peak_added_gb'] / max(packed['peak_added_gb'], 1e-3):.1f}x",
+            str(neg_num), *(f"{value:.2f}" for value in seconds),
+            *(f"{value / seconds[2]:.1f}x" for value in seconds[:2]),
+            *(f"{value:.2f}" for value in memory),
+            *(f"{value / max(memory[2], 1e-3):.1f}x" for value in memory[:2]),
             f"{plain['tokens'] / plain['floor']:.2f}", f"{packed['tokens'] / packed['floor']:.2f}",
         ]), flush=True)
 
