@@ -13,6 +13,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 
 from dpo import dpo
@@ -22,6 +23,7 @@ from trainer.logprobs import collate_packed, completion_logps, pack_example, pac
 from trainer.modeling import LLAMA_PROJECTIONS
 from trainer.preference import train_preference
 from trainer.preference_trainer import (
+    LENGTH_COLUMN,
     REFERENCE_COLUMN,
     MultiNegativeCollator,
     MultiNegativeDPOConfig,
@@ -219,6 +221,26 @@ def test_precomputed_reference_log_probs_equal_the_per_step_ones(tiny_model_dir,
     torch.testing.assert_close(reference, stored)
     precomputed.train()
     assert precomputed.state.global_step == 2
+
+
+def test_training_batches_hold_examples_of_similar_packed_length(tiny_model_dir, tokenizer, tmp_path):
+    rows = examples(tokenizer, 64, neg_num=1)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    shuffled = [rows[index] for index in order]
+    trainer = MultiNegativeDPOTrainer(model=lora_model(tiny_model_dir),
+                                      args=MultiNegativeDPOConfig(**trainer_config(tmp_path), num_rejected=1),
+                                      train_dataset=Dataset.from_list(shuffled), processing_class=tokenizer)
+    lengths = [len(row["prompt_ids"]) + sum(map(len, row["completion_ids"])) for row in shuffled]
+    assert trainer.train_dataset[LENGTH_COLUMN] == lengths
+    sampler = trainer._get_train_sampler(trainer.train_dataset)
+    assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == lengths
+
+    def padding(indices: list[int]) -> int:
+        """Pad tokens of batches of 2 drawn in this order: each pads its shorter example to the longer."""
+        return sum(abs(lengths[first] - lengths[second]) for first, second in zip(indices[::2], indices[1::2]))
+
+    # Drawn in file (random) order, batches pair far-apart lengths; grouped, neighbours.
+    assert padding(list(sampler)) < padding(list(range(len(rows)))) / 4
 
 
 def save_sft_adapter(tiny_model_dir, folder) -> str:

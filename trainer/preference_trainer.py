@@ -32,6 +32,13 @@ from trainer.losses import LOSS_TYPES, preference_loss, rewards
 PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
 # Added by precompute_ref_log_probs: the reference log-probs of an example's 1 + k completions.
 REFERENCE_COLUMN = "ref_logps"
+# Added to every dataset (under MultiNegativeDPOConfig.length_column_name): packed_length of each example.
+LENGTH_COLUMN = "packed_length"
+
+
+def packed_length(example: dict) -> int:
+    """Tokens the packed forward computes for an example: its prompt once and every completion once."""
+    return len(example["prompt_ids"]) + sum(map(len, example["completion_ids"]))
 
 
 @dataclass
@@ -52,11 +59,23 @@ class MultiNegativeDPOConfig(DPOConfig):
             One sequence per prompt holding the prompt once and then every completion, each completion
             attending only to the prompt and itself. False scores 1 + k padded sequences per prompt
             (the plain way, kept for comparison).
+        train_sampling_strategy (`str`, defaults to `"group_by_length"`):
+            Trainer's field with another default: batches of examples of similar packed length, so
+            that little compute goes to padding ("random" draws them as they come).
+        length_column_name (`str`, defaults to `"packed_length"`):
+            Trainer's field with another default: the column of each example's packed length (its
+            prompt once plus every completion, in tokens), which the trainer adds when missing.
     """
 
     num_rejected: int = field(default=3, metadata={"help": "Rejected completions per prompt (k)."})
     preference_loss: str = field(default="sdpo", metadata={"help": f"One of {LOSS_TYPES}."})
     packed_forward: bool = field(default=True, metadata={"help": "Compute each prompt once for its 1 + k completions."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "Trainer's sampler; by default batches of examples of similar packed length."},
+    )
+    length_column_name: str = field(default=LENGTH_COLUMN,
+                                    metadata={"help": "Column of each example's packed length, added when missing."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -118,11 +137,14 @@ class MultiNegativeDPOTrainer(DPOTrainer):
         if counts != {1 + args.num_rejected}:
             raise ValueError(f"every {dataset_name} example needs 1 + {args.num_rejected} completions, "
                              f"found {sorted(counts)}")
-        return dataset
+        if args.length_column_name in dataset.column_names:
+            return dataset
+        columns = dataset.select_columns(PREFERENCE_COLUMNS)
+        return dataset.add_column(args.length_column_name, [packed_length(example) for example in columns])
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = PREFERENCE_COLUMNS + [REFERENCE_COLUMN]
+            self._signature_columns = PREFERENCE_COLUMNS + [REFERENCE_COLUMN, self.args.length_column_name]
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """The dataset with a column of its examples' reference log-probs, computed once, in dataset order."""
