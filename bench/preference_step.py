@@ -6,14 +6,18 @@ same model: a policy forward and backward plus a reference forward, as one S-DPO
            only (trainer.logprobs.completion_logps, --packed_forward False in training);
   authors  the same sequences with logits at every position, as the S-DPO authors' code scores;
   packed   one sequence per prompt holding the prompt once and every answer (the default).
-Each measurement runs in its own worker process so that its peak memory is its own; the table
-reports seconds per step (median of --steps after one warm-up), peak memory added over the loaded
-model after one forward (so buffers any forward allocates, the same for every way, count for
-none), tokens processed against the floor (each prompt once plus every title once), and the
-ratios of each plain way to the packed one.
+The prompts of a step have similar packed lengths, as training's sampler groups them
+(--group_by_length False takes them in file order). Each measurement runs in its own worker
+process so that its peak memory is its own; the table reports seconds per step (median of
+--steps after one warm-up), peak memory added over the loaded model after one forward (so buffers
+any forward allocates, the same for every way, count for none), tokens processed against the
+floor (each prompt once plus every title once), the ratios of each plain way to the packed one,
+and, as a check that the ways compute the same numbers, the largest difference between a plain
+way's and the packed way's policy log-probs in the first timed step.
 
     python bench/preference_step.py                      # k = 1, 3, 7, 19 on the embedded model
-    python bench/preference_step.py --neg_nums 3 --dtype bfloat16 --device cuda
+    python bench/preference_step.py --neg_nums 3,19 --dtype bfloat16 --device cuda
+    python bench/preference_step.py --neg_nums 3,19 --dtype bfloat16 --device cuda --load_in_4bit True
 """
 
 import json
@@ -30,17 +34,18 @@ import torch  # noqa: E402
 
 from trainer.cli import run  # noqa: E402
 from trainer.data_interface import PromptBuilder, load_records, preference_example, sample_negatives  # noqa: E402
+from trainer.errors import InputError  # noqa: E402
 from trainer.logprobs import completion_logps, packed_completion_logps  # noqa: E402
 from trainer.modeling import (  # noqa: E402
     EMBEDDED_MODEL_NAME,
     LLAMA_PROJECTIONS,
-    load_model,
+    load_model_for_training,
     load_tokenizer,
     lora_config,
     resolve_dtype,
     resolve_model_path,
 )
-from trainer.preference_trainer import MultiNegativeCollator  # noqa: E402
+from trainer.preference_trainer import MultiNegativeCollator, packed_length  # noqa: E402
 
 
 def current_memory_bytes(device: str) -> int:
@@ -90,22 +95,29 @@ def full_logits_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 WAYS = ("plain", "authors", "packed")
 
 
+def largest_difference(first: list[list[float]], second: list[list[float]]) -> float:
+    """Largest absolute difference between two ways' policy log-probs of the same step: they compute the same numbers."""
+    return max(abs(a - b) for row_a, row_b in zip(first, second) for a, b in zip(row_a, row_b))
+
+
 def measure(model_name: str, train_file: str, neg_num: int, way: str, batch_size: int, steps: int,
-            dtype: str, device: str, seed: int) -> dict:
+            dtype: str, device: str, load_in_4bit: bool, group_by_length: bool, seed: int) -> dict:
     """One worker: seconds per step, peak memory added and tokens for one way and one k."""
     from peft import get_peft_model
 
     torch.manual_seed(seed)
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
-    model = get_peft_model(load_model(model_path, resolve_dtype(dtype), device_map={"": device}),
-                           lora_config(8, 32, 0.0, LLAMA_PROJECTIONS))
+    base = load_model_for_training(model_path, resolve_dtype(dtype), load_in_4bit, gradient_checkpointing=False)
+    model = get_peft_model(base if load_in_4bit else base.to(device), lora_config(8, 32, 0.0, LLAMA_PROJECTIONS))
     model.train()
     records = load_records(train_file)[: batch_size * (steps + 1)]
     builder = PromptBuilder("music", tokenizer, 512, seed=seed)
     examples = [preference_example(tokenizer, builder.build(record, index), record.target,
                                    sample_negatives(record, neg_num, seed, index))
                 for index, record in enumerate(records)]
+    if group_by_length:
+        examples.sort(key=packed_length)
     collate = MultiNegativeCollator(tokenizer.pad_token_id, packed=way == "packed")
     width = 1 + neg_num
 
@@ -124,24 +136,27 @@ def measure(model_name: str, train_file: str, neg_num: int, way: str, batch_size
             chunk = examples[step * batch_size : (step + 1) * batch_size]
             batch = {name: tensor.to(device) for name, tensor in collate(chunk).items()}
             started = time.perf_counter()
-            logps(batch).sum().backward()
+            policy_logps = logps(batch)
+            policy_logps.sum().backward()
             with torch.no_grad(), model.disable_adapter():
                 logps(batch)
             if device == "cuda":
                 torch.cuda.synchronize()
+            if step == 1:
+                first_logps = policy_logps.detach().float().reshape(len(chunk), width).tolist()
             if step > 0:  # the first step warms up allocators and kernels
                 seconds.append(time.perf_counter() - started)
                 tokens += batch["input_ids"].numel()
-                floor += sum(len(example["prompt_ids"]) + sum(map(len, example["completion_ids"]))
-                             for example in chunk)
+                floor += sum(map(packed_length, chunk))
             model.zero_grad(set_to_none=True)
     return {"seconds_per_step": statistics.median(seconds), "peak_added_gb": (memory.peak - baseline) / 1e9,
-            "tokens": tokens, "floor": floor}
+            "tokens": tokens, "floor": floor, "first_logps": first_logps}
 
 
 def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/train.json",
           neg_nums: int | tuple = (1, 3, 7, 19), batch_size: int = 2, steps: int = 3, dtype: str = "float32",
-          device: str = "cpu", seed: int = 0, worker: str | None = None):
+          device: str = "cpu", load_in_4bit: bool = False, group_by_length: bool = True, seed: int = 0,
+          worker: str | None = None):
     """Print plain against packed for each k.
 
     Args:
@@ -152,37 +167,48 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/
         steps: Timed steps per measurement, after one warm-up step.
         dtype: float32, bfloat16 or float16.
         device: cpu or cuda.
+        load_in_4bit: Load the base model in 4-bit NF4 (QLoRA) with `dtype` as the compute type, as
+            --load_in_4bit does in training (on a GPU it lands on cuda:0).
+        group_by_length: Put prompts of similar packed length in the same step, as training's sampler
+            does (False: in file order, so a step pads the shorter prompt up to the longer).
         seed: Seeds the negatives and the templates.
         worker: Internal: 'way:k' (plain, authors or packed) runs one measurement and prints it as JSON.
     """
+    if load_in_4bit and device != "cuda":
+        raise InputError("--load_in_4bit: the bench places a 4-bit model on cuda:0; pass --device cuda")
     settings = dict(model_name=model_name, train_file=train_file, batch_size=batch_size, steps=steps, dtype=dtype,
-                    device=device, seed=seed)
+                    device=device, load_in_4bit=load_in_4bit, group_by_length=group_by_length, seed=seed)
     if worker:
         way, neg_num = worker.split(":")
         print(json.dumps(measure(neg_num=int(neg_num), way=way, **settings)))
         return
     values = (neg_nums,) if isinstance(neg_nums, int) else tuple(neg_nums)
     print(f"one S-DPO step ({batch_size} prompts): policy forward+backward and reference forward; "
-          f"{dtype} on {device}, median of {steps} steps")
+          f"{dtype}{' (4-bit NF4 base)' if load_in_4bit else ''} on {device}, median of {steps} steps, "
+          f"{'grouped by length' if group_by_length else 'in file order'}")
     header = ("k", "plain s", "authors s", "packed s", "speed-up vs plain", "vs authors", "plain GB", "authors GB",
-              "packed GB", "memory ratio vs plain", "vs authors", "plain tok/floor", "packed tok/floor")
+              "packed GB", "memory ratio vs plain", "vs authors", "plain tok/floor", "packed tok/floor",
+              "max |logp - packed| plain", "authors")
     print(" | ".join(header))
     for neg_num in values:
         results = {}
         for way in WAYS:
             command = [sys.executable, os.path.abspath(__file__), "--worker", f"{way}:{neg_num}"]
             command += [f"--{name}={value}" for name, value in settings.items()]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results[way] = json.loads(output.strip().splitlines()[-1])
+            finished = subprocess.run(command, capture_output=True, text=True)
+            if finished.returncode != 0:
+                sys.exit(f"the {way} worker for k={neg_num} failed:\n{finished.stderr[-3000:]}")
+            results[way] = json.loads(finished.stdout.strip().splitlines()[-1])
         plain, packed = results["plain"], results["packed"]
         seconds = [results[way]["seconds_per_step"] for way in WAYS]
         memory = [results[way]["peak_added_gb"] for way in WAYS]
         print(" | ".join([
-            str(neg_num), *(f"{value:.2f}" for value in seconds),
+            str(neg_num), *(f"{value:.3g}" for value in seconds),
             *(f"{value / seconds[2]:.1f}x" for value in seconds[:2]),
             *(f"{value:.2f}" for value in memory),
             *(f"{value / max(memory[2], 1e-3):.1f}x" for value in memory[:2]),
             f"{plain['tokens'] / plain['floor']:.2f}", f"{packed['tokens'] / packed['floor']:.2f}",
+            *(f"{largest_difference(results[way]['first_logps'], packed['first_logps']):.2g}" for way in WAYS[:2]),
         ]), flush=True)
 
 
