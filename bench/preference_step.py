@@ -167,10 +167,8 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/
         steps: Timed steps per measurement, after one warm-up step.
         dtype: float32, bfloat16 or float16.
         device: cpu or cuda.
-        load_in_4bit: Load the base model in 4-bit NF4 (QLoRA) with `dtype` as the compute type, as
-            --load_in_4bit does in training (on a GPU it lands on cuda:0).
-        group_by_length: Put prompts of similar packed length in the same step, as training's sampler
-            does (False: in file order, so a step pads the shorter prompt up to the longer).
+        load_in_4bit: Load the base model in 4-bit NF4 (QLoRA) on cuda:0 with `dtype` as the compute type, as training's --load_in_4bit does.
+        group_by_length: Put prompts of similar packed length in one step, as training's sampler does (False: file order).
         seed: Seeds the negatives and the templates.
         worker: Internal: 'way:k' (plain, authors or packed) runs one measurement and prints it as JSON.
     """
