@@ -18,6 +18,8 @@
 #   BATCH_SIZE         prompts per forward pass (2)
 #   GRAD_ACCUM         forward passes per optimizer step (4)
 #   LEARNING_RATE      peak learning rate, cosine schedule (1e-4)
+#   HINTS              True: every prompt names the candidates that most often followed its history
+#                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (False)
 #   SEED               seeds sampling, negatives, templates and data order (42)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,6 +40,7 @@ BATCH_SIZE=${BATCH_SIZE:-2}
 GRAD_ACCUM=${GRAD_ACCUM:-4}
 LEARNING_RATE=${LEARNING_RATE:-1e-4}
 SEED=${SEED:-42}
+HINTS=${HINTS:-False}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     show_help "$0" dpo.py

@@ -12,6 +12,7 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 
 from trainer.cli import run, save_run_config
+from trainer.collaborative import load_hints
 from trainer.data_interface import EVAL_TEMPLATE_INDEX, PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import answer_and_score, score_answers, write_evaluation
@@ -29,6 +30,8 @@ def inference(
     domain: str = "music",
     template_index: int = EVAL_TEMPLATE_INDEX,
     max_prompt_tokens: int = 512,
+    hint_file: str | None = None,
+    hint_size: int = 3,
     max_samples: int | None = None,
     sample_seed: int | None = None,
     batch_size: int = 16,
@@ -48,6 +51,8 @@ def inference(
         domain: Prompt wording: music, movie, book or game.
         template_index: Which of the domain's prompt templates to use (0-4); fixed for every prompt.
         max_prompt_tokens: Token budget of a prompt; longer prompts drop their oldest history titles.
+        hint_file: Training records whose counts add a hint to every prompt: the candidates that other users with the same history titles chose next most often (trainer.collaborative); pass the same file when training and evaluating. Unset: the text-only prompts of the paper.
+        hint_size: Most candidates a hint names.
         max_samples: Evaluate only this many records: the first ones, or a seeded sample with --sample_seed.
         sample_seed: With --max_samples, draw a fixed random sample with this seed instead of a prefix.
         batch_size: Prompts generated (and their candidates scored) together.
@@ -80,7 +85,8 @@ def inference(
             raise InputError(f"--adapter {adapter!r}: cannot load a LoRA adapter ({error})") from None
     model.eval()
 
-    builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=template_index)
+    builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=template_index,
+                            hints=load_hints(hint_file, hint_size, test_file))
     prompts = [builder.build(record, index) for record, index in zip(records, indices)]
 
     logger.info("Evaluating %d prompts from %s on %s%s", len(prompts), test_file, model_path,

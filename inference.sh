@@ -15,6 +15,8 @@
 #   BATCH_SIZE     prompts generated (and their candidates scored) together (16)
 #   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (True; about 2.3x
 #                  the evaluation time of a trained model on a CPU)
+#   HINTS          True: every prompt names the candidates that most often followed its history in
+#                  DATA_DIR/train.json, as for a model trained with HINTS=True (False)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
@@ -28,6 +30,7 @@ MAX_SAMPLES=${MAX_SAMPLES-500}
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BATCH_SIZE=${BATCH_SIZE:-16}
 SCORE_CANDIDATES=${SCORE_CANDIDATES:-True}
+HINTS=${HINTS:-False}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     show_help "$0" inference.py
@@ -35,6 +38,7 @@ if [[ ${1:-} == --help || ${1:-} == -h ]]; then
 fi
 
 ensure_lastfm_data "$DATA_DIR"
+set_hint_flags
 adapter_flag=()
 if [[ -n $ADAPTER ]]; then
     adapter_flag=(--adapter "$ADAPTER")
@@ -52,4 +56,5 @@ launch inference.py \
     --sample_seed "$SAMPLE_SEED" \
     --batch_size "$BATCH_SIZE" \
     --score_candidates "$SCORE_CANDIDATES" \
+    "${hint_flags[@]}" \
     "$@"

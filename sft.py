@@ -12,6 +12,7 @@ from peft import PeftModel, get_peft_model
 from trl import SFTConfig
 
 from trainer.cli import is_main_process, run, save_run_config, write_json_atomically
+from trainer.collaborative import load_hints
 from trainer.data_interface import (
     EVAL_TEMPLATE_INDEX,
     PromptBuilder,
@@ -31,7 +32,7 @@ from trainer.modeling import (
     resolve_model_path,
 )
 from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer
-from trainer.training import trainer_arguments
+from trainer.training import LearningCurveCallback, trainer_arguments
 
 logger = logging.getLogger("sft")
 
@@ -54,6 +55,8 @@ def sft(
     domain: str = "music",
     template_index: int | None = None,
     max_prompt_tokens: int = 512,
+    hint_file: str | None = None,
+    hint_size: int = 3,
     max_train_samples: int | None = None,
     max_valid_samples: int | None = 500,
     seed: int = 42,
@@ -88,6 +91,8 @@ def sft(
         domain: Prompt wording: music, movie, book or game.
         template_index: Use this one template (0-4) for every training prompt; by default each example draws one, seeded by --seed and its index.
         max_prompt_tokens: Token budget of a prompt; longer prompts drop their oldest history titles.
+        hint_file: Training records whose counts add a hint to every prompt: the candidates that other users with the same history titles chose next most often (trainer.collaborative); pass the same file when training and evaluating. Unset: the text-only prompts of the paper.
+        hint_size: Most candidates a hint names.
         max_train_samples: Train on a seeded random sample of this many records (all when unset).
         max_valid_samples: Compute the validation loss on a seeded random sample of this many records (all when unset).
         seed: Seeds the samples, the templates, LoRA initialisation and the data order.
@@ -117,8 +122,10 @@ def sft(
     tokenizer = load_tokenizer(model_path, padding_side="left")
 
     # Build (and so validate) both datasets before anything is written.
-    train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index)
-    eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX)
+    train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index,
+                                  hints=load_hints(hint_file, hint_size, train_file))
+    eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX,
+                                 hints=load_hints(hint_file, hint_size, valid_file))
     train_dataset = supervised_dataset(train_file, max_train_samples, seed, train_builder, tokenizer)
     eval_dataset = supervised_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer)
     logger.info("SFT on %d training examples (%s), validation loss on %d (%s)",
@@ -157,6 +164,7 @@ def sft(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        callbacks=[LearningCurveCallback()],
     )
     train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
     results = dict(train_result.metrics) | trainer.evaluate()

@@ -17,6 +17,8 @@
 #   LEARNING_RATE      peak learning rate, cosine schedule (3e-4)
 #   LORA_DROPOUT       dropout on the LoRA input; off, as one pass over unseen prompts has little to
 #                      overfit and dropout costs a third of a CPU step (0; the paper's 0.1 is sft.py's default)
+#   HINTS              True: every prompt names the candidates that most often followed its history
+#                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (False)
 #   SEED               seeds sampling, templates, initialisation and data order (42)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,6 +36,7 @@ GRAD_ACCUM=${GRAD_ACCUM:-1}
 LEARNING_RATE=${LEARNING_RATE:-3e-4}
 LORA_DROPOUT=${LORA_DROPOUT:-0}
 SEED=${SEED:-42}
+HINTS=${HINTS:-False}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     show_help "$0" sft.py
@@ -41,6 +44,7 @@ if [[ ${1:-} == --help || ${1:-} == -h ]]; then
 fi
 
 ensure_lastfm_data "$DATA_DIR"
+set_hint_flags
 sample_flag=()
 if [[ -n $MAX_TRAIN_SAMPLES ]]; then
     sample_flag=(--max_train_samples "$MAX_TRAIN_SAMPLES")
@@ -58,4 +62,5 @@ launch sft.py \
     --learning_rate "$LEARNING_RATE" \
     --lora_dropout "$LORA_DROPOUT" \
     --seed "$SEED" \
+    "${hint_flags[@]}" \
     "$@"

@@ -32,12 +32,24 @@ launch() {
         --mixed_precision no --num_cpu_threads_per_process "$(( threads > 0 ? threads : 1 ))" "$@"
 }
 
+# Sets hint_flags from HINTS: with True, every prompt also names the candidates that other users
+# with the same history titles chose next most often in DATA_DIR/train.json (trainer/collaborative.py).
+# A model trained with hints is evaluated with hints.
+set_hint_flags() {
+    case ${HINTS:-False} in
+        True) hint_flags=(--hint_file "$DATA_DIR/train.json") ;;
+        False) hint_flags=() ;;
+        *) echo "error: HINTS must be True or False, got '$HINTS'" >&2; exit 2 ;;
+    esac
+}
+
 # Runs a preference stage (dpo.py or softmax_dpo.py) with the settings its .sh script defined above
 # (MODEL_NAME, SFT_ADAPTER, DATA_DIR, OUTPUT_DIR, LOSS_TYPE, NEG_NUM, BETA, MAX_TRAIN_SAMPLES, ...).
 launch_preference_stage() {
     local python_script=$1
     shift
     ensure_lastfm_data "$DATA_DIR"
+    set_hint_flags
     local sample_flag=()
     if [[ -n $MAX_TRAIN_SAMPLES ]]; then
         sample_flag=(--max_train_samples "$MAX_TRAIN_SAMPLES")
@@ -58,5 +70,6 @@ launch_preference_stage() {
         --gradient_accumulation_steps "$GRAD_ACCUM" \
         --learning_rate "$LEARNING_RATE" \
         --seed "$SEED" \
+        "${hint_flags[@]}" \
         "$@"
 }

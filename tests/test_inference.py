@@ -15,7 +15,7 @@ from inference import inference
 from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
 from trainer.evaluation import answer_and_score, score_answers
 from trainer.modeling import load_model, load_tokenizer
-from trainer.popularity import popularity
+from trainer.rules import rules
 
 
 def test_inference_writes_metrics_and_predictions(tiny_model_dir, small_data_dir, tmp_path):
@@ -143,7 +143,7 @@ def test_popularity_answers_the_candidate_most_often_true_in_training(tmp_path):
     test = [make_record(5), make_record(6)]
     test[0]["itemList"][7] = "Band 9-3"  # the popular title is a candidate here, not the true item
     paths = write_records(tmp_path / "train.json", train), write_records(tmp_path / "test.json", test)
-    popularity(train_file=paths[0], test_file=paths[1], output_dir=str(tmp_path / "out"))
+    rules(train_file=paths[0], test_file=paths[1], output_dir=str(tmp_path / "out"))
     rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert rows[0]["answer"] == "Band 9-3" and not rows[0]["hit"]
     # Without a popular candidate every count is 0: the first listed candidate is answered.

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from trainer.errors import InputError
-from trainer.popularity import popularity_rank
+from trainer.rules import popularity_rank
 from trainer.results import bootstrap_interval, results
 
 

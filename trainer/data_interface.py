@@ -47,13 +47,21 @@ PATTERNS = (
     "The latest {nouns} of a {person}: {history}. Which one of the following {nouns} should they {verb} "
     "next? Options: {candidates}. " + ANSWER_CUE,
 )
+# With --hint_file, this sentence goes right before the answer cue of every template: the candidates
+# that other users with this history chose next most often (trainer.collaborative), best first.
+HINT_PATTERN = "Among the candidates, other {person}s with this history most often {past} next: {hints}. "
+NO_HINT = "none of them"
+
+
+def domain_words(domain: str) -> dict[str, str]:
+    if domain not in DOMAINS:
+        raise InputError(f"--domain: unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
+    return DOMAINS[domain]
 
 
 def templates_for(domain: str) -> list[str]:
     """The domain's templates, with only {history} and {candidates} left to fill."""
-    if domain not in DOMAINS:
-        raise InputError(f"--domain: unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
-    words = DOMAINS[domain]
+    words = domain_words(domain)
     return [pattern.format(history="{history}", candidates="{candidates}", **words) for pattern in PATTERNS]
 
 
@@ -136,13 +144,18 @@ class PromptBuilder:
 
     Training draws a template per example from a generator seeded by (seed, example index), so a
     rerun builds the same prompts; evaluation passes `template_index` to use one fixed template.
-    A prompt longer than `max_prompt_tokens` drops its oldest history titles first; candidates
-    and the answer cue are never cut.
+    A prompt longer than `max_prompt_tokens` drops its oldest history titles first; candidates,
+    the hint and the answer cue are never cut.
+
+    `hints` (trainer.collaborative.CollaborativeHints, optional) adds HINT_PATTERN before the answer
+    cue, naming the candidates it returns for the record (computed from the whole history).
     """
 
     def __init__(self, domain: str, tokenizer=None, max_prompt_tokens: int | None = None,
-                 seed: int = 0, template_index: int | None = None):
+                 seed: int = 0, template_index: int | None = None, hints=None):
         self.templates = templates_for(domain)
+        self.words = domain_words(domain)
+        self.hints = hints
         if template_index is not None and not 0 <= template_index < len(self.templates):
             raise InputError(f"--template_index must be in 0..{len(self.templates) - 1}, got {template_index}")
         if max_prompt_tokens is not None and tokenizer is None:
@@ -160,6 +173,11 @@ class PromptBuilder:
 
     def build(self, record: Record, example_index: int) -> str:
         template = self.template(example_index)
+        if self.hints is not None:
+            hinted = TITLE_SEPARATOR.join(self.hints.titles(record)) or NO_HINT
+            hint = HINT_PATTERN.format(hints=hinted, **self.words)
+            # Every template ends with the answer cue; the hint goes right before it.
+            template = template[: -len(ANSWER_CUE)] + hint.replace("{", "{{").replace("}", "}}") + ANSWER_CUE
         candidates = TITLE_SEPARATOR.join(record.candidates)
         for start in range(len(record.history) + 1):
             prompt = template.format(history=TITLE_SEPARATOR.join(record.history[start:]), candidates=candidates)

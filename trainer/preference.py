@@ -13,6 +13,7 @@ from datasets import Dataset
 from peft import PeftModel
 
 from trainer.cli import is_main_process, save_run_config, write_json_atomically
+from trainer.collaborative import load_hints
 from trainer.data_interface import (
     EVAL_TEMPLATE_INDEX,
     PromptBuilder,
@@ -34,9 +35,10 @@ from trainer.modeling import (
     resolve_model_path,
 )
 from trainer.preference_trainer import MultiNegativeDPOConfig, MultiNegativeDPOTrainer
-from trainer.training import trainer_arguments
+from trainer.training import LearningCurveCallback, trainer_arguments
 
 logger = logging.getLogger("preference")
+
 
 def preference_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer,
                        neg_num: int) -> Dataset:
@@ -70,6 +72,8 @@ def train_preference(
     domain: str = "music",
     template_index: int | None = None,
     max_prompt_tokens: int = 512,
+    hint_file: str | None = None,
+    hint_size: int = 3,
     max_train_samples: int | None = None,
     max_valid_samples: int | None = 500,
     seed: int = 42,
@@ -110,6 +114,8 @@ def train_preference(
         domain: Prompt wording: music, movie, book or game.
         template_index: Use this one template (0-4) for every training prompt; by default each example draws one, seeded by --seed and its index.
         max_prompt_tokens: Token budget of a prompt; longer prompts drop their oldest history titles.
+        hint_file: Training records whose counts add a hint to every prompt: the candidates that other users with the same history titles chose next most often (trainer.collaborative); pass the same file when training and evaluating. Unset: the text-only prompts of the paper.
+        hint_size: Most candidates a hint names.
         max_train_samples: Train on a seeded random sample of this many records (all when unset).
         max_valid_samples: Evaluate on a seeded random sample of this many validation records (all when unset; 0 skips evaluation).
         seed: Seeds the samples, the negatives, the templates, LoRA initialisation and the data order.
@@ -153,11 +159,13 @@ def train_preference(
     tokenizer = load_tokenizer(model_path, padding_side="left")
 
     # Build (and so validate) the datasets before anything is written.
-    train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index)
+    train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index,
+                                  hints=load_hints(hint_file, hint_size, train_file))
     train_dataset = preference_dataset(train_file, max_train_samples, seed, train_builder, tokenizer, neg_num)
     eval_dataset = None
     if max_valid_samples != 0:
-        eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX)
+        eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX,
+                                     hints=load_hints(hint_file, hint_size, valid_file))
         eval_dataset = preference_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer, neg_num)
     logger.info("%s with %d negatives on %d training prompts (%s)%s", loss_type, neg_num, len(train_dataset),
                 train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
@@ -186,6 +194,7 @@ def train_preference(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[LearningCurveCallback()],
     )
     if is_main_process():
         trainer.model.print_trainable_parameters()

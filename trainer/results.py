@@ -6,7 +6,7 @@ trainer_state.json; none for the base model) and, in its `eval/` subfolder, what
 bootstrap intervals (rows resampled with replacement, seeded), the ranking metrics when present,
 the number of evaluated prompts, training examples and steps, and wall times; the picture shows
 the metrics with their intervals and the preference stages' training curves. Given the training
-file, it also reports where the named candidates sit by popularity (trainer.popularity): whether
+file, it also reports where the named candidates sit by popularity (trainer.rules): whether
 a model has learned which candidates the data makes likely.
 
     python -m trainer.results --run_dir output/reproduce --stages base,sft,dpo,softmax_dpo,dmpo \
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from trainer.cli import run, write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
-from trainer.popularity import popularity_rank, target_counts  # noqa: E402
+from trainer.rules import popularity_rank, target_counts  # noqa: E402
 
 EVAL_FOLDER = "eval"
 BOOTSTRAP_SAMPLES = 1000

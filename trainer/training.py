@@ -1,6 +1,9 @@
 """Trainer settings that SFT and the preference stages share, from their identically named flags."""
 
+import time
+
 import torch
+from transformers import TrainerCallback
 
 
 def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_training: bool) -> dict:
@@ -36,3 +39,21 @@ def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_tr
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+
+
+class LearningCurveCallback(TrainerCallback):
+    """Adds wall seconds since training began and examples seen so far to every logged entry.
+
+    With them, trainer_state.json (a checkpoint's too) places each logged point on a learning curve
+    against time and against training examples, not only against optimizer steps.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # Trainer.log has already appended this entry to the history; it is extended in place.
+        entry = state.log_history[-1]
+        entry["elapsed_seconds"] = round(time.perf_counter() - self.started, 1)
+        entry["examples_seen"] = (state.global_step * args.per_device_train_batch_size
+                                  * args.gradient_accumulation_steps * args.world_size)

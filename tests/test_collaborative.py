@@ -1,0 +1,111 @@
+"""trainer/collaborative.py and the rules and prompt hints built on it, on records counted by hand."""
+
+import json
+
+import pytest
+
+from tests.conftest import write_records
+from trainer.collaborative import CollaborativeHints, ItemStatistics, load_hints
+from trainer.data_interface import ANSWER_CUE, PromptBuilder, Record
+from trainer.errors import InputError
+from trainer.rules import rules
+
+CANDIDATES = ("A", "B", "C", "D")
+# History titles X, Y, Z. Counts by hand:
+#   popularity: A 2, B 2, C 1
+#   transitions: X -> A 2, X -> B 1;  Y -> A 1, Y -> B 1, Y -> C 1;  Z -> B 2
+TRAINING = [
+    Record(history=("X", "Y"), candidates=CANDIDATES, target="A"),
+    Record(history=("X",), candidates=CANDIDATES, target="A"),
+    Record(history=("X", "Y", "Z"), candidates=CANDIDATES, target="B"),
+    Record(history=("Z",), candidates=CANDIDATES, target="B"),
+    Record(history=("Y",), candidates=CANDIDATES, target="C"),
+]
+
+
+def test_counts_and_transition_scores_by_hand():
+    statistics = ItemStatistics(TRAINING)
+    assert statistics.popularity == {"A": 2, "B": 2, "C": 1}
+    assert statistics.transitions["X"] == {"A": 2, "B": 1}
+    unseen = Record(history=("X", "Z", "W"), candidates=CANDIDATES, target="D")
+    # A: X 2 + Z 0; B: X 1 + Z 2; C: 0; D: 0 (W was never in a history).
+    scores = {title: statistics.transition_score(unseen, title, exclude_own=False) for title in CANDIDATES}
+    assert scores == {"A": 2, "B": 3, "C": 0, "D": 0}
+    # C and D tie at 0: C's popularity 1 puts it before D.
+    assert statistics.ranked_by_transitions(unseen, exclude_own=False) == [("B", 3), ("A", 2), ("C", 0), ("D", 0)]
+    # After Y, A, B and C followed once each; A and B share popularity 2, so the listed order decides.
+    tied = Record(history=("Y",), candidates=("B", "A", "C", "D"), target="D")
+    assert [title for title, _ in statistics.ranked_by_transitions(tied, exclude_own=False)] == ["B", "A", "C", "D"]
+
+
+def test_a_counted_record_is_scored_without_its_own_contribution():
+    statistics = ItemStatistics(TRAINING)
+    own = TRAINING[0]  # X, Y -> A
+    # With its own record A scores X 2 + Y 1 = 3; without it, 1 + 0 = 1, and popularity 2 -> 1.
+    assert statistics.transition_score(own, "A", exclude_own=False) == 3
+    assert statistics.transition_score(own, "A", exclude_own=True) == 1
+    assert statistics.popularity_of(own, "A", exclude_own=True) == 1
+    # B (X 1 + Y 1 = 2) is not the record's answer: unchanged.
+    assert statistics.transition_score(own, "B", exclude_own=True) == 2
+    assert statistics.ranked_by_transitions(own, exclude_own=True)[0] == ("B", 2)
+
+
+def test_hints_name_followed_candidates_best_first_and_stop_at_their_size():
+    statistics = ItemStatistics(TRAINING)
+    record = Record(history=("Y",), candidates=("D", "C", "B", "A"), target="D")
+    # Y -> A, B, C once each: ties go to popularity (A 2, B 2, C 1), then to the listed order (B before A).
+    assert CollaborativeHints(statistics, size=2, exclude_own=False).titles(record) == ["B", "A"]
+    assert CollaborativeHints(statistics, size=5, exclude_own=False).titles(record) == ["B", "A", "C"]
+    nothing_followed = Record(history=("W",), candidates=CANDIDATES, target="A")
+    assert CollaborativeHints(statistics, size=3, exclude_own=False).titles(nothing_followed) == []
+
+
+def test_the_hint_sentence_sits_before_the_answer_cue_of_every_template():
+    hints = CollaborativeHints(ItemStatistics(TRAINING), size=2, exclude_own=False)
+    record = Record(history=("X",), candidates=("C", "B", "A", "D"), target="D")
+    for template_index in range(5):
+        plain = PromptBuilder("music", template_index=template_index).build(record, 0)
+        hinted = PromptBuilder("music", template_index=template_index, hints=hints).build(record, 0)
+        sentence = "Among the candidates, other listeners with this history most often listened to next: A; B. "
+        assert hinted == plain[: -len(ANSWER_CUE)] + sentence + ANSWER_CUE
+    unseen = Record(history=("W",), candidates=CANDIDATES, target="A")
+    assert PromptBuilder("movie", template_index=0, hints=hints).build(unseen, 0).endswith(
+        "other viewers with this history most often watched next: none of them. Answer:")
+
+
+def test_titles_with_braces_survive_the_hint():
+    record = Record(history=("{x}",), candidates=("{a}", "b"), target="b")
+    hints = CollaborativeHints(ItemStatistics([Record(("{x}",), ("{a}", "b"), "{a}")]), 1, exclude_own=False)
+    assert "next: {a}. Answer:" in PromptBuilder("music", template_index=0, hints=hints).build(record, 0)
+
+
+def test_load_hints_leaves_records_out_of_their_own_hint_only_for_the_counted_file(tmp_path):
+    raw = [{"historyList": "::".join(record.history), "itemList": list(record.candidates),
+            "trueSelection": record.target} for record in TRAINING]
+    train = write_records(tmp_path / "train.json", raw)
+    test = write_records(tmp_path / "test.json", raw[:1])
+    assert load_hints(None, 3, train) is None
+    assert load_hints(train, 3, train).exclude_own
+    assert not load_hints(train, 3, test).exclude_own
+    # Record 0 (X, Y -> A) in the training file: A's own count is left out, so B leads its hint.
+    assert load_hints(train, 1, train).titles(TRAINING[0]) == ["B"]
+    assert load_hints(train, 1, test).titles(TRAINING[0]) == ["A"]
+    with pytest.raises(InputError, match="--hint_size must be at least 1"):
+        load_hints(train, 0, test)
+
+
+def test_transitions_rule_answers_the_candidate_that_most_often_followed_the_history(tmp_path):
+    raw = [{"historyList": "::".join(record.history), "itemList": list(record.candidates),
+            "trueSelection": record.target} for record in TRAINING]
+    train = write_records(tmp_path / "train.json", raw)
+    test = write_records(tmp_path / "test.json", [
+        {"historyList": "Z", "itemList": ["A", "C", "B", "D"], "trueSelection": "B"},  # Z -> B once
+        {"historyList": "W", "itemList": ["C", "D", "A", "B"], "trueSelection": "D"},  # nothing: popularity, A
+    ])
+    rules(rule="transitions", train_file=train, test_file=test, output_dir=str(tmp_path / "out"))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["answer"] for row in rows] == ["B", "A"]
+    assert [row["hit"] for row in rows] == [True, False]
+    with pytest.raises(InputError, match="--rule: expected one of"):
+        rules(rule="random", train_file=train, test_file=test, output_dir=str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()

@@ -1,0 +1,90 @@
+"""What a training file says about items, without a model: how often each title was the next item
+(popularity) and how often it came next after each history title (transitions).
+
+Two uses share these counts:
+- rules that answer without a model (trainer.rules): the most popular candidate, or the
+  candidate that most often followed the titles of the user's history;
+- hints in the prompt (`--hint_file`, PromptBuilder): the candidates that most often followed the
+  history, named in one sentence before the answer cue. This hands the language model the
+  collaborative signal it cannot learn from a few hundred prompts (on LastFM the transition rule
+  alone reaches HR@1 0.64 on the test split, the popularity rule 0.26).
+
+A record that is itself one of the counted records would see its own answer in its counts. Its
+hints and rule scores are therefore computed leave-one-out (`exclude_own=True`): its own
+contribution is taken back out, so a training prompt's hint is as informative as a test prompt's
+and not a copy of the answer.
+"""
+
+import collections
+import functools
+import os
+
+from trainer.data_interface import Record, load_records
+from trainer.errors import InputError
+
+
+class ItemStatistics:
+    """Popularity and history -> next transition counts of a list of records."""
+
+    def __init__(self, records: list[Record]):
+        self.popularity = collections.Counter(record.target for record in records)
+        # transitions[h][t]: records whose history holds title h and whose next title is t.
+        self.transitions: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        for record in records:
+            for title in set(record.history):
+                self.transitions[title][record.target] += 1
+
+    def popularity_of(self, record: Record, title: str, exclude_own: bool) -> int:
+        """Training records whose next title is `title`; without `record`'s own when `exclude_own`."""
+        return self.popularity[title] - (exclude_own and title == record.target)
+
+    def transition_score(self, record: Record, title: str, exclude_own: bool) -> int:
+        """How often `title` came next after a title of `record`'s history, summed over its history titles."""
+        history = set(record.history)
+        score = sum(self.transitions[past][title] for past in history if past in self.transitions)
+        if exclude_own and title == record.target:
+            score -= len(history)
+        return score
+
+    def ranked_by_transitions(self, record: Record, exclude_own: bool) -> list[tuple[str, int]]:
+        """(candidate, transition score), highest first; ties by popularity, then by listed order."""
+        scored = [(title, self.transition_score(record, title, exclude_own),
+                   self.popularity_of(record, title, exclude_own)) for title in record.candidates]
+        # sorted() is stable, so fully tied candidates keep their listed order.
+        ranked = sorted(scored, key=lambda item: (item[1], item[2]), reverse=True)
+        return [(title, score) for title, score, _ in ranked]
+
+
+class CollaborativeHints:
+    """The hint sentence of a prompt: up to `size` candidates that most often followed the history."""
+
+    def __init__(self, statistics: ItemStatistics, size: int, exclude_own: bool):
+        if size < 1:
+            raise ValueError(f"a hint names at least one candidate, got size {size}")
+        self.statistics = statistics
+        self.size = size
+        self.exclude_own = exclude_own
+
+    def titles(self, record: Record) -> list[str]:
+        """The hinted candidates, most often followed first; only those that followed at least once."""
+        ranked = self.statistics.ranked_by_transitions(record, self.exclude_own)
+        return [title for title, score in ranked[: self.size] if score > 0]
+
+
+@functools.lru_cache(maxsize=4)
+def statistics_of(path: str) -> ItemStatistics:
+    """The counts of a data file, read once per process however many prompt builders use them."""
+    return ItemStatistics(load_records(path))
+
+
+def load_hints(hint_file: str | None, size: int, data_file: str) -> CollaborativeHints | None:
+    """Hints from `hint_file`'s counts for the prompts of `data_file`; None without a hint file.
+
+    When both name the same file, each record's own contribution is left out of its hint.
+    """
+    if not hint_file:
+        return None
+    if size < 1:
+        raise InputError(f"--hint_size must be at least 1, got {size}")
+    exclude_own = os.path.exists(data_file) and os.path.samefile(hint_file, data_file)
+    return CollaborativeHints(statistics_of(os.path.abspath(hint_file)), size, exclude_own)

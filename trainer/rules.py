@@ -1,0 +1,81 @@
+"""Reference points without a model: answer each prompt by a rule over the training records' counts.
+
+- `popularity`: the candidate most often the true item of a training record.
+- `transitions`: the candidate that most often came next after a title of the prompt's history in
+  the training records (summed over the history's titles), popularity breaking ties.
+Remaining ties go to the candidate listed first. Counts come from trainer.collaborative, the same
+counts the prompt hints (--hint_file) name. The answers are scored exactly as a model's
+(trainer.evaluation), so the metrics compare with inference.py's and trainer.results reads them:
+
+    python -m trainer.rules --rule transitions --train_file data/lastfm/train.json \
+        --test_file data/lastfm/test.json --max_samples 500 --sample_seed 0 --output_dir output/eval_transitions
+
+popularity_rank places any answer among its candidates by training popularity, which shows whether
+a model has learned what the data rewards (trainer.results).
+"""
+
+import collections
+import json
+
+from trainer.cli import run, save_run_config
+from trainer.collaborative import ItemStatistics
+from trainer.data_interface import Record, load_records, select_indices
+from trainer.errors import InputError
+from trainer.evaluation import score_answers, write_evaluation
+
+RULES = ("popularity", "transitions")
+
+
+def target_counts(train_file: str) -> collections.Counter:
+    """How often each title is the true item of a record of `train_file`."""
+    return collections.Counter(record.target for record in load_records(train_file))
+
+
+def popularity_rank(title: str, candidates, counts: collections.Counter) -> float:
+    """Place of `title` among `candidates` by training count: 1 is the most popular.
+
+    Tied candidates share the mean of their places, so a candidate picked at random averages
+    (number of candidates + 1) / 2, 10.5 for 20.
+    """
+    more = sum(counts[other] > counts[title] for other in candidates)
+    equal = sum(counts[other] == counts[title] for other in candidates)
+    return 1 + more + (equal - 1) / 2
+
+
+def rule_answer(rule: str, statistics: ItemStatistics, record: Record) -> str:
+    """The candidate a rule names for a record that is not one of the counted training records."""
+    if rule == "popularity":
+        # max() keeps the first of equally popular candidates.
+        return max(record.candidates, key=lambda title: statistics.popularity[title])
+    return statistics.ranked_by_transitions(record, exclude_own=False)[0][0]
+
+
+def rules(rule: str = "popularity", train_file: str = "data/lastfm/train.json",
+          test_file: str = "data/lastfm/test.json", output_dir: str = "output/eval_popularity",
+          max_samples: int | None = None, sample_seed: int | None = None):
+    """Answer every test prompt by a rule over the training records: no model.
+
+    Args:
+        rule: popularity (the candidate most often true in training) or transitions (the candidate that most often came next after the history's titles in training).
+        train_file: JSON records whose true items and histories are counted.
+        test_file: JSON records to evaluate.
+        output_dir: Folder for metrics.json, predictions.jsonl and run_config.json.
+        max_samples: Evaluate only this many records: the first ones, or a seeded sample with --sample_seed.
+        sample_seed: With --max_samples, draw the same seeded sample inference.py draws with this seed.
+    """
+    config = dict(locals())
+    if rule not in RULES:
+        raise InputError(f"--rule: expected one of {list(RULES)}, got {rule!r}")
+    statistics = ItemStatistics(load_records(train_file))
+    records = load_records(test_file)
+    indices = select_indices(len(records), max_samples, sample_seed)
+    records = [records[index] for index in indices]
+    answers = [rule_answer(rule, statistics, record) for record in records]
+    predictions, metrics = score_answers(indices, records, answers)
+    save_run_config(config, output_dir)
+    write_evaluation(output_dir, predictions, metrics)
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    run(rules)
