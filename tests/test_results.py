@@ -7,13 +7,15 @@ import pytest
 
 from trainer.errors import InputError
 from trainer.rules import popularity_rank
-from trainer.results import bootstrap_interval, results
+from trainer.results import bootstrap_interval, paired_bootstrap_interval, results
 
 
-def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True):
+def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=None, first_index: int = 0):
     eval_dir = run_dir / stage / "eval"
     eval_dir.mkdir(parents=True)
-    rows = [{"index": index, "hit": hit, "valid": True} for index, hit in enumerate(hits)]
+    rows = [{"index": first_index + index, "hit": hit, "valid": True} for index, hit in enumerate(hits)]
+    for row, rank in zip(rows, ranks or []):
+        row["true_item_rank"] = rank
     (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     ranking = {"ranking_hit_ratio_at_1": 0.5, "ranking_mrr": 0.6} if ranked else {}
     (eval_dir / "metrics.json").write_text(json.dumps({"n": len(rows), "seconds": 12.0} | ranking))
@@ -30,6 +32,50 @@ def test_bootstrap_interval_brackets_the_mean_and_repeats():
     assert low < 0.3 < high and high - low < 0.25
     assert bootstrap_interval(flags, seed=0) == [low, high]
     assert bootstrap_interval([True] * 10, seed=0) == [1.0, 1.0]
+
+
+def test_paired_bootstrap_interval_by_hand():
+    # The same difference on every prompt: every resample has that mean.
+    assert paired_bootstrap_interval([True] * 6, [False] * 6, seed=0) == [1.0, 1.0]
+    # Agreement on every prompt cancels however the rows vary, where unpaired intervals stay wide.
+    varied = [True, False] * 20
+    assert paired_bootstrap_interval(varied, varied, seed=0) == [0.0, 0.0]
+    assert bootstrap_interval(varied, seed=0)[1] - bootstrap_interval(varied, seed=0)[0] > 0.2
+    # Two prompts with differences 1 and 0: a resample's mean is 0 (p 1/4), 0.5 (1/2) or 1 (1/4), so
+    # 1000 resamples put the 2.5% point at 0 and the 97.5% point at 1.
+    assert paired_bootstrap_interval([True, True], [False, True], seed=0) == [0.0, 1.0]
+    # Differences -1, 0, 0, 0 and +1 twice: mean (2 - 1) / 6, inside the interval.
+    low, high = paired_bootstrap_interval([False, True, True, False, True, True], [True, True, True, False, False, False], 0)
+    assert low < 1 / 6 < high and low >= -1 and high <= 1
+    with pytest.raises(ValueError, match="differ in number"):
+        paired_bootstrap_interval([True], [True, False], seed=0)
+
+
+def test_results_compare_stages_in_pairs_on_the_same_prompts(tmp_path):
+    write_stage(tmp_path, "base", [False] * 4, trained=False, ranks=[3, 2, 5, 1])
+    write_stage(tmp_path, "sft", [True, True, False, True], trained=True, ranks=[1, 1, 1, 1])
+    write_stage(tmp_path, "dpo", [True, True, False, True], trained=True, ranks=[1, 2, 1, 1])
+    results(run_dir=str(tmp_path), stages="base,sft,dpo")
+    comparisons = json.loads((tmp_path / "results.json").read_text())["paired_differences"]
+    assert [comparison["stages"] for comparison in comparisons] == [["sft", "base"], ["dpo", "sft"]]
+    assert comparisons[0]["hit_ratio_at_1_difference"] == 0.75
+    assert comparisons[0]["ranking_hit_ratio_at_1_difference"] == 0.75
+    assert comparisons[1]["hit_ratio_at_1_difference_ci95"] == [0.0, 0.0]
+    assert comparisons[1]["ranking_hit_ratio_at_1_difference"] == -0.25
+    table = (tmp_path / "results.md").read_text()
+    assert "| dpo - sft | +0.000 [+0.000, +0.000] | -0.250 [" in table
+    results(run_dir=str(tmp_path), stages="base,sft,dpo", pairs="dpo:base")
+    comparisons = json.loads((tmp_path / "results.json").read_text())["paired_differences"]
+    assert [comparison["stages"] for comparison in comparisons] == [["dpo", "base"]]
+    with pytest.raises(InputError, match="--pairs: 'dpo:dmpo'"):
+        results(run_dir=str(tmp_path), stages="base,sft,dpo", pairs="dpo:dmpo")
+
+
+def test_a_pair_evaluated_on_different_prompts_is_refused(tmp_path):
+    write_stage(tmp_path, "sft", [True, False], trained=True)
+    write_stage(tmp_path, "dpo", [True, False], trained=True, first_index=5)
+    with pytest.raises(InputError, match="not evaluated on the same prompts"):
+        results(run_dir=str(tmp_path), stages="sft,dpo")
 
 
 def test_results_writes_json_markdown_and_picture(tmp_path):

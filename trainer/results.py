@@ -5,9 +5,12 @@ trainer_state.json; none for the base model) and, in its `eval/` subfolder, what
 (metrics.json, predictions.jsonl). For each stage this reports HR@1 and ValidRatio with 95%
 bootstrap intervals (rows resampled with replacement, seeded), the ranking metrics when present,
 the number of evaluated prompts, training examples and steps, and wall times; the picture shows
-the metrics with their intervals and the preference stages' training curves. Given the training
-file, it also reports where the named candidates sit by popularity (trainer.rules): whether
-a model has learned which candidates the data makes likely.
+the metrics with their intervals and the preference stages' training curves. Stages evaluated on
+the same prompts are also compared in pairs (by default each stage with the one listed before it):
+the paired 95% bootstrap interval of their difference in HR@1 and in ranked HR@1, resampling
+prompts, so that what both got right or wrong on the same prompt cancels. Given the training file,
+it also reports where the named candidates sit by popularity (trainer.rules): whether a model has
+learned which candidates the data makes likely.
 
     python -m trainer.results --run_dir output/reproduce --stages base,sft,dpo,softmax_dpo,dmpo \
         --train_file data/lastfm/train.json
@@ -44,6 +47,23 @@ def bootstrap_interval(flags: list[bool], seed: int, samples: int = BOOTSTRAP_SA
     return [means[int(0.025 * samples)], means[int(0.975 * samples) - 1]]
 
 
+def paired_bootstrap_interval(first: list[bool], second: list[bool], seed: int,
+                              samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
+    """95% percentile bootstrap interval of mean(first) - mean(second) over the same rows.
+
+    Each resample draws row indices with replacement and takes both flags of a drawn row, so the
+    interval reflects only the rows where the two disagree.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"paired rows differ in number: {len(first)} and {len(second)}")
+    generator = random.Random(seed)
+    total = len(first)
+    differences = [int(a) - int(b) for a, b in zip(first, second)]
+    means = sorted(sum(differences[generator.randrange(total)] for _ in range(total)) / total
+                   for _ in range(samples))
+    return [means[int(0.025 * samples)], means[int(0.975 * samples) - 1]]
+
+
 def read_json(path: str):
     try:
         with open(path, encoding="utf-8") as handle:
@@ -52,14 +72,21 @@ def read_json(path: str):
         raise InputError(f"{path}: missing; has this stage finished?") from None
 
 
+def read_predictions(run_dir: str, stage: str) -> list[dict]:
+    path = os.path.join(run_dir, stage, EVAL_FOLDER, PREDICTIONS_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; has this stage finished?") from None
+
+
 def stage_summary(run_dir: str, stage: str, seed: int, counts=None) -> dict:
     """One stage's row of results.json; with training counts, the mean popularity rank of the named
     candidates (valid answers) and of the true items."""
     stage_dir = os.path.join(run_dir, stage)
-    eval_dir = os.path.join(stage_dir, EVAL_FOLDER)
-    metrics = read_json(os.path.join(eval_dir, METRICS_FILE))
-    with open(os.path.join(eval_dir, PREDICTIONS_FILE), encoding="utf-8") as handle:
-        predictions = [json.loads(line) for line in handle]
+    metrics = read_json(os.path.join(stage_dir, EVAL_FOLDER, METRICS_FILE))
+    predictions = read_predictions(run_dir, stage)
     row = {"stage": stage, "evaluated_prompts": len(predictions)}
     for name in ("hit", "valid"):
         metric = "hit_ratio_at_1" if name == "hit" else "valid_ratio"
@@ -86,6 +113,38 @@ def stage_summary(run_dir: str, stage: str, seed: int, counts=None) -> dict:
     return row
 
 
+def paired_comparison(run_dir: str, better: str, worse: str, seed: int) -> dict:
+    """`better` minus `worse` on the same prompts: HR@1 (and ranked HR@1 where both scored the
+    candidates), each with its paired 95% bootstrap interval."""
+    first, second = read_predictions(run_dir, better), read_predictions(run_dir, worse)
+    if [row["index"] for row in first] != [row["index"] for row in second]:
+        raise InputError(f"{better} and {worse} were not evaluated on the same prompts; "
+                         "a paired comparison needs the same test sample")
+    comparison = {"stages": [better, worse]}
+    measures = {"hit_ratio_at_1": lambda row: row["hit"]}
+    if all("true_item_rank" in row for row in first + second):
+        measures["ranking_hit_ratio_at_1"] = lambda row: row["true_item_rank"] == 1
+    for name, flag in measures.items():
+        a, b = [flag(row) for row in first], [flag(row) for row in second]
+        comparison[f"{name}_difference"] = (sum(a) - sum(b)) / len(a)
+        comparison[f"{name}_difference_ci95"] = paired_bootstrap_interval(a, b, seed)
+    return comparison
+
+
+def parse_pairs(pairs: str | tuple | None, names: list[str]) -> list[tuple[str, str]]:
+    """'a:b,c:d' (a minus b, c minus d); by default each stage minus the one listed before it."""
+    if pairs is None:
+        return list(zip(names[1:], names[:-1]))
+    items = pairs.split(",") if isinstance(pairs, str) else list(pairs)
+    parsed = []
+    for item in items:
+        parts = item.split(":")
+        if len(parts) != 2 or not all(part in names for part in parts):
+            raise InputError(f"--pairs: {item!r} is not 'stage:stage' with both among --stages {names}")
+        parsed.append((parts[0], parts[1]))
+    return parsed
+
+
 def curves(run_dir: str, stage: str) -> dict[str, list[tuple[int, float]]] | None:
     """The logged training curves of a preference stage, or None for a stage without them."""
     state_path = os.path.join(run_dir, stage, "trainer_state.json")
@@ -97,7 +156,7 @@ def curves(run_dir: str, stage: str) -> dict[str, list[tuple[int, float]]] | Non
     return {key: [(entry["step"], entry[key]) for entry in history] for key, _ in CURVES}
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], comparisons: list[dict]) -> str:
     def interval(row, name):
         low, high = row[f"{name}_ci95"]
         return f"{row[name]:.3f} [{low:.3f}, {high:.3f}]"
@@ -114,6 +173,19 @@ def markdown_table(rows: list[dict]) -> str:
                      f"{row.get('train_examples', '')} | {row.get('train_steps', '')} | "
                      f"{row.get('train_seconds', '')} | {row['eval_seconds']} |")
     table = "\n".join(lines) + "\n"
+    if comparisons:
+        table += ("\nPaired differences on the same prompts, with 95% paired bootstrap intervals "
+                  "(an interval above 0 means the first stage is better):\n\n"
+                  "| comparison | HR@1 difference [95% CI] | ranked HR@1 difference [95% CI] |\n|---|---|---|\n")
+        for comparison in comparisons:
+            cells = []
+            for name in ("hit_ratio_at_1", "ranking_hit_ratio_at_1"):
+                if f"{name}_difference" in comparison:
+                    low, high = comparison[f"{name}_difference_ci95"]
+                    cells.append(f"{comparison[f'{name}_difference']:+.3f} [{low:+.3f}, {high:+.3f}]")
+                else:
+                    cells.append("")
+            table += f"| {' - '.join(comparison['stages'])} | {cells[0]} | {cells[1]} |\n"
     if "true_item_popularity_rank" in rows[0]:
         table += ("\nPopularity rank: where the named candidate sits among its prompt's candidates by how often "
                   "each was the true item of a training record (1 = most often; ties share the mean place). "
@@ -157,7 +229,7 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
 
 
 def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", seed: int = 0,
-            train_file: str | None = None):
+            train_file: str | None = None, pairs: str | tuple | None = None):
     """Write results.json, results.md and results.png into --run_dir from its finished stages.
 
     Args:
@@ -166,13 +238,16 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
         title: What the run was (data, sizes, profile), written above the table and into results.json.
         seed: Seeds the bootstrap resampling.
         train_file: Training records; with them, each stage also gets the mean popularity rank of its answers.
+        pairs: Comma-separated 'first:second' stage pairs to compare on the same prompts (first minus second); by default each stage with the one listed before it.
     """
     names = stages.split(",") if isinstance(stages, str) else list(stages)
     counts = target_counts(train_file) if train_file else None
     rows = [stage_summary(run_dir, stage, seed, counts) for stage in names]
+    comparisons = [paired_comparison(run_dir, better, worse, seed) for better, worse in parse_pairs(pairs, names)]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
-    table = (f"{title}\n\n" if title else "") + markdown_table(rows)
-    write_json_atomically({"title": title, "stages": rows}, os.path.join(run_dir, "results.json"))
+    table = (f"{title}\n\n" if title else "") + markdown_table(rows, comparisons)
+    write_json_atomically({"title": title, "stages": rows, "paired_differences": comparisons},
+                          os.path.join(run_dir, "results.json"))
     write_text_atomically(table, os.path.join(run_dir, "results.md"))
     draw(rows, stage_curves, os.path.join(run_dir, "results.png"))
     print(table)
