@@ -27,13 +27,17 @@ def test_checkpoints_of_a_hinted_sft_run_become_a_learning_curve(tiny_model_dir,
                   output_dir=str(folder / "eval_valid"), max_new_tokens=2)
     inference(model_name=tiny_model_dir, test_file=valid, hint_file=train, max_new_tokens=2,
               output_dir=str(tmp_path / "base" / "eval_valid"))
-    curves(runs=f"hinted={run_dir}", starts=f"hinted={tmp_path / 'base'}", output_dir=str(tmp_path / "curves"))
-    points = json.loads((tmp_path / "curves" / "curves.json").read_text())["hinted"]
+    curves(runs=f"hinted={run_dir}", starts=f"hinted={tmp_path / 'base'}", references=f"base={tmp_path / 'base'}",
+           output_dir=str(tmp_path / "curves"))
+    collected = json.loads((tmp_path / "curves" / "curves.json").read_text())
+    points = collected["runs"]["hinted"]
+    assert collected["references"] == {"base": points[0]["hit_ratio_at_1"]}
     # The base model at 0, checkpoints 1 and 2, then the final adapter (checkpoint-3 is not evaluated).
     assert [point["examples"] for point in points] == [0, 4, 8, 12]
     assert all(point["n"] == 4 and "ranking_hit_ratio_at_1" in point for point in points)
     assert points[-1]["seconds"] == round(json.loads((run_dir / "train_results.json").read_text())["train_runtime"], 1)
-    assert "| hinted | 12 |" in (tmp_path / "curves" / "curves.md").read_text()
+    table = (tmp_path / "curves" / "curves.md").read_text()
+    assert "| hinted | 12 |" in table and "| base (no training) | | |" in table
     assert (tmp_path / "curves" / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert os.path.isfile(tmp_path / "base" / "eval_valid" / "predictions.jsonl")
 

@@ -14,7 +14,8 @@ Evaluate every checkpoint on the same validation sample, e.g.
     python -m trainer.curves --runs text=output/sft --output_dir output/curves
 
 Writes curves.json, curves.md and curves.png (HR@1 and ranked HR@1 against examples and against
-seconds, one line per run) into --output_dir.
+seconds, one line per run; --references adds evaluated folders, e.g. the rules of trainer.rules, as
+dashed horizontal lines) into --output_dir.
 """
 
 import glob
@@ -99,7 +100,7 @@ def _parse(spec: str | tuple | None, flag: str) -> dict[str, str]:
     return parsed
 
 
-def draw(curves: dict[str, list[dict]], path: str) -> None:
+def draw(curves: dict[str, list[dict]], references: dict[str, float], path: str) -> None:
     figure, axes = plt.subplots(2, 2, figsize=(12, 8))
     for row, (metric, title) in enumerate(METRICS):
         for column, (axis_key, axis_title) in enumerate((("examples", "training examples"), ("seconds", "seconds"))):
@@ -107,6 +108,9 @@ def draw(curves: dict[str, list[dict]], path: str) -> None:
             for label, points in curves.items():
                 kept = [point for point in points if metric in point]
                 axis.plot([point[axis_key] for point in kept], [point[metric] for point in kept], marker="o", label=label)
+            # A rule names one candidate: its HR@1 is also its ranked HR@1.
+            for (label, value), color in zip(references.items(), ("gray", "black", "tab:brown", "tab:pink")):
+                axis.axhline(value, linestyle="--", color=color, label=label)
             axis.set_xlabel(axis_title)
             axis.set_title(f"validation {title}")
             axis.legend()
@@ -118,13 +122,14 @@ def draw(curves: dict[str, list[dict]], path: str) -> None:
 
 
 def curves(runs: str | tuple, output_dir: str = "output/curves", starts: str | tuple | None = None,
-           eval_folder: str = "eval_valid"):
+           references: str | tuple | None = None, eval_folder: str = "eval_valid"):
     """Collect the evaluated checkpoints of training runs into learning curves.
 
     Args:
         runs: Comma-separated label=run_folder pairs, one curve each.
         output_dir: Folder for curves.json, curves.md and curves.png.
         starts: Comma-separated label=folder pairs: an evaluated folder that is a run's point at 0 examples (e.g. the model before this stage).
+        references: Comma-separated label=folder pairs of evaluated folders without training (e.g. rules), drawn as horizontal lines at their HR@1.
         eval_folder: Subfolder of each checkpoint that holds its evaluation.
     """
     run_dirs, start_dirs = _parse(runs, "--runs"), _parse(starts, "--starts")
@@ -134,16 +139,20 @@ def curves(runs: str | tuple, output_dir: str = "output/curves", starts: str | t
     if unknown:
         raise InputError(f"--starts: {unknown} name no run of --runs")
     collected = {label: run_curve(folder, eval_folder, start_dirs.get(label)) for label, folder in run_dirs.items()}
+    levels = {label: _read(os.path.join(folder, eval_folder, METRICS_FILE))["hit_ratio_at_1"]
+              for label, folder in _parse(references, "--references").items()}
     lines = ["| run | examples | seconds | HR@1 | ranked HR@1 | prompts |", "|---|---|---|---|---|---|"]
     for label, points in collected.items():
         for point in points:
             ranked = f"{point['ranking_hit_ratio_at_1']:.3f}" if "ranking_hit_ratio_at_1" in point else ""
             lines.append(f"| {label} | {point['examples']} | {point['seconds']:.0f} | {point['hit_ratio_at_1']:.3f} | "
                          f"{ranked} | {point['n']} |")
+    for label, value in levels.items():
+        lines.append(f"| {label} (no training) | | | {value:.3f} | | |")
     os.makedirs(output_dir, exist_ok=True)
-    write_json_atomically(collected, os.path.join(output_dir, "curves.json"))
+    write_json_atomically({"runs": collected, "references": levels}, os.path.join(output_dir, "curves.json"))
     write_text_atomically("\n".join(lines) + "\n", os.path.join(output_dir, "curves.md"))
-    draw(collected, os.path.join(output_dir, "curves.png"))
+    draw(collected, levels, os.path.join(output_dir, "curves.png"))
     print("\n".join(lines))
 
 
