@@ -2,14 +2,16 @@
 # The S-DPO paper's comparison on LastFM in one command: the base model, SFT, then DPO, S-DPO and
 # DMPO from the same SFT adapter, each evaluated on the same test prompts; RUN_DIR/results.md,
 # results.json and results.png collect them. A rerun skips every stage whose outputs are complete
-# (and says so); --force redoes them all.
+# (and says so); --force redoes them all. Two rules without a model, the most popular candidate and
+# the candidate that most often followed the history in training (trainer/rules.py), are scored on
+# the same prompts as reference points.
 #   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
 #   bash reproduce.sh --force            # redo every stage
 #
 # Settings are variables, each overridable from the environment; the profile sets their defaults:
 #                        cpu     paper
-#   SFT_SAMPLES          640     all    SFT training prompts, a seeded sample (empty: all)
+#   SFT_SAMPLES          320     all    SFT training prompts, a seeded sample (empty: all)
 #   SFT_EPOCHS           1       5
 #   SFT_LEARNING_RATE    3e-4    1e-5
 #   SFT_BATCH_SIZE       4       4      prompts per forward pass
@@ -25,6 +27,9 @@
 #   EVAL_SAMPLES         500     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
 #   SCORE_CANDIDATES     False   True   also rank the candidates by log-probability (ranking metrics;
 #                                       about 2.3x the evaluation time on a CPU)
+#   HINTS                True    False  every prompt names the candidates that most often followed its
+#                                       history in the training split (trainer/collaborative.py); False
+#                                       keeps the paper's text-only prompts
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 set -euo pipefail
@@ -38,10 +43,10 @@ DATA_DIR=${DATA_DIR:-data/lastfm}
 RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
 case $PROFILE in
     cpu)
-        defaults=(640 1 3e-4 4 1 200 0 200 1 1e-4 2 4 50 500 False) ;;
+        defaults=(320 1 3e-4 4 1 200 0 200 1 1e-4 2 4 50 500 False True) ;;
     paper)
         accumulation=$((32 / NUM_PROCESSES))
-        defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True) ;;
+        defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True False) ;;
     *)
         echo "error: PROFILE must be cpu or paper, got '$PROFILE'" >&2
         exit 2 ;;
@@ -61,6 +66,7 @@ PREF_GRAD_ACCUM=${PREF_GRAD_ACCUM:-${defaults[11]}}
 PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
 EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
 SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[14]}}
+HINTS=${HINTS:-${defaults[15]}}
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BETA=${BETA:-1.0}
 NEG_NUM=${NEG_NUM:-3}
@@ -74,11 +80,12 @@ case ${1:-} in
     *) echo "error: unknown argument '$1' (use --force or --help)" >&2; exit 2 ;;
 esac
 
-export NUM_PROCESSES MODEL_NAME DATA_DIR SEED
+export NUM_PROCESSES MODEL_NAME DATA_DIR SEED HINTS
 ensure_lastfm_data "$DATA_DIR"
 mkdir -p "$RUN_DIR"
 echo "profile $PROFILE: SFT on ${SFT_SAMPLES:-all} prompts, preferences on ${PREF_SAMPLES:-all}," \
-    "evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED, candidate scoring $SCORE_CANDIDATES); outputs in $RUN_DIR"
+    "evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED, candidate scoring $SCORE_CANDIDATES," \
+    "hints $HINTS); outputs in $RUN_DIR"
 
 # Runs a stage unless its completion marker exists; --force removes the stage folder first.
 run_stage() {
@@ -110,6 +117,19 @@ evaluate() {
         SCORE_CANDIDATES=$SCORE_CANDIDATES bash inference.sh
 }
 
+# Scores a rule without a model on the same test prompts into RUN_DIR/rule/eval.
+score_rule() {
+    local sample_flag=()
+    if [[ -n $EVAL_SAMPLES ]]; then
+        sample_flag=(--max_samples "$EVAL_SAMPLES")
+    fi
+    python -m trainer.rules --rule "$1" --train_file "$DATA_DIR/train.json" --test_file "$DATA_DIR/test.json" \
+        --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --sample_seed "$SAMPLE_SEED"
+}
+
+for rule in popularity transitions; do
+    run_stage "$rule" "$RUN_DIR/$rule/eval/metrics.json" score_rule "$rule"
+done
 run_stage base "$RUN_DIR/base/eval/metrics.json" evaluate base ""
 run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
@@ -122,5 +142,7 @@ done
 for name in sft dpo softmax_dpo dmpo; do
     run_stage "$name/eval" "$RUN_DIR/$name/eval/metrics.json" evaluate "$name" "$RUN_DIR/$name"
 done
-python -m trainer.results --run_dir "$RUN_DIR" --stages base,sft,dpo,softmax_dpo,dmpo --train_file "$DATA_DIR/train.json" \
-    --title "LastFM, profile $PROFILE: SFT on ${SFT_SAMPLES:-all} training prompts, preferences on ${PREF_SAMPLES:-all}, evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED)"
+python -m trainer.results --run_dir "$RUN_DIR" --stages popularity,transitions,base,sft,dpo,softmax_dpo,dmpo \
+    --pairs sft:base,dpo:sft,softmax_dpo:dpo,dmpo:dpo,softmax_dpo:dmpo,softmax_dpo:popularity,softmax_dpo:transitions \
+    --train_file "$DATA_DIR/train.json" \
+    --title "LastFM, profile $PROFILE: SFT on ${SFT_SAMPLES:-all} training prompts, preferences on ${PREF_SAMPLES:-all}, evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED), hints $HINTS"

@@ -57,6 +57,9 @@ SHORT_REPRODUCTION = {"SFT_SAMPLES": "4", "SFT_BATCH_SIZE": "2", "SFT_VALID_SAMP
                       "PREF_BATCH_SIZE": "2", "PREF_GRAD_ACCUM": "1", "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3",
                       "SCORE_CANDIDATES": "True"}
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
+RULES = ("popularity", "transitions")
+PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_dpo - dmpo", "softmax_dpo - popularity",
+         "softmax_dpo - transitions")
 
 
 def test_reproduce_runs_every_stage_then_skips_them(shared_data_dir, tmp_path):
@@ -65,17 +68,22 @@ def test_reproduce_runs_every_stage_then_skips_them(shared_data_dir, tmp_path):
     first = run_script("reproduce.sh", env)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert [row["stage"] for row in results["stages"]] == list(STAGES)
-    assert all(row["evaluated_prompts"] == 3 and "ranking_mrr" in row for row in results["stages"])
-    assert "evaluation on 3 test prompts" in results["title"]
-    for stage in STAGES:
+    assert [row["stage"] for row in results["stages"]] == [*RULES, *STAGES]
+    assert all(row["evaluated_prompts"] == 3 for row in results["stages"])
+    assert all(("ranking_mrr" in row) == (row["stage"] in STAGES) for row in results["stages"])
+    assert "evaluation on 3 test prompts" in results["title"] and "hints True" in results["title"]
+    assert [" - ".join(pair["stages"]) for pair in results["paired_differences"]] == list(PAIRS)
+    for stage in (*RULES, *STAGES):
         assert len((run_dir / stage / "eval" / "predictions.jsonl").read_text().splitlines()) == 3
     for stage in STAGES[1:]:
         assert (run_dir / stage / "adapter_model.safetensors").is_file()
-    assert (run_dir / "results.md").read_text().count("\n| ") == 1 + len(STAGES)
+        assert json.loads((run_dir / stage / "run_config.json").read_text())["hint_file"].endswith("train.json")
+    table = (run_dir / "results.md").read_text()
+    assert all(f"\n| {stage} | " in table for stage in (*RULES, *STAGES))
+    assert all(f"\n| {pair} | " in table for pair in PAIRS)
     assert (run_dir / "results.png").read_bytes().startswith(b"\x89PNG")
 
     second = run_script("reproduce.sh", env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("complete, skipped") == 9, second.stdout
+    assert second.stdout.count("complete, skipped") == 2 + 9, second.stdout
     assert "done in" not in second.stdout
