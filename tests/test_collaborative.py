@@ -92,6 +92,8 @@ def test_load_hints_leaves_records_out_of_their_own_hint_only_for_the_counted_fi
     assert load_hints(train, 1, test).titles(TRAINING[0]) == ["A"]
     with pytest.raises(InputError, match="--hint_size must be at least 1"):
         load_hints(train, 0, test)
+    with pytest.raises(InputError, match="missing.json: file not found"):
+        load_hints(str(tmp_path / "missing.json"), 3, test)
 
 
 def test_transitions_rule_answers_the_candidate_that_most_often_followed_the_history(tmp_path):
@@ -106,6 +108,11 @@ def test_transitions_rule_answers_the_candidate_that_most_often_followed_the_his
     rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert [row["answer"] for row in rows] == ["B", "A"]
     assert [row["hit"] for row in rows] == [True, False]
+    # Scored on the counted file itself, each record is answered without its own count: record 1
+    # (X -> A) then sees X -> A once and X -> B once, a tie that popularity (A 1, B 2) gives to B.
+    rules(rule="transitions", train_file=train, test_file=train, output_dir=str(tmp_path / "own"))
+    rows = [json.loads(line) for line in (tmp_path / "own" / "predictions.jsonl").read_text().splitlines()]
+    assert rows[1]["answer"] == "B"
     with pytest.raises(InputError, match="--rule: expected one of"):
         rules(rule="random", train_file=train, test_file=test, output_dir=str(tmp_path / "other"))
     assert not (tmp_path / "other").exists()

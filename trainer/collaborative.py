@@ -77,6 +77,11 @@ def statistics_of(path: str) -> ItemStatistics:
     return ItemStatistics(load_records(path))
 
 
+def counts_own_records(counted_file: str, data_file: str) -> bool:
+    """Whether the records of `data_file` are among those counted: the same file."""
+    return os.path.exists(counted_file) and os.path.exists(data_file) and os.path.samefile(counted_file, data_file)
+
+
 def load_hints(hint_file: str | None, size: int, data_file: str) -> CollaborativeHints | None:
     """Hints from `hint_file`'s counts for the prompts of `data_file`; None without a hint file.
 
@@ -86,5 +91,5 @@ def load_hints(hint_file: str | None, size: int, data_file: str) -> Collaborativ
         return None
     if size < 1:
         raise InputError(f"--hint_size must be at least 1, got {size}")
-    exclude_own = os.path.exists(data_file) and os.path.samefile(hint_file, data_file)
-    return CollaborativeHints(statistics_of(os.path.abspath(hint_file)), size, exclude_own)
+    statistics = statistics_of(os.path.abspath(hint_file))
+    return CollaborativeHints(statistics, size, counts_own_records(hint_file, data_file))

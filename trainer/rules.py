@@ -18,7 +18,7 @@ import collections
 import json
 
 from trainer.cli import run, save_run_config
-from trainer.collaborative import ItemStatistics
+from trainer.collaborative import ItemStatistics, counts_own_records
 from trainer.data_interface import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import score_answers, write_evaluation
@@ -42,12 +42,12 @@ def popularity_rank(title: str, candidates, counts: collections.Counter) -> floa
     return 1 + more + (equal - 1) / 2
 
 
-def rule_answer(rule: str, statistics: ItemStatistics, record: Record) -> str:
-    """The candidate a rule names for a record that is not one of the counted training records."""
+def rule_answer(rule: str, statistics: ItemStatistics, record: Record, exclude_own: bool) -> str:
+    """The candidate a rule names for a record; `exclude_own` when the record is one of those counted."""
     if rule == "popularity":
         # max() keeps the first of equally popular candidates.
-        return max(record.candidates, key=lambda title: statistics.popularity[title])
-    return statistics.ranked_by_transitions(record, exclude_own=False)[0][0]
+        return max(record.candidates, key=lambda title: statistics.popularity_of(record, title, exclude_own))
+    return statistics.ranked_by_transitions(record, exclude_own)[0][0]
 
 
 def rules(rule: str = "popularity", train_file: str = "data/lastfm/train.json",
@@ -70,7 +70,9 @@ def rules(rule: str = "popularity", train_file: str = "data/lastfm/train.json",
     records = load_records(test_file)
     indices = select_indices(len(records), max_samples, sample_seed)
     records = [records[index] for index in indices]
-    answers = [rule_answer(rule, statistics, record) for record in records]
+    # Scoring the counted file itself leaves each record out of its own counts.
+    exclude_own = counts_own_records(train_file, test_file)
+    answers = [rule_answer(rule, statistics, record, exclude_own) for record in records]
     predictions, metrics = score_answers(indices, records, answers)
     save_run_config(config, output_dir)
     write_evaluation(output_dir, predictions, metrics)
