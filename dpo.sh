@@ -11,6 +11,8 @@
 #   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/dpo)
 #   LOSS_TYPE          dpo; sdpo is the same loss with one negative (dpo)
 #   NEG_NUM            rejected titles per prompt (1)
+#   NEGATIVES          random (the paper's) or hard: the other candidates the training counts rank
+#                      highest; needs HINTS=True (random)
 #   BETA               inverse temperature of the implicit reward (1.0)
 #   MAX_TRAIN_SAMPLES  training prompts, a seeded sample; empty for all (480)
 #   MAX_VALID_SAMPLES  validation prompts for the preference loss and reward accuracy; 0 for none (50)
@@ -33,6 +35,7 @@ OUTPUT_DIR=${OUTPUT_DIR:-output/dpo}
 LOSS_TYPE=${LOSS_TYPE:-dpo}
 NEG_NUM=${NEG_NUM:-1}
 BETA=${BETA:-1.0}
+NEGATIVES=${NEGATIVES:-random}
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-480}
 MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-50}
 EPOCHS=${EPOCHS:-1}

@@ -12,6 +12,8 @@
 #   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/softmax_dpo)
 #   LOSS_TYPE          sdpo, dpo or dmpo (sdpo)
 #   NEG_NUM            rejected titles per prompt (3)
+#   NEGATIVES          random (the paper's) or hard: the other candidates the training counts rank
+#                      highest; needs HINTS=True (random)
 #   BETA               inverse temperature of the implicit reward (1.0)
 #   MAX_TRAIN_SAMPLES  training prompts, a seeded sample; empty for all (480)
 #   MAX_VALID_SAMPLES  validation prompts for the preference loss and reward accuracy; 0 for none (50)
@@ -34,6 +36,7 @@ OUTPUT_DIR=${OUTPUT_DIR:-output/softmax_dpo}
 LOSS_TYPE=${LOSS_TYPE:-sdpo}
 NEG_NUM=${NEG_NUM:-3}
 BETA=${BETA:-1.0}
+NEGATIVES=${NEGATIVES:-random}
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-480}
 MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-50}
 EPOCHS=${EPOCHS:-1}

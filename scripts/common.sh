@@ -44,7 +44,7 @@ set_hint_flags() {
 }
 
 # Runs a preference stage (dpo.py or softmax_dpo.py) with the settings its .sh script defined above
-# (MODEL_NAME, SFT_ADAPTER, DATA_DIR, OUTPUT_DIR, LOSS_TYPE, NEG_NUM, BETA, MAX_TRAIN_SAMPLES, ...).
+# (MODEL_NAME, SFT_ADAPTER, DATA_DIR, OUTPUT_DIR, LOSS_TYPE, NEG_NUM, NEGATIVES, BETA, MAX_TRAIN_SAMPLES, ...).
 launch_preference_stage() {
     local python_script=$1
     shift
@@ -62,6 +62,7 @@ launch_preference_stage() {
         --output_dir "$OUTPUT_DIR" \
         --loss_type "$LOSS_TYPE" \
         --neg_num "$NEG_NUM" \
+        --negatives "$NEGATIVES" \
         --beta "$BETA" \
         "${sample_flag[@]}" \
         --max_valid_samples "$MAX_VALID_SAMPLES" \

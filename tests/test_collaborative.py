@@ -60,6 +60,17 @@ def test_hints_name_followed_candidates_best_first_and_stop_at_their_size():
     assert CollaborativeHints(statistics, size=3, exclude_own=False).titles(nothing_followed) == []
 
 
+def test_hard_negatives_are_the_highest_ranked_candidates_other_than_the_answer():
+    hints = CollaborativeHints(ItemStatistics(TRAINING), size=1, exclude_own=False)
+    # After X and Z: B 3, A 2, then C and D at 0 (C more popular); the answer A is skipped.
+    record = Record(history=("X", "Z"), candidates=("D", "C", "B", "A"), target="A")
+    assert hints.hard_negatives(record, 1) == ["B"]
+    assert hints.hard_negatives(record, 3) == ["B", "C", "D"]
+    # Left out of its own counts, training record 2 (X, Y, Z -> B) scores A 3, B 4 - 3 = 1, C 1, D 0.
+    own = CollaborativeHints(ItemStatistics(TRAINING), size=1, exclude_own=True)
+    assert own.hard_negatives(TRAINING[2], 2) == ["A", "C"]
+
+
 def test_the_hint_sentence_sits_before_the_answer_cue_of_every_template():
     hints = CollaborativeHints(ItemStatistics(TRAINING), size=2, exclude_own=False)
     record = Record(history=("X",), candidates=("C", "B", "A", "D"), target="D")

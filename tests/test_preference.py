@@ -21,7 +21,8 @@ from trainer.data_interface import PromptBuilder, answer_text, parse_record, pre
 from trainer.errors import InputError
 from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps
 from trainer.modeling import LLAMA_PROJECTIONS
-from trainer.preference import train_preference
+from trainer.collaborative import load_hints
+from trainer.preference import preference_dataset, train_preference
 from trainer.preference_trainer import (
     LENGTH_COLUMN,
     REFERENCE_COLUMN,
@@ -288,6 +289,26 @@ def test_too_many_negatives_fail_at_start_up_naming_the_record(tiny_model_dir, t
         train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(output_dir),
                          neg_num=3, max_valid_samples=0)
     assert not output_dir.exists()
+
+
+def test_hard_negatives_come_from_the_hint_counts(tiny_model_dir, tokenizer, tmp_path):
+    # Both training records list the same candidates; "Band 0-5" followed "Old Band 0-0" once, in the
+    # second record, so it leads the first record's hard negatives and its hint.
+    first, second = make_record(0), make_record(0)
+    second["trueSelection"] = "Band 0-5"
+    train_file = write_records(tmp_path / "train.json", [first, second])
+    builder = PromptBuilder("music", template_index=0, hints=load_hints(train_file, 3, train_file))
+    dataset = preference_dataset(train_file, None, 0, builder, tokenizer, neg_num=2, negatives="hard")
+    rejected = [tokenizer.decode(ids[:-1]) for ids in dataset[0]["completion_ids"][1:]]
+    # Then the first listed candidate without counts: "Band 0-0" is the answer, its own count left out.
+    assert rejected == [" Band 0-5", " Band 0-1"]
+    with pytest.raises(InputError, match="--negatives hard ranks the candidates by the counts of --hint_file"):
+        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                         negatives="hard", max_valid_samples=0)
+    with pytest.raises(InputError, match="--negatives: expected one of"):
+        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                         negatives="easy", max_valid_samples=0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_conflicting_adapter_flags_are_refused(tmp_path):

@@ -70,6 +70,12 @@ class CollaborativeHints:
         ranked = self.statistics.ranked_by_transitions(record, self.exclude_own)
         return [title for title, score in ranked[: self.size] if score > 0]
 
+    def hard_negatives(self, record: Record, count: int) -> list[str]:
+        """The `count` candidates other than the answer that the counts rank highest: the ones a model
+        that follows the hint would name wrongly (preference training's `--negatives hard`)."""
+        ranked = self.statistics.ranked_by_transitions(record, self.exclude_own)
+        return [title for title, _ in ranked if title != record.target][:count]
+
 
 @functools.lru_cache(maxsize=4)
 def statistics_of(path: str) -> ItemStatistics:

@@ -1,9 +1,11 @@
 """The preference stage shared by softmax_dpo.py and dpo.py: S-DPO, DPO or DMPO from an SFT adapter.
 
 Each training example is a prompt, its true title as the chosen answer and `neg_num` other
-candidates as rejected answers, drawn without replacement from a generator seeded by the run seed
-and the example index. Writes the trained adapter, the tokenizer, run_config.json and the training
-log (trainer_state.json with the per-step rewards and chosen log-probs, train_results.json).
+candidates as rejected answers: drawn without replacement from a generator seeded by the run seed
+and the example index (`--negatives random`, the paper's), or, with hints, the other candidates that
+the training counts rank highest (`--negatives hard`). Writes the trained adapter, the tokenizer,
+run_config.json and the training log (trainer_state.json with the per-step rewards and chosen
+log-probs, train_results.json).
 """
 
 import logging
@@ -40,9 +42,16 @@ from trainer.training import LearningCurveCallback, trainer_arguments
 logger = logging.getLogger("preference")
 
 
+NEGATIVE_SAMPLING = ("random", "hard")
+
+
 def preference_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer,
-                       neg_num: int) -> Dataset:
-    """A seeded sample of a data file as tokenized (prompt_ids, completion_ids) preference examples."""
+                       neg_num: int, negatives: str = "random") -> Dataset:
+    """A seeded sample of a data file as tokenized (prompt_ids, completion_ids) preference examples.
+
+    `negatives` "hard" takes the rejected titles from the builder's hints (the highest-ranked other
+    candidates); "random" draws them, seeded by `seed` and the record index.
+    """
     records = load_records(path)
     indices = select_indices(len(records), max_samples, seed)
     # Every record is checked before any is tokenized, so a bad --neg_num fails at start-up.
@@ -54,7 +63,10 @@ def preference_dataset(path: str, max_samples: int | None, seed: int, builder: P
     rows = []
     for index in indices:
         record = records[index]
-        rejected = sample_negatives(record, neg_num, seed, index)
+        if negatives == "hard":
+            rejected = builder.hints.hard_negatives(record, neg_num)
+        else:
+            rejected = sample_negatives(record, neg_num, seed, index)
         rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected))
     return Dataset.from_list(rows)
 
@@ -68,6 +80,7 @@ def train_preference(
     resume_from_checkpoint: str | None = None,
     loss_type: str = "sdpo",
     neg_num: int = 3,
+    negatives: str = "random",
     beta: float = 1.0,
     domain: str = "music",
     template_index: int | None = None,
@@ -110,6 +123,7 @@ def train_preference(
         resume_from_checkpoint: The S-DPO authors' name for --sft_adapter.
         loss_type: sdpo (softmax DPO), dpo (pairwise DPO, averaged over the negatives) or dmpo.
         neg_num: Rejected titles per prompt (k), drawn from the other candidates, seeded by --seed and the example index.
+        negatives: random (drawn as --neg_num says, the paper's) or hard (needs --hint_file: the k other candidates that the training counts rank highest, the ones a model following the hint would name wrongly).
         beta: Inverse temperature of the implicit reward beta * log(pi / pi_ref).
         domain: Prompt wording: music, movie, book or game.
         template_index: Use this one template (0-4) for every training prompt; by default each example draws one, seeded by --seed and its index.
@@ -152,6 +166,10 @@ def train_preference(
         raise InputError(f"--loss_type: expected one of {list(LOSS_TYPES)}, got {loss_type!r}")
     if neg_num < 1:
         raise InputError(f"--neg_num must be at least 1, got {neg_num}")
+    if negatives not in NEGATIVE_SAMPLING:
+        raise InputError(f"--negatives: expected one of {list(NEGATIVE_SAMPLING)}, got {negatives!r}")
+    if negatives == "hard" and not hint_file:
+        raise InputError("--negatives hard ranks the candidates by the counts of --hint_file; give one")
     if max_valid_samples is not None and max_valid_samples < 0:
         raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
     torch_dtype = resolve_dtype(dtype)
@@ -161,14 +179,16 @@ def train_preference(
     # Build (and so validate) the datasets before anything is written.
     train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index,
                                   hints=load_hints(hint_file, hint_size, train_file))
-    train_dataset = preference_dataset(train_file, max_train_samples, seed, train_builder, tokenizer, neg_num)
+    train_dataset = preference_dataset(train_file, max_train_samples, seed, train_builder, tokenizer, neg_num,
+                                       negatives)
     eval_dataset = None
     if max_valid_samples != 0:
         eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX,
                                      hints=load_hints(hint_file, hint_size, valid_file))
-        eval_dataset = preference_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer, neg_num)
-    logger.info("%s with %d negatives on %d training prompts (%s)%s", loss_type, neg_num, len(train_dataset),
-                train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
+        eval_dataset = preference_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer, neg_num,
+                                          negatives)
+    logger.info("%s with %d %s negatives on %d training prompts (%s)%s", loss_type, neg_num, negatives,
+                len(train_dataset), train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
 
     model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing)
     peft_config = None
