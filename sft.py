@@ -9,6 +9,7 @@ import os
 
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
+from transformers import set_seed
 from trl import SFTConfig
 
 from trainer.cli import is_main_process, run, save_run_config, write_json_atomically
@@ -140,6 +141,8 @@ def sft(
                              "neither a Trainer checkpoint nor a LoRA adapter folder")
 
     model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing)
+    # A fresh adapter's random weights come from --seed, so a run repeats in any process.
+    set_seed(seed)
     if resume_from_checkpoint and trainer_checkpoint is None:
         model = PeftModel.from_pretrained(model, resume_from_checkpoint, is_trainable=True)
     else:

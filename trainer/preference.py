@@ -13,6 +13,7 @@ import os
 
 from datasets import Dataset
 from peft import PeftModel
+from transformers import set_seed
 
 from trainer.cli import is_main_process, save_run_config, write_json_atomically
 from trainer.collaborative import load_hints
@@ -191,6 +192,8 @@ def train_preference(
                 len(train_dataset), train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
 
     model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing)
+    # A fresh adapter's random weights come from --seed, so a run repeats in any process.
+    set_seed(seed)
     peft_config = None
     if start_adapter:
         model = PeftModel.from_pretrained(model, start_adapter, is_trainable=True)
