@@ -7,6 +7,7 @@ Writes the LoRA adapter (save_pretrained), the tokenizer, run_config.json and th
 import logging
 import os
 
+from accelerate import PartialState
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from transformers import set_seed
@@ -32,7 +33,8 @@ from trainer.modeling import (
     resolve_dtype,
     resolve_model_path,
 )
-from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer
+from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
+from trainer.sft_trainer import CACHE_INDEX_COLUMN, AnswerCollator, AnswerOnlySFTTrainer
 from trainer.training import LearningCurveCallback, trainer_arguments
 
 logger = logging.getLogger("sft")
@@ -74,6 +76,8 @@ def sft(
     lora_alpha: int = 32,
     lora_dropout: float = 0.1,
     lora_target_modules: str = ",".join(LLAMA_PROJECTIONS),
+    lora_top_layers: int | None = None,
+    cache_frozen_layers: bool = False,
     load_in_4bit: bool = False,
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
@@ -110,6 +114,8 @@ def sft(
         lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
         lora_dropout: Dropout on the LoRA input (the S-DPO authors' 0.1). On a CPU it costs about a third of the step time; a single pass over unseen prompts has little to overfit, so sft.sh turns it off.
         lora_target_modules: Comma-separated module names that get LoRA (default: every attention and MLP projection).
+        lora_top_layers: LoRA only in the top N decoder layers (default: every layer): the backward pass stops at the lowest of them.
+        cache_frozen_layers: With --lora_top_layers (or an adapter confined to top layers): compute the frozen layers below once per example before training and start every later forward from their cached output (same loss, less compute per pass after the first; needs memory for tokens x hidden size numbers per example; LLaMA-architecture models).
         load_in_4bit: QLoRA: load the base model in 4-bit NF4 through bitsandbytes.
         dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; bf16 also turns on bf16 autocast.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
@@ -146,9 +152,30 @@ def sft(
     if resume_from_checkpoint and trainer_checkpoint is None:
         model = PeftModel.from_pretrained(model, resume_from_checkpoint, is_trainable=True)
     else:
-        model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
+        layers = None
+        if lora_top_layers is not None:
+            layers = top_lora_layers(model, lora_top_layers)
+        model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules, layers))
     if is_main_process():
         model.print_trainable_parameters()
+
+    first_cached_layer, frozen_cache = None, None
+    if cache_frozen_layers:
+        try:
+            first_cached_layer = first_trainable_layer(model)
+        except ValueError as error:
+            raise InputError(f"--cache_frozen_layers: {error}") from None
+        if first_cached_layer == 0:
+            raise InputError("--cache_frozen_layers: the lowest layer trains, so no layer is frozen below it; "
+                             "give --lora_top_layers")
+        # Computed where training will run; every example of both datasets, once.
+        model.to(PartialState().device)
+        sequences = list(train_dataset["input_ids"]) + list(eval_dataset["input_ids"])
+        frozen_cache = frozen_hidden_states(model, sequences, first_cached_layer, tokenizer.pad_token_id)
+        train_dataset = train_dataset.add_column(CACHE_INDEX_COLUMN, list(range(len(train_dataset))))
+        eval_dataset = eval_dataset.add_column(CACHE_INDEX_COLUMN,
+                                               list(range(len(train_dataset), len(sequences))))
+        logger.info("Cached the hidden states entering layer %d of %d examples", first_cached_layer, len(sequences))
 
     args = SFTConfig(
         **trainer_arguments(config, torch_dtype, evaluates_during_training=True),
@@ -163,11 +190,12 @@ def sft(
     trainer = AnswerOnlySFTTrainer(
         model=model,
         args=args,
-        data_collator=AnswerCollator(tokenizer.pad_token_id),
+        data_collator=AnswerCollator(tokenizer.pad_token_id, frozen_cache),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=[LearningCurveCallback()],
+        first_cached_layer=first_cached_layer,
     )
     train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
     results = dict(train_result.metrics) | trainer.evaluate()

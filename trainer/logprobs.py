@@ -18,11 +18,13 @@ def pad_left(sequences: list[list[int]], pad_value: int) -> torch.Tensor:
 
 
 def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     completion_mask: torch.Tensor) -> torch.Tensor:
+                     completion_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Summed log-probability of each row's completion tokens.
 
     Args:
         input_ids, attention_mask, completion_mask: [N, L]; completion_mask is 1 on the tokens to score.
+        inputs_embeds: [N, L, hidden], fed to the model in place of input_ids (which still give the
+            targets): e.g. cached hidden states of frozen layers (trainer.frozen_layers).
     Returns:
         [N] float32 log pi(completion | prompt).
 
@@ -39,7 +41,8 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     # Logits at position t predict token t + 1: keep positions first_completion - 1 .. length - 2.
     kept = length - first_completion + 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+    logits = model(**inputs, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=kept, use_cache=False).logits[:, :-1].float()
     targets = input_ids[:, first_completion:]
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)

@@ -143,12 +143,15 @@ def parse_target_modules(target_modules) -> list[str]:
     return names
 
 
-def lora_config(r: int, alpha: int, dropout: float, target_modules) -> LoraConfig:
-    """LoRA for a causal LM; the paper uses r=8, alpha=32, dropout 0.1 on all projections."""
+def lora_config(r: int, alpha: int, dropout: float, target_modules, layers: list[int] | None = None) -> LoraConfig:
+    """LoRA for a causal LM; the paper uses r=8, alpha=32, dropout 0.1 on all projections of every
+    layer. `layers`: only these decoder layers (indices) get LoRA."""
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=parse_target_modules(target_modules),
+        layers_to_transform=layers,
+        layers_pattern="layers" if layers is not None else None,
         task_type="CAUSAL_LM",
     )
