@@ -171,7 +171,7 @@ def markdown_table(rows: list[dict], comparisons: list[dict]) -> str:
                      f"{optional(row, 'ranking_hit_ratio_at_1', 3)} | {optional(row, 'ranking_mrr', 3)} | "
                      f"{optional(row, 'answer_popularity_rank', 2)} | {row['evaluated_prompts']} | "
                      f"{row.get('train_examples', '')} | {row.get('train_steps', '')} | "
-                     f"{row.get('train_seconds', '')} | {row['eval_seconds']} |")
+                     f"{row.get('train_seconds', '')} | {optional(row, 'eval_seconds', 1)} |")
     table = "\n".join(lines) + "\n"
     if comparisons:
         table += ("\nPaired differences on the same prompts, with 95% paired bootstrap intervals "
