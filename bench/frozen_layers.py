@@ -11,7 +11,6 @@ example, and the step time of a run of E epochs is (cache + E x step) / E per st
 """
 
 import os
-import statistics
 import sys
 import time
 
@@ -20,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 
+from bench.evaluation import timed  # noqa: E402
 from trainer.cli import run  # noqa: E402
 from trainer.collaborative import load_hints  # noqa: E402
 from trainer.data_interface import PromptBuilder, load_records, select_indices, supervised_example  # noqa: E402
@@ -43,16 +43,9 @@ from trainer.sft_trainer import IGNORED_LABEL, AnswerCollator  # noqa: E402
 
 
 def median_seconds(function, device: str, repeats: int) -> float:
-    """Median wall time of `repeats` calls after one warm-up call."""
+    """Median wall time of `repeats` calls (bench/evaluation.py's timing) after one warm-up call."""
     function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return timed(function, device, repeats)
 
 
 def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/train.json",
