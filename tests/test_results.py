@@ -7,7 +7,7 @@ import pytest
 
 from trainer.errors import InputError
 from trainer.rules import popularity_rank
-from trainer.results import bootstrap_interval, paired_bootstrap_interval, results
+from trainer.results import bootstrap_interval, curves, paired_bootstrap_interval, results
 
 
 def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=None, first_index: int = 0):
@@ -21,8 +21,8 @@ def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=
     (eval_dir / "metrics.json").write_text(json.dumps({"n": len(rows), "seconds": 12.0} | ranking))
     if trained:
         (run_dir / stage / "train_results.json").write_text(json.dumps({"train_examples": 8, "train_runtime": 3.21}))
-        history = [{"step": step, "loss": 1.0 / step, "rewards/margins": 0.1 * step, "rewards/chosen": -0.01 * step}
-                   for step in (1, 2)]
+        history = [{"step": step, "loss": 1.0 / step, "rewards/margins": 0.1 * step, "examples_seen": 4 * step,
+                    "elapsed_seconds": 1.5 * step} for step in (1, 2)]
         (run_dir / stage / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": history}))
 
 
@@ -134,3 +134,20 @@ def test_a_stage_without_its_evaluation_is_named(tmp_path):
     write_stage(tmp_path, "base", [False], trained=False)
     with pytest.raises(InputError, match=r"sft/eval/metrics\.json: missing"):
         results(run_dir=str(tmp_path), stages="base,sft")
+
+
+def test_training_curves_against_examples_and_seconds(tmp_path):
+    write_stage(tmp_path, "dpo", [True], trained=True)
+    assert curves(str(tmp_path), "dpo") == {"examples_seen": [4, 8], "elapsed_seconds": [1.5, 3.0],
+                                            "loss": [1.0, 0.5], "rewards/margins": [0.1, 0.2]}
+    # SFT logs no rewards; the final summary and evaluation entries carry no "loss" and are left out.
+    history = [{"step": 1, "loss": 2.0, "examples_seen": 4, "elapsed_seconds": 2.0},
+               {"step": 1, "train_loss": 2.0, "examples_seen": 4, "elapsed_seconds": 2.1},
+               {"step": 1, "eval_loss": 1.9, "examples_seen": 4, "elapsed_seconds": 3.0}]
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert curves(str(tmp_path), "sft") == {"examples_seen": [4], "elapsed_seconds": [2.0], "loss": [2.0]}
+    # A log written before examples and seconds were logged, and an untrained stage: no curve.
+    (tmp_path / "sft" / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 2.0}]}))
+    assert curves(str(tmp_path), "sft") is None
+    assert curves(str(tmp_path), "base") is None

@@ -5,7 +5,8 @@ trainer_state.json; none for the base model) and, in its `eval/` subfolder, what
 (metrics.json, predictions.jsonl). For each stage this reports HR@1 and ValidRatio with 95%
 bootstrap intervals (rows resampled with replacement, seeded), the ranking metrics when present,
 the number of evaluated prompts, training examples and steps, and wall times; the picture shows
-the metrics with their intervals and the preference stages' training curves. Stages evaluated on
+the metrics with their intervals and every trained stage's learning curves (training loss against
+examples seen and against seconds; the preference stages' reward margin). Stages evaluated on
 the same prompts are also compared in pairs (by default each stage with the one listed before it):
 the paired 95% bootstrap interval of their difference in HR@1 and in ranked HR@1, resampling
 prompts, so that what both got right or wrong on the same prompt cancels. Given the training file,
@@ -32,11 +33,9 @@ from trainer.rules import popularity_rank, target_counts  # noqa: E402
 
 EVAL_FOLDER = "eval"
 BOOTSTRAP_SAMPLES = 1000
-# Logged by the preference trainer each step; drawn as curves.
-# The chosen reward beta * (log pi - log pi_ref) follows the chosen answer's likelihood against the SFT
-# reference; the raw log-prob would mostly follow which prompts a batch drew.
-CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"),
-          ("rewards/chosen", "chosen reward, beta * (log pi - log pi_ref)"))
+# Logged by the trainers (LearningCurveCallback adds examples and seconds to each entry); drawn as curves.
+# The preference stages also log the reward margin, beta * (r_chosen - r_rejected) averaged over negatives.
+CURVE_KEYS = ("examples_seen", "elapsed_seconds", "loss", "rewards/margins")
 
 
 def bootstrap_interval(flags: list[bool], seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
@@ -145,15 +144,17 @@ def parse_pairs(pairs: str | tuple | None, names: list[str]) -> list[tuple[str, 
     return parsed
 
 
-def curves(run_dir: str, stage: str) -> dict[str, list[tuple[int, float]]] | None:
-    """The logged training curves of a preference stage, or None for a stage without them."""
+def curves(run_dir: str, stage: str) -> dict[str, list[float]] | None:
+    """A trained stage's logged training curve (one list per CURVE_KEYS entry, an item per logged
+    step; the reward lists only for preference stages), or None for a stage without one."""
     state_path = os.path.join(run_dir, stage, "trainer_state.json")
     if not os.path.isfile(state_path):
         return None
-    history = [entry for entry in read_json(state_path)["log_history"] if "rewards/margins" in entry]
+    history = [entry for entry in read_json(state_path)["log_history"]
+               if "loss" in entry and "examples_seen" in entry]
     if not history:
         return None
-    return {key: [(entry["step"], entry[key]) for entry in history] for key, _ in CURVES}
+    return {key: [entry[key] for entry in history] for key in CURVE_KEYS if key in history[0]}
 
 
 def markdown_table(rows: list[dict], comparisons: list[dict]) -> str:
@@ -212,13 +213,18 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
         axes[0, 2].text(0.5, 0.5, "not measured\n(inference.py --score_candidates False)", ha="center", va="center")
         axes[0, 2].set_axis_off()
     axes[0, 2].set_title("HR@1 of the candidate ranking")
-    for axis, (key, title) in zip(axes[1], CURVES):
+    # The SFT loss (answer tokens' NLL) and the preference losses are different quantities: each
+    # curve is read for its own trend, on one axis to save room.
+    panels = ((axes[1, 0], "examples_seen", "loss", "training loss against training examples"),
+              (axes[1, 1], "elapsed_seconds", "loss", "training loss against seconds"),
+              (axes[1, 2], "examples_seen", "rewards/margins", "preference stages: reward margin"))
+    for axis, x_key, y_key, title in panels:
         for stage, values in stage_curves.items():
-            steps, points = zip(*values[key])
-            axis.plot(steps, points, label=stage)
+            if y_key in values:
+                axis.plot(values[x_key], values[y_key], label=stage)
         axis.set_title(title)
-        axis.set_xlabel("optimizer step")
-        if stage_curves:
+        axis.set_xlabel("seconds" if x_key == "elapsed_seconds" else "training examples")
+        if axis.get_legend_handles_labels()[0]:
             axis.legend()
     figure.tight_layout()
     folder = os.path.dirname(os.path.abspath(path))
