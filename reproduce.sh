@@ -5,7 +5,7 @@
 # (and says so); --force redoes them all. Two rules without a model, the most popular candidate and
 # the candidate that most often followed the history in training (trainer/rules.py), are scored on
 # the same prompts as reference points.
-#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
+#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, about 70 minutes
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
 #   bash reproduce.sh --force            # redo every stage
 #
@@ -30,6 +30,8 @@
 #   HINTS                True    False  every prompt names the candidates that most often followed its
 #                                       history in the training split (trainer/collaborative.py); False
 #                                       keeps the paper's text-only prompts
+#   SELECT_BEST          False   True   keep each stage's adapter with the lowest validation loss, the
+#                                       authors' cadence: 5 evaluations in SFT, 10 in each preference stage
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 set -euo pipefail
@@ -43,10 +45,10 @@ DATA_DIR=${DATA_DIR:-data/lastfm}
 RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
 case $PROFILE in
     cpu)
-        defaults=(320 1 3e-4 4 1 200 0 200 1 1e-4 2 4 50 500 False True) ;;
+        defaults=(320 1 3e-4 4 1 200 0 200 1 1e-4 2 4 50 500 False True False) ;;
     paper)
         accumulation=$((32 / NUM_PROCESSES))
-        defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True False) ;;
+        defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True False True) ;;
     *)
         echo "error: PROFILE must be cpu or paper, got '$PROFILE'" >&2
         exit 2 ;;
@@ -67,6 +69,11 @@ PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
 EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
 SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[14]}}
 HINTS=${HINTS:-${defaults[15]}}
+SELECT_BEST=${SELECT_BEST:-${defaults[16]}}
+if [[ $SELECT_BEST != True && $SELECT_BEST != False ]]; then
+    echo "error: SELECT_BEST must be True or False, got '$SELECT_BEST'" >&2
+    exit 2
+fi
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BETA=${BETA:-1.0}
 NEG_NUM=${NEG_NUM:-3}
@@ -103,12 +110,21 @@ run_stage() {
     echo "== $name: done in $((SECONDS - started)) s"
 }
 
+# Sets best_flags: with SELECT_BEST=True, an evaluation every $1 of the run and the best one kept.
+set_best_flags() {
+    best_flags=()
+    if [[ $SELECT_BEST == True ]]; then
+        best_flags=(--eval_steps "$1" --select_best True)
+    fi
+}
+
 # Trains a preference stage from the SFT adapter: name, script, loss type, negatives.
 train_preference() {
+    set_best_flags 0.1
     OUTPUT_DIR=$RUN_DIR/$1 SFT_ADAPTER=$RUN_DIR/sft LOSS_TYPE=$3 NEG_NUM=$4 BETA=$BETA \
         MAX_TRAIN_SAMPLES=$PREF_SAMPLES MAX_VALID_SAMPLES=$PREF_VALID_SAMPLES EPOCHS=$PREF_EPOCHS \
         BATCH_SIZE=$PREF_BATCH_SIZE GRAD_ACCUM=$PREF_GRAD_ACCUM LEARNING_RATE=$PREF_LEARNING_RATE \
-        bash "$2"
+        bash "$2" "${best_flags[@]}"
 }
 
 # Evaluates a stage (an adapter folder, or none for the base model) into RUN_DIR/stage/eval.
@@ -131,10 +147,11 @@ for rule in popularity transitions; do
     run_stage "$rule" "$RUN_DIR/$rule/eval/metrics.json" score_rule "$rule"
 done
 run_stage base "$RUN_DIR/base/eval/metrics.json" evaluate base ""
+set_best_flags 0.2
 run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
     BATCH_SIZE="$SFT_BATCH_SIZE" GRAD_ACCUM="$SFT_GRAD_ACCUM" LEARNING_RATE="$SFT_LEARNING_RATE" \
-    LORA_DROPOUT="$SFT_LORA_DROPOUT" bash sft.sh
+    LORA_DROPOUT="$SFT_LORA_DROPOUT" bash sft.sh "${best_flags[@]}"
 for stage in dpo:dpo.sh:dpo:1 softmax_dpo:softmax_dpo.sh:sdpo:$NEG_NUM dmpo:softmax_dpo.sh:dmpo:$NEG_NUM; do
     IFS=: read -r name script loss negatives <<< "$stage"
     run_stage "$name" "$RUN_DIR/$name/train_results.json" train_preference "$name" "$script" "$loss" "$negatives"

@@ -35,7 +35,7 @@ from trainer.modeling import (
 )
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
 from trainer.sft_trainer import CACHE_INDEX_COLUMN, AnswerCollator, AnswerOnlySFTTrainer
-from trainer.training import LearningCurveCallback, trainer_arguments
+from trainer.training import LearningCurveCallback, best_checkpoint_results, kept_weights, trainer_arguments
 
 logger = logging.getLogger("sft")
 
@@ -82,8 +82,9 @@ def sft(
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
     logging_steps: int = 10,
-    eval_steps: int = 0,
-    save_steps: int = 0,
+    eval_steps: float = 0,
+    save_steps: float = 0,
+    select_best: bool = False,
 ):
     """Fine-tune a LoRA adapter to answer each prompt with its true title.
 
@@ -120,11 +121,13 @@ def sft(
         dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; bf16 also turns on bf16 autocast.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
         logging_steps: Log the training loss every this many optimizer steps.
-        eval_steps: Compute the validation loss every this many steps as well as at the end (0: only at the end).
-        save_steps: Save a resumable checkpoint every this many steps (0: only the final adapter).
+        eval_steps: Compute the validation loss every this many optimizer steps, or, below 1, every this fraction of the run, as well as at the end (0: only at the end).
+        save_steps: Save a resumable checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: only the final adapter).
+        select_best: Keep the adapter of the evaluation with the lowest validation loss instead of the last weights (the S-DPO authors' choice); needs --eval_steps, and saves a checkpoint at every evaluation.
     """
     config = dict(locals())
     torch_dtype = resolve_dtype(dtype)
+    training_arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=True)
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
 
@@ -178,7 +181,7 @@ def sft(
         logger.info("Cached the hidden states entering layer %d of %d examples", first_cached_layer, len(sequences))
 
     args = SFTConfig(
-        **trainer_arguments(config, torch_dtype, evaluates_during_training=True),
+        **training_arguments,
         activation_checkpointing=gradient_checkpointing,
         # Prompts are budgeted by the builder; truncating here could cut the answer off.
         max_length=None,
@@ -198,7 +201,7 @@ def sft(
         first_cached_layer=first_cached_layer,
     )
     train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
-    results = dict(train_result.metrics) | trainer.evaluate()
+    results = dict(train_result.metrics) | trainer.evaluate() | best_checkpoint_results(trainer.state)
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset)}
 
     trainer.save_model(output_dir)
@@ -206,7 +209,8 @@ def sft(
         trainer.save_state()
         write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
         save_run_config(config | {"resolved_model_path": model_path}, output_dir)
-        logger.info("Saved the adapter to %s; validation loss %.4f", output_dir, results["eval_loss"])
+        logger.info("Saved the adapter to %s (%s); validation loss %.4f", output_dir, kept_weights(results),
+                    results["eval_loss"])
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_stage_scripts_answer_help(script, flag):
 
 SHORT_REPRODUCTION = {"SFT_SAMPLES": "4", "SFT_BATCH_SIZE": "2", "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2",
                       "PREF_BATCH_SIZE": "2", "PREF_GRAD_ACCUM": "1", "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3",
-                      "SCORE_CANDIDATES": "True"}
+                      "SCORE_CANDIDATES": "True", "SELECT_BEST": "True"}
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
 RULES = ("popularity", "transitions")
 PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_dpo - dmpo", "softmax_dpo - popularity",
@@ -77,7 +77,9 @@ def test_reproduce_runs_every_stage_then_skips_them(shared_data_dir, tmp_path):
         assert len((run_dir / stage / "eval" / "predictions.jsonl").read_text().splitlines()) == 3
     for stage in STAGES[1:]:
         assert (run_dir / stage / "adapter_model.safetensors").is_file()
-        assert json.loads((run_dir / stage / "run_config.json").read_text())["hint_file"].endswith("train.json")
+        config = json.loads((run_dir / stage / "run_config.json").read_text())
+        assert config["hint_file"].endswith("train.json") and config["select_best"] is True
+        assert "best_checkpoint_step" in json.loads((run_dir / stage / "train_results.json").read_text())
     table = (run_dir / "results.md").read_text()
     assert all(f"\n| {stage} | " in table for stage in (*RULES, *STAGES))
     assert all(f"\n| {pair} | " in table for pair in PAIRS)

@@ -333,3 +333,29 @@ def test_qlora_preference_training_runs_in_4bit(tokenizer, small_data_dir, tmp_p
     results = json.loads((output_dir / "train_results.json").read_text())
     assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
     assert os.path.isfile(output_dir / "adapter_model.safetensors")
+
+
+def test_select_best_keeps_the_preference_adapter_of_the_lowest_validation_loss(tiny_model_dir, small_data_dir,
+                                                                                tmp_path):
+    sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
+    output_dir = tmp_path / "out"
+    common = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                  valid_file=f"{small_data_dir}/valid.json", sft_adapter=sft_dir, neg_num=3, batch_size=2,
+                  gradient_accumulation_steps=1, warmup_ratio=0.0, select_best=True)
+    with pytest.raises(InputError, match="--select_best keeps the checkpoint with the lowest validation loss"):
+        train_preference(output_dir=str(output_dir), eval_steps=1, max_valid_samples=0, **common)
+    assert not output_dir.exists()
+    # A step this large overshoots on the second (validation loss 1.50, then 1.58): the last weights
+    # are not the best ones, so keeping them would fail below.
+    train_preference(output_dir=str(output_dir), max_steps=2, eval_steps=1, learning_rate=3.0,
+                     lr_scheduler_type="constant", **common)
+    state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    losses = {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
+    best = min(losses, key=losses.get)
+    assert sorted(losses) == [1, 2] and best == 1, losses
+    results = json.loads((output_dir / "train_results.json").read_text())
+    assert results["best_checkpoint_step"] == best
+    assert results["eval_loss"] == pytest.approx(losses[best], rel=1e-5)
+    kept = load_file(output_dir / "adapter_model.safetensors")
+    chosen = load_file(output_dir / f"checkpoint-{best}" / "adapter_model.safetensors")
+    assert kept.keys() == chosen.keys() and all(torch.equal(kept[name], chosen[name]) for name in kept)

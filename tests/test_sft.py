@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import torch
 from conftest import make_record
 from datasets import Dataset
@@ -12,6 +13,7 @@ from trl import SFTConfig
 
 from sft import sft
 from trainer.data_interface import PromptBuilder, encode_prompt, parse_record, supervised_example
+from trainer.errors import InputError
 from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer
 
 
@@ -91,3 +93,40 @@ def test_sft_trains_saves_and_resumes(tiny_model_dir, small_data_dir, tmp_path):
     resumed = lora_b_weights(resumed_dir)
     assert resumed.keys() == trained.keys()
     assert any(not torch.equal(resumed[name], trained[name]) for name in trained)
+
+
+def evaluated_losses(checkpoint) -> dict[int, float]:
+    """Validation loss by step, from the evaluations logged up to a checkpoint."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
+
+
+def test_select_best_keeps_the_adapter_of_the_lowest_validation_loss(tiny_model_dir, small_data_dir, tmp_path):
+    output_dir = tmp_path / "sft"
+    # A learning rate this large overshoots on the second step (validation loss 10.72 after the first,
+    # 10.88 after the second), so the last weights are not the best ones and keeping them fails below.
+    sft(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+        valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), batch_size=4, max_steps=2,
+        learning_rate=30.0, warmup_ratio=0.0, lr_scheduler_type="constant", eval_steps=1, select_best=True)
+    losses = evaluated_losses(output_dir / "checkpoint-2")
+    assert sorted(losses) == [1, 2]
+    best = min(losses, key=losses.get)
+    assert best == 1, f"the settings should make the first step best: {losses}"
+    results = json.loads((output_dir / "train_results.json").read_text())
+    assert results["best_checkpoint_step"] == best and results["best_validation_loss"] == losses[best]
+    assert results["eval_loss"] == pytest.approx(losses[best], rel=1e-5), "the final evaluation is of the kept weights"
+    kept = load_file(output_dir / "adapter_model.safetensors")
+    chosen = load_file(output_dir / f"checkpoint-{best}" / "adapter_model.safetensors")
+    assert kept.keys() == chosen.keys() and all(torch.equal(kept[name], chosen[name]) for name in kept)
+
+
+def test_select_best_needs_evaluations_to_choose_from(tiny_model_dir, small_data_dir, tmp_path):
+    common = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                  valid_file=f"{small_data_dir}/valid.json", output_dir=str(tmp_path / "out"), select_best=True)
+    with pytest.raises(InputError, match="--select_best keeps the checkpoint with the lowest validation loss"):
+        sft(**common)
+    with pytest.raises(InputError, match=r"leave --save_steps at 0 or equal to --eval_steps \(2\), got 3"):
+        sft(eval_steps=2, save_steps=3, **common)
+    with pytest.raises(InputError, match="--eval_steps and --save_steps must be 0 or more"):
+        sft(**(common | {"select_best": False, "eval_steps": -1}))
+    assert not (tmp_path / "out").exists()

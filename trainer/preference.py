@@ -38,7 +38,7 @@ from trainer.modeling import (
     resolve_model_path,
 )
 from trainer.preference_trainer import MultiNegativeDPOConfig, MultiNegativeDPOTrainer
-from trainer.training import LearningCurveCallback, trainer_arguments
+from trainer.training import LearningCurveCallback, best_checkpoint_results, kept_weights, trainer_arguments
 
 logger = logging.getLogger("preference")
 
@@ -110,8 +110,9 @@ def train_preference(
     packed_forward: bool = True,
     precompute_ref_log_probs: bool = False,
     logging_steps: int = 1,
-    eval_steps: int = 0,
-    save_steps: int = 0,
+    eval_steps: float = 0,
+    save_steps: float = 0,
+    select_best: bool = False,
 ):
     """Preference-train a LoRA adapter: S-DPO (default), DPO or DMPO, one true title against --neg_num others.
 
@@ -153,8 +154,9 @@ def train_preference(
         packed_forward: Compute each prompt once for all its 1 + neg_num titles; False scores 1 + neg_num padded sequences per prompt (the plain way, slower).
         precompute_ref_log_probs: Compute the reference log-probs of every example once before training (and evaluation) instead of in each step: one forward less per step.
         logging_steps: Log loss, rewards, reward accuracy and chosen log-prob every this many optimizer steps.
-        eval_steps: Evaluate every this many steps as well as at the end (0: only at the end).
-        save_steps: Save a resumable checkpoint every this many steps (0: only the final adapter).
+        eval_steps: Evaluate every this many optimizer steps, or, below 1, every this fraction of the run, as well as at the end (0: only at the end).
+        save_steps: Save a resumable checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: only the final adapter).
+        select_best: Keep the adapter of the evaluation with the lowest validation preference loss instead of the last weights (the S-DPO authors' choice); needs --eval_steps, and saves a checkpoint at every evaluation.
     """
     config = dict(locals())
     if sft_adapter and resume_from_checkpoint and sft_adapter != resume_from_checkpoint:
@@ -174,6 +176,7 @@ def train_preference(
     if max_valid_samples is not None and max_valid_samples < 0:
         raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
     torch_dtype = resolve_dtype(dtype)
+    training_arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=max_valid_samples != 0)
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
 
@@ -202,7 +205,7 @@ def train_preference(
         peft_config = lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules)
 
     args = MultiNegativeDPOConfig(
-        **trainer_arguments(config, torch_dtype, evaluates_during_training=eval_dataset is not None),
+        **training_arguments,
         preference_loss=loss_type,
         num_rejected=neg_num,
         packed_forward=packed_forward,
@@ -221,7 +224,7 @@ def train_preference(
     )
     if is_main_process():
         trainer.model.print_trainable_parameters()
-    results = dict(trainer.train().metrics)
+    results = dict(trainer.train().metrics) | best_checkpoint_results(trainer.state)
     if eval_dataset is not None:
         results |= trainer.evaluate()
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset or [])}
@@ -234,4 +237,4 @@ def train_preference(
         write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
         save_run_config(config | {"resolved_model_path": model_path, "resolved_sft_adapter": start_adapter},
                         output_dir)
-        logger.info("Saved the adapter to %s", output_dir)
+        logger.info("Saved the adapter to %s (%s)", output_dir, kept_weights(results))

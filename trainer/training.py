@@ -5,16 +5,28 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from trainer.errors import InputError
+
 
 def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_training: bool) -> dict:
     """Keyword arguments for a transformers/TRL training config, read from an entry script's flags.
 
     `flags` holds the entry's resolved flags: output_dir, seed, num_train_epochs, max_steps,
     batch_size, gradient_accumulation_steps, learning_rate, lr_scheduler_type, warmup_ratio,
-    weight_decay, max_grad_norm, logging_steps, eval_steps and save_steps.
+    weight_decay, max_grad_norm, logging_steps, eval_steps, save_steps and select_best.
     """
-    eval_steps, save_steps = flags["eval_steps"], flags["save_steps"]
+    eval_steps, save_steps, select_best = flags["eval_steps"], flags["save_steps"], flags["select_best"]
+    if eval_steps < 0 or save_steps < 0:
+        raise InputError(f"--eval_steps and --save_steps must be 0 or more, got {eval_steps} and {save_steps}")
     periodic_eval = evaluates_during_training and eval_steps > 0
+    if select_best:
+        if not periodic_eval:
+            raise InputError("--select_best keeps the checkpoint with the lowest validation loss: give --eval_steps "
+                             "and validation records")
+        if save_steps and save_steps != eval_steps:
+            raise InputError(f"--select_best saves a checkpoint at every evaluation: leave --save_steps at 0 or "
+                             f"equal to --eval_steps ({eval_steps}), got {save_steps}")
+        save_steps = eval_steps
     return dict(
         output_dir=flags["output_dir"],
         seed=flags["seed"],
@@ -36,6 +48,10 @@ def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_tr
         eval_steps=eval_steps if periodic_eval else None,
         save_strategy="steps" if save_steps > 0 else "no",
         save_steps=save_steps if save_steps > 0 else None,
+        # Trainer reloads the best checkpoint's adapter after the last step.
+        load_best_model_at_end=select_best,
+        metric_for_best_model="loss" if select_best else None,
+        greater_is_better=False if select_best else None,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
@@ -57,3 +73,19 @@ class LearningCurveCallback(TrainerCallback):
         entry["elapsed_seconds"] = round(time.perf_counter() - self.started, 1)
         entry["examples_seen"] = (state.global_step * args.per_device_train_batch_size
                                   * args.gradient_accumulation_steps * args.world_size)
+
+
+def best_checkpoint_results(state) -> dict:
+    """What --select_best kept: the step of the checkpoint with the lowest validation loss, and that loss."""
+    if state.best_model_checkpoint is None:
+        return {}
+    step = int(state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[1])
+    return {"best_checkpoint_step": step, "best_validation_loss": state.best_metric}
+
+
+def kept_weights(results: dict) -> str:
+    """Which weights a stage saved, for its last log line."""
+    if "best_checkpoint_step" not in results:
+        return "the last weights"
+    return (f"the weights of step {results['best_checkpoint_step']}, the lowest validation loss "
+            f"({results['best_validation_loss']:.4f})")
