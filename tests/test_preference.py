@@ -202,6 +202,28 @@ def test_training_changes_lora_weights_and_leaves_the_reference_alone(tiny_model
         assert key in logged
 
 
+def test_step_metrics_stay_on_the_device_until_logged_and_average_by_hand(tiny_model_dir, tokenizer, tmp_path):
+    trainer = MultiNegativeDPOTrainer(
+        model=lora_model(tiny_model_dir),
+        args=MultiNegativeDPOConfig(**trainer_config(tmp_path, beta=1.0), num_rejected=2),
+        train_dataset=Dataset.from_list(examples(tokenizer, 2, neg_num=2)), processing_class=tokenizer)
+    trainer.model.train()
+    # Micro-batch 1, one prompt: rewards chosen 1, rejected -1 and 0 (mean -0.5), margin 1.5, chosen
+    # beats both. Micro-batch 2, two prompts against a zero reference: chosen -2 and -3, rejected
+    # means -2.5 and -3, margins 0.5 and 0, chosen beats neither's best rejected.
+    trainer._record_metrics(torch.tensor([[-1.0, -3.0, -2.0]]), torch.tensor([[-2.0, -2.0, -2.0]]))
+    trainer._record_metrics(torch.tensor([[-2.0, -1.0, -4.0], [-3.0, -3.0, -3.0]]), torch.zeros(2, 3))
+    assert len(trainer._pending_metrics["train"]) == 2 and not trainer._metrics["train"]
+    trainer.log({"loss": 0.5})
+    logged = trainer.state.log_history[-1]
+    # The mean of the two micro-batch means, as DPOTrainer averages its per-step metrics.
+    expected = {"rewards/chosen": (1 - 2.5) / 2, "rewards/rejected": (-0.5 - 2.75) / 2,
+                "rewards/margins": (1.5 + 0.25) / 2, "rewards/accuracies": 0.5, "logps/chosen": (-1 - 2.5) / 2,
+                "logps/rejected": (-2.5 - 2.75) / 2}
+    assert {name: logged[name] for name in expected} == pytest.approx(expected)
+    assert logged["loss"] == 0.5 and not trainer._pending_metrics["train"] and not trainer._metrics["train"]
+
+
 @pytest.mark.parametrize("packed", [True, False])
 def test_precomputed_reference_log_probs_equal_the_per_step_ones(tiny_model_dir, tokenizer, tmp_path, packed):
     rows = examples(tokenizer, 5, neg_num=3)

@@ -34,6 +34,9 @@ PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
 REFERENCE_COLUMN = "ref_logps"
 # Added to every dataset (under MultiNegativeDPOConfig.length_column_name): packed_length of each example.
 LENGTH_COLUMN = "packed_length"
+# What every step logs, in the order _record_metrics stacks them.
+METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected")
 
 
 def packed_length(example: dict) -> int:
@@ -127,6 +130,9 @@ class MultiNegativeDPOTrainer(DPOTrainer):
     def __init__(self, model, args: MultiNegativeDPOConfig, processing_class, **kwargs):
         kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id, args.packed_forward))
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        # Each micro-batch's metric means stay on the device until the next log: reading them on the
+        # host would wait for the GPU after every forward pass instead of once per logged step.
+        self._pending_metrics = {"train": [], "eval": []}
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # Examples come tokenized by trainer.data_interface.preference_example; check their shape once here.
@@ -187,22 +193,32 @@ class MultiNegativeDPOTrainer(DPOTrainer):
         return (loss, None) if return_outputs else loss
 
     def _record_metrics(self, policy: torch.Tensor, reference: torch.Tensor) -> None:
-        """Per-step averages over the batch (and processes), logged by DPOTrainer.log."""
+        """Keeps this micro-batch's averages (over its prompts, on every process) of METRIC_NAMES."""
         mode = "train" if self.model.training else "eval"
         reward = rewards(policy, reference, self.beta)
         chosen, rejected = reward[:, 0], reward[:, 1:]
-        values = {
-            "rewards/chosen": chosen,
-            "rewards/rejected": rejected.mean(dim=1),
-            "rewards/margins": chosen - rejected.mean(dim=1),
+        per_prompt = torch.stack([
+            chosen,
+            rejected.mean(dim=1),
+            chosen - rejected.mean(dim=1),
             # The chosen completion must beat every rejected one.
-            "rewards/accuracies": (chosen > rejected.max(dim=1).values).float(),
+            (chosen > rejected.max(dim=1).values).float(),
             # S-DPO's claim is that it keeps the chosen likelihood from falling as DPO's does.
-            "logps/chosen": policy[:, 0],
-            "logps/rejected": policy[:, 1:].mean(dim=1),
-        }
-        for name, value in values.items():
-            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+            policy[:, 0],
+            policy[:, 1:].mean(dim=1),
+        ], dim=1)  # [B, len(METRIC_NAMES)]
+        self._pending_metrics[mode].append(self.accelerator.gather_for_metrics(per_prompt).mean(dim=0))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """DPOTrainer.log, with the kept micro-batch averages moved to the host in one copy first."""
+        mode = "train" if self.model.training else "eval"
+        pending = self._pending_metrics[mode]
+        if pending:
+            averages = torch.stack(pending).mean(dim=0).tolist()
+            for name, value in zip(METRIC_NAMES, averages):
+                self._metrics[mode][name].append(value)
+            pending.clear()
+        super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Evaluation is the loss and the logged metrics; there are no logits to return.
