@@ -78,3 +78,9 @@ def small_data_dir(tmp_path) -> str:
     for split, count in (("train", 12), ("valid", 4), ("test", 5)):
         write_records(tmp_path / f"{split}.json", [make_record(index) for index in range(count)])
     return str(tmp_path)
+
+
+def evaluated_losses(checkpoint) -> dict[int, float]:
+    """Validation loss by step, from the evaluations logged up to a checkpoint."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import make_record, write_records
+from conftest import evaluated_losses, make_record, write_records
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
@@ -371,8 +371,7 @@ def test_select_best_keeps_the_preference_adapter_of_the_lowest_validation_loss(
     # are not the best ones, so keeping them would fail below.
     train_preference(output_dir=str(output_dir), max_steps=2, eval_steps=1, learning_rate=3.0,
                      lr_scheduler_type="constant", **common)
-    state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
-    losses = {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
+    losses = evaluated_losses(output_dir / "checkpoint-2")
     best = min(losses, key=losses.get)
     assert sorted(losses) == [1, 2] and best == 1, losses
     results = json.loads((output_dir / "train_results.json").read_text())

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import make_record
+from conftest import evaluated_losses, make_record
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -93,12 +93,6 @@ def test_sft_trains_saves_and_resumes(tiny_model_dir, small_data_dir, tmp_path):
     resumed = lora_b_weights(resumed_dir)
     assert resumed.keys() == trained.keys()
     assert any(not torch.equal(resumed[name], trained[name]) for name in trained)
-
-
-def evaluated_losses(checkpoint) -> dict[int, float]:
-    """Validation loss by step, from the evaluations logged up to a checkpoint."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
 
 
 def test_select_best_keeps_the_adapter_of_the_lowest_validation_loss(tiny_model_dir, small_data_dir, tmp_path):
