@@ -9,14 +9,14 @@ import time
 
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from peft import PeftModel
 
 from trainer.cli import run, save_run_config
 from trainer.collaborative import load_hints
 from trainer.data_interface import EVAL_TEMPLATE_INDEX, PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import answer_and_score, score_answers, write_evaluation
-from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path
+from trainer.modeling import (EMBEDDED_MODEL_NAME, load_model_for_evaluation, load_tokenizer, resolve_dtype,
+                              resolve_model_path)
 
 logger = logging.getLogger("inference")
 
@@ -46,7 +46,7 @@ def inference(
         test_file: JSON records to evaluate (see data/README.md).
         output_dir: Folder for metrics.json, predictions.jsonl and run_config.json.
         model_name: Base model: 'embedded-smollm2' (the bundled SmolLM2-135M-Instruct), a local folder or a hub id.
-        adapter: LoRA adapter folder to apply to the base model; none evaluates the base model alone.
+        adapter: LoRA adapter folder to apply to the base model, its weights merged into the base's (not in 4-bit); none evaluates the base model alone.
         resume_from_checkpoint: Same as --adapter (the name the S-DPO authors' scripts use).
         domain: Prompt wording: music, movie, book or game.
         template_index: Which of the domain's prompt templates to use (0-4); fixed for every prompt.
@@ -77,13 +77,7 @@ def inference(
     tokenizer = load_tokenizer(model_path, padding_side="left")
     # Under accelerate launch each process takes every num_processes-th prompt on its own device.
     state = PartialState()
-    model = load_model(model_path, dtype, load_in_4bit, device_map={"": state.device})
-    if adapter:
-        try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except (OSError, ValueError) as error:
-            raise InputError(f"--adapter {adapter!r}: cannot load a LoRA adapter ({error})") from None
-    model.eval()
+    model = load_model_for_evaluation(model_path, dtype, load_in_4bit, {"": state.device}, adapter)
 
     builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=template_index,
                             hints=load_hints(hint_file, hint_size, test_file))

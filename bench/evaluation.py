@@ -4,7 +4,9 @@ All run in one process on the same model and the same test prompts: the floor is
 batched forward over the prompts (the least any evaluation must compute), generation is
 inference's greedy answer alone, candidate scoring is one packed forward per prompt over all its
 candidates alone, and both is what inference.py runs: the scoring pass, then greedy decoding from
-the prompts' cached keys and values. Prints seconds per prompt and the ratio of each to the floor.
+the prompts' cached keys and values. With an adapter, these run with the adapter as separate LoRA
+weights, then generation and both again with it merged into the base weights, as inference.py
+evaluates. Prints seconds per prompt and the ratio of each to the floor.
 
     python bench/evaluation.py                           # 64 LastFM test prompts, embedded model
     python bench/evaluation.py --adapter output/sft --dtype bfloat16 --device cuda
@@ -18,12 +20,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from peft import PeftModel  # noqa: E402
 
 from trainer.cli import run  # noqa: E402
 from trainer.data_interface import PromptBuilder, load_records, select_indices  # noqa: E402
 from trainer.evaluation import answer_and_score  # noqa: E402
-from trainer.modeling import EMBEDDED_MODEL_NAME, load_model, load_tokenizer, resolve_dtype, resolve_model_path  # noqa: E402
+from trainer.modeling import (EMBEDDED_MODEL_NAME, load_model_for_evaluation, load_tokenizer,  # noqa: E402
+                              resolve_dtype, resolve_model_path)
 
 
 @torch.no_grad()
@@ -67,10 +69,7 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
     """
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
-    model = load_model(model_path, resolve_dtype(dtype), device_map={"": device})
-    if adapter:
-        model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
+    model = load_model_for_evaluation(model_path, resolve_dtype(dtype), False, {"": device}, adapter, merge_adapter=False)
     records = load_records(test_file)
     indices = select_indices(len(records), num_prompts, seed)
     records = [records[index] for index in indices]
@@ -87,6 +86,15 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
         "both (inference.py)": timed(lambda: answer_and_score(model, tokenizer, prompts, records, batch_size,
                                                               max_new_tokens, score_candidates=True), device, repeats),
     }
+    if adapter:
+        # What inference.py runs: the adapter folded into the base weights, the same answers up to rounding.
+        model = model.merge_and_unload()
+        seconds["generation, adapter merged"] = timed(
+            lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens,
+                                     score_candidates=False), device, repeats)
+        seconds["both, adapter merged"] = timed(
+            lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens,
+                                     score_candidates=True), device, repeats)
     floor = seconds["prompt forward (floor)"]
     print(f"{len(prompts)} prompts, batches of {batch_size}, {dtype} on {device}, median of {repeats} runs"
           f"{' with ' + adapter if adapter else ''}")

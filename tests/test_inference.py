@@ -9,12 +9,13 @@ import pytest
 import torch
 from conftest import REPO_ROOT, make_record, write_records
 
+from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from inference import inference
 from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
 from trainer.evaluation import answer_and_score, score_answers
-from trainer.modeling import load_model, load_tokenizer
+from trainer.modeling import load_model, load_model_for_evaluation, load_tokenizer
 from trainer.rules import rules
 
 
@@ -94,6 +95,34 @@ def test_generation_from_the_scoring_cache_matches_plain_generation(tiny_model_d
     assert from_cache == plain and any(answer for answer in plain)
     for row, row_alone in zip(scores, scores_alone):
         assert row == pytest.approx(row_alone, abs=1e-4)
+
+
+def test_merged_adapter_answers_and_scores_as_the_unmerged_one(tiny_model_dir, tmp_path):
+    """inference.py folds the adapter into the base weights: the same answers and scores, no LoRA left."""
+    torch.manual_seed(0)
+    adapter_dir = str(tmp_path / "adapter")
+    # init_lora_weights=False draws B at random too, so the adapter changes what the model computes.
+    peft_model = get_peft_model(load_model(tiny_model_dir, dtype=torch.float32),
+                                LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                           init_lora_weights=False, task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(adapter_dir)
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
+    records = [parse_record(make_record(index), "made-up", index) for index in range(4)]
+    prompts = [PromptBuilder("music", seed=0).build(record, index) for index, record in enumerate(records)]
+
+    def evaluate(adapter, merge_adapter):
+        model = load_model_for_evaluation(tiny_model_dir, torch.float32, False, None, adapter, merge_adapter)
+        return model, answer_and_score(model, tokenizer, prompts, records, batch_size=2, max_new_tokens=6,
+                                       score_candidates=True)
+
+    merged_model, (merged_answers, merged_scores) = evaluate(adapter_dir, merge_adapter=True)
+    _, (lora_answers, lora_scores) = evaluate(adapter_dir, merge_adapter=False)
+    _, (_, base_scores) = evaluate(None, merge_adapter=True)
+    assert not any("lora" in name for name, _ in merged_model.named_parameters())
+    assert merged_answers == lora_answers
+    for merged_row, lora_row, base_row in zip(merged_scores, lora_scores, base_scores):
+        assert merged_row == pytest.approx(lora_row, abs=1e-4)
+        assert merged_row != pytest.approx(base_row, abs=1e-2)
 
 
 def run_cli(*args):

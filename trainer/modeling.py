@@ -16,7 +16,7 @@ import shutil
 import tempfile
 
 import torch
-from peft import LoraConfig, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from trainer.errors import InputError
@@ -116,6 +116,26 @@ def load_model(model_path: str, dtype: torch.dtype, load_in_4bit: bool = False, 
         )
     except OSError as error:
         raise InputError(f"--model_name {model_path!r}: not a model folder or reachable hub id ({error})") from None
+
+
+def load_model_for_evaluation(model_path: str, dtype: torch.dtype, load_in_4bit: bool, device_map,
+                              adapter: str | None, merge_adapter: bool = True):
+    """The base model with `adapter` applied, in eval mode.
+
+    The adapter's weights are folded into the base weights (merge_and_unload) unless the base is
+    in 4-bit, where folding would re-quantize them: a merged model computes W x instead of
+    W x + B A x in every projection, 15-20% less time per prompt on a CPU (bench/evaluation.py)
+    and the same answers up to float rounding.
+    """
+    model = load_model(model_path, dtype, load_in_4bit, device_map)
+    if adapter:
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--adapter {adapter!r}: cannot load a LoRA adapter ({error})") from None
+        if merge_adapter and not load_in_4bit:
+            model = model.merge_and_unload()
+    return model.eval()
 
 
 def load_model_for_training(model_path: str, dtype: torch.dtype, load_in_4bit: bool, gradient_checkpointing: bool):
