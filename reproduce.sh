@@ -5,25 +5,25 @@
 # (and says so); --force redoes them all. Two rules without a model, the most popular candidate and
 # the candidate that most often followed the history in training (trainer/rules.py), are scored on
 # the same prompts as reference points.
-#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, about 70 minutes
+#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
 #   bash reproduce.sh --force            # redo every stage
 #
 # Settings are variables, each overridable from the environment; the profile sets their defaults:
 #                        cpu     paper
-#   SFT_SAMPLES          320     all    SFT training prompts, a seeded sample (empty: all)
+#   SFT_SAMPLES          256     all    SFT training prompts, a seeded sample (empty: all)
 #   SFT_EPOCHS           1       5
 #   SFT_LEARNING_RATE    3e-4    1e-5
 #   SFT_BATCH_SIZE       4       4      prompts per forward pass
 #   SFT_GRAD_ACCUM       1       32     forward passes per optimizer step (paper: 32 / NUM_PROCESSES)
-#   SFT_VALID_SAMPLES    200     500    validation prompts for the SFT validation loss
+#   SFT_VALID_SAMPLES    100     500    validation prompts for the SFT validation loss
 #   SFT_LORA_DROPOUT     0       0.1    dropout on the LoRA input (a third of a CPU step; one pass has little to overfit)
-#   PREF_SAMPLES         200     all    training prompts of DPO, S-DPO and DMPO (the same for the three)
+#   PREF_SAMPLES         128     all    training prompts of DPO, S-DPO and DMPO (the same for the three)
 #   PREF_EPOCHS          1       3
 #   PREF_LEARNING_RATE   1e-4    1e-5
 #   PREF_BATCH_SIZE      2       4
 #   PREF_GRAD_ACCUM      4       32     (paper: 32 / NUM_PROCESSES)
-#   PREF_VALID_SAMPLES   50      500    validation prompts for the preference loss and reward accuracy
+#   PREF_VALID_SAMPLES   32      500    validation prompts for the preference loss and reward accuracy
 #   EVAL_SAMPLES         500     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
 #   SCORE_CANDIDATES     False   True   also rank the candidates by log-probability (ranking metrics;
 #                                       about 2.3x the evaluation time on a CPU)
@@ -45,7 +45,7 @@ DATA_DIR=${DATA_DIR:-data/lastfm}
 RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
 case $PROFILE in
     cpu)
-        defaults=(320 1 3e-4 4 1 200 0 200 1 1e-4 2 4 50 500 False True False) ;;
+        defaults=(256 1 3e-4 4 1 100 0 128 1 1e-4 2 4 32 500 False True False) ;;
     paper)
         accumulation=$((32 / NUM_PROCESSES))
         defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True False True) ;;
