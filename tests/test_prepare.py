@@ -2,11 +2,12 @@
 
 import json
 import os
+import random
 
 import pandas as pd
 import pytest
 
-from data.prepare import prepare, sample_candidates
+from data.prepare import Catalogue, PoolWithout, movielens_title, prepare, sample_candidates
 from trainer.errors import InputError
 
 
@@ -23,10 +24,61 @@ def test_conversion_reproduces_the_golden_validation_file(shared_data_dir, tmp_p
 
 
 def test_candidates_hold_the_true_item_and_no_history_item():
-    candidates = sample_candidates(history_ids=[1, 2, 3], next_id=7, item_ids=list(range(50)), num_negatives=19)
+    catalogue = Catalogue(range(50))
+    candidates = sample_candidates(history_ids=[1, 2, 3], next_id=7, catalogue=catalogue, num_negatives=19)
     assert len(candidates) == len(set(candidates)) == 20
     assert 7 in candidates and not {1, 2, 3} & set(candidates)
-    assert candidates == sample_candidates([1, 2, 3], 7, list(range(50)), 19)
+    assert candidates == sample_candidates([1, 2, 3], 7, catalogue, 19)
+
+
+@pytest.mark.parametrize("num_items", [30, 5000])  # random.sample copies small pools and indexes large ones
+def test_pool_read_in_place_samples_as_the_filtered_list(num_items):
+    """LLaRA's procedure filters the catalogue into a list; reading it in place must draw the same items."""
+    ids = [item * 7 + 3 for item in range(num_items)]  # ids in catalogue order, not positions
+    catalogue = Catalogue(ids)
+    for seed in range(20):
+        picker = random.Random(seed)
+        history = picker.sample(ids, 10)
+        target = picker.choice([item for item in ids if item not in history])
+        pool = [item for item in ids if item not in set(history) | {target}]
+        assert list(PoolWithout(ids, {catalogue.position[item] for item in history + [target]})) == pool
+        rng = random.Random(target)
+        expected = rng.sample(pool, 19) + [target]
+        rng.seed(target)
+        rng.shuffle(expected)
+        assert sample_candidates(history, target, catalogue, 19) == expected
+
+
+def test_too_few_items_for_the_negatives_is_an_error():
+    with pytest.raises(InputError, match="--num_negatives 19: only 6 items"):
+        sample_candidates([0, 1, 2], 3, Catalogue(range(10)), 19)
+
+
+def test_movielens_titles_drop_the_year_and_put_the_article_first():
+    assert movielens_title("Usual Suspects, The (1995)") == "The Usual Suspects"
+    assert movielens_title("City of Lost Children, The (Cité des enfants perdus, La) (1995)") == \
+        "The City of Lost Children (Cité des enfants perdus, La)"
+    assert movielens_title("Toy Story (1995)") == "Toy Story"
+    assert movielens_title("unknown") == "unknown"
+
+
+def test_movielens_layout_with_rating_pairs_and_capitalised_split_files(tmp_path):
+    """LLaRA's MovieLens folder: u.item in latin-1 with 1-based ids, seq of (id, rating) pairs."""
+    source = tmp_path / "movielens"
+    source.mkdir()
+    items = ["Toy Story (1995)", "GoldenEye (1995)", "Usual Suspects, The (1995)", "Café au lait (1993)",
+             "Chasers (1994)", "Chasers (1994)"]
+    (source / "u.item").write_bytes("".join(f"{i + 1}|{title}|01-Jan-1995||http://x|0|1\n"
+                                            for i, title in enumerate(items)).encode("latin-1"))
+    pad = (len(items), 0)
+    rows = [([(0, 4), (1, 3), (2, 5), pad], 3, (3, 4))]
+    for file_name in ("train_data.df", "Val_data.df", "Test_data.df"):
+        pd.DataFrame(rows, columns=["seq", "len_seq", "next"]).to_pickle(source / file_name)
+    prepare(str(source), str(tmp_path / "out"), num_negatives=2)
+    record = json.loads((tmp_path / "out" / "test.json").read_text(encoding="utf-8"))[0]
+    assert record["historyList"] == "Toy Story::GoldenEye::The Usual Suspects"
+    assert record["trueSelection"] == "Café au lait"
+    assert sorted(record["itemList"]) == ["Café au lait", "Chasers", "Chasers (2)"]  # a film listed twice
 
 
 def write_llara(folder, rows, titles=("A", "B", "C", "D", "E")):
