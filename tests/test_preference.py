@@ -1,5 +1,6 @@
 """The preference stage on a tiny random LLaMA: batches, log-probs, TRL parity, training, the entry scripts."""
 
+import collections
 import copy
 import inspect
 import json
@@ -17,12 +18,14 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 
 from dpo import dpo
-from trainer.data_interface import PromptBuilder, answer_text, parse_record, preference_example, sample_negatives
+from trainer.data_interface import (PromptBuilder, answer_text, parse_record, preference_example, sample_negatives,
+                                    sample_popular_negatives)
 from trainer.errors import InputError
 from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps
 from trainer.modeling import LLAMA_PROJECTIONS
 from trainer.collaborative import load_hints
 from trainer.preference import preference_dataset, train_preference
+from trainer.rules import target_counts
 from trainer.preference_trainer import (
     LENGTH_COLUMN,
     REFERENCE_COLUMN,
@@ -331,6 +334,24 @@ def test_hard_negatives_come_from_the_hint_counts(tiny_model_dir, tokenizer, tmp
         train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
                          negatives="easy", max_valid_samples=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_popular_negatives_follow_training_popularity_and_repeat(tokenizer, tmp_path):
+    record = parse_record(make_record(0, num_candidates=4), "made-up", 0)
+    others = [title for title in record.candidates if title != record.target]
+    # Weights 1 + count: 1, 3 and 6 of 10; a single negative is drawn with those probabilities.
+    counts = {others[0]: 0, others[1]: 2, others[2]: 5, record.target: 100}
+    draws = collections.Counter(sample_popular_negatives(record, 1, seed, 0, counts)[0] for seed in range(6000))
+    for title, weight in zip(others, (1, 3, 6)):
+        assert draws[title] / 6000 == pytest.approx(weight / 10, abs=0.02)
+    assert sample_popular_negatives(record, 3, 7, 0, counts) == sample_popular_negatives(record, 3, 7, 0, counts)
+    assert sorted(sample_popular_negatives(record, 3, 7, 0, counts)) == sorted(others)
+    # Through the stage: the training file's true items give the counts.
+    train_file = write_records(tmp_path / "train.json", [make_record(0), make_record(1)])
+    builder = PromptBuilder("music", template_index=0)
+    dataset = preference_dataset(train_file, None, 0, builder, tokenizer, neg_num=2, negatives="popular",
+                                 popularity=target_counts(train_file))
+    assert len(dataset) == 2 and all(len(row["completion_ids"]) == 3 for row in dataset)
 
 
 def test_conflicting_adapter_flags_are_refused(tmp_path):

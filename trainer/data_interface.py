@@ -12,6 +12,7 @@ trained on exactly the token boundary it sees when it generates after the prompt
 
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from trainer.errors import InputError
@@ -215,6 +216,22 @@ def sample_negatives(record: Record, num_negatives: int, seed: int, example_inde
     if not 1 <= num_negatives <= len(others):
         raise ValueError(f"cannot draw {num_negatives} negatives from {len(others)}")
     return random.Random(f"{seed}:{example_index}:negatives").sample(others, num_negatives)
+
+
+def sample_popular_negatives(record: Record, num_negatives: int, seed: int, example_index: int,
+                             target_counts: Mapping[str, int]) -> list[str]:
+    """`num_negatives` candidates other than the true one, without replacement, each drawn with
+    probability proportional to 1 + the number of training records it is the true item of.
+
+    Weighted sampling without replacement by Efraimidis and Spirakis' keys (u ** (1 / weight), the
+    largest keys win), seeded by run and example as `sample_negatives` is.
+    """
+    others = [title for title in record.candidates if title != record.target]
+    if not 1 <= num_negatives <= len(others):
+        raise ValueError(f"cannot draw {num_negatives} negatives from {len(others)}")
+    rng = random.Random(f"{seed}:{example_index}:popular-negatives")
+    keys = {title: rng.random() ** (1.0 / (1 + target_counts.get(title, 0))) for title in others}
+    return sorted(others, key=keys.__getitem__, reverse=True)[:num_negatives]
 
 
 def preference_example(tokenizer, prompt: str, chosen: str, rejected: list[str]) -> dict:

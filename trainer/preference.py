@@ -10,6 +10,7 @@ log-probs, train_results.json).
 
 import logging
 import os
+from collections.abc import Mapping
 
 from datasets import Dataset
 from peft import PeftModel
@@ -23,6 +24,7 @@ from trainer.data_interface import (
     load_records,
     preference_example,
     sample_negatives,
+    sample_popular_negatives,
     select_indices,
 )
 from trainer.errors import InputError
@@ -38,20 +40,22 @@ from trainer.modeling import (
     resolve_model_path,
 )
 from trainer.preference_trainer import MultiNegativeDPOConfig, MultiNegativeDPOTrainer
+from trainer.rules import target_counts
 from trainer.training import LearningCurveCallback, best_checkpoint_results, kept_weights, trainer_arguments
 
 logger = logging.getLogger("preference")
 
 
-NEGATIVE_SAMPLING = ("random", "hard")
+NEGATIVE_SAMPLING = ("random", "popular", "hard")
 
 
 def preference_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer,
-                       neg_num: int, negatives: str = "random") -> Dataset:
+                       neg_num: int, negatives: str = "random", popularity: Mapping[str, int] | None = None) -> Dataset:
     """A seeded sample of a data file as tokenized (prompt_ids, completion_ids) preference examples.
 
     `negatives` "hard" takes the rejected titles from the builder's hints (the highest-ranked other
-    candidates); "random" draws them, seeded by `seed` and the record index.
+    candidates); "random" draws them uniformly and "popular" in proportion to 1 + `popularity` (each
+    title's count of training records it is the true item of), seeded by `seed` and the record index.
     """
     records = load_records(path)
     indices = select_indices(len(records), max_samples, seed)
@@ -66,6 +70,8 @@ def preference_dataset(path: str, max_samples: int | None, seed: int, builder: P
         record = records[index]
         if negatives == "hard":
             rejected = builder.hints.hard_negatives(record, neg_num)
+        elif negatives == "popular":
+            rejected = sample_popular_negatives(record, neg_num, seed, index, popularity)
         else:
             rejected = sample_negatives(record, neg_num, seed, index)
         rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected))
@@ -125,7 +131,7 @@ def train_preference(
         resume_from_checkpoint: The S-DPO authors' name for --sft_adapter.
         loss_type: sdpo (softmax DPO), dpo (pairwise DPO, averaged over the negatives) or dmpo.
         neg_num: Rejected titles per prompt (k), drawn from the other candidates, seeded by --seed and the example index.
-        negatives: random (drawn as --neg_num says, the paper's) or hard (needs --hint_file: the k other candidates that the training counts rank highest, the ones a model following the hint would name wrongly).
+        negatives: random (drawn uniformly from the other candidates, the paper's), popular (drawn in proportion to 1 + how often each was the true item of a training record) or hard (needs --hint_file: the k other candidates that the training counts rank highest, the ones a model following the hint would name wrongly).
         beta: Inverse temperature of the implicit reward beta * log(pi / pi_ref).
         domain: Prompt wording: music, movie, book or game.
         template_index: Use this one template (0-4) for every training prompt; by default each example draws one, seeded by --seed and its index.
@@ -183,14 +189,15 @@ def train_preference(
     # Build (and so validate) the datasets before anything is written.
     train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index,
                                   hints=load_hints(hint_file, hint_size, train_file))
+    popularity = target_counts(train_file) if negatives == "popular" else None
     train_dataset = preference_dataset(train_file, max_train_samples, seed, train_builder, tokenizer, neg_num,
-                                       negatives)
+                                       negatives, popularity)
     eval_dataset = None
     if max_valid_samples != 0:
         eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX,
                                      hints=load_hints(hint_file, hint_size, valid_file))
         eval_dataset = preference_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer, neg_num,
-                                          negatives)
+                                          negatives, popularity)
     logger.info("%s with %d %s negatives on %d training prompts (%s)%s", loss_type, neg_num, negatives,
                 len(train_dataset), train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
 
