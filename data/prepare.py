@@ -31,14 +31,14 @@ import os
 import random
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pandas as pd
 
 # Run as `python data/prepare.py`: make the project's package importable from the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer.cli import run, write_json_atomically  # noqa: E402
+from trainer.cli import run, stage_json_list  # noqa: E402
 from trainer.data_interface import HISTORY_SEPARATOR, parse_record  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 
@@ -195,32 +195,33 @@ def convert_split(
     num_negatives: int,
     min_history: int,
     source_name: str,
-) -> list[dict]:
-    """Turn one LLaRA DataFrame into JSON records; rows with len_seq < min_history are dropped."""
+) -> Iterator[dict]:
+    """Turn one LLaRA DataFrame into JSON records, one at a time; rows with len_seq < min_history are dropped."""
     missing = {"seq", "len_seq", "next"} - set(frame.columns)
     if missing:
         raise InputError(f"{source_name}: missing column(s) {sorted(missing)}")
     catalogue = Catalogue(titles)
-    records = []
     for row_index, row in enumerate(frame.itertuples(index=False)):
         if row.len_seq < min_history:
             continue
         history_ids = [item_id(value) for value in row.seq if item_id(value) != padding_id]
         next_id = item_id(row.next)
         for field, ids in (("seq", history_ids), ("next", [next_id])):
-            unknown = [item_id for item_id in ids if item_id not in titles]
+            unknown = [value for value in ids if value not in titles]
             if unknown:
                 raise InputError(f"{source_name}: row {row_index}: field '{field}': unknown item id {unknown[0]}")
         candidates = sample_candidates(history_ids, next_id, catalogue, num_negatives)
+        history = [titles[item_id] for item_id in history_ids]
         record = {
-            "historyList": HISTORY_SEPARATOR.join(titles[item_id] for item_id in history_ids),
+            # The file format's '::'-joined string, or a list where a title itself holds '::'.
+            "historyList": history if any(HISTORY_SEPARATOR in title for title in history)
+            else HISTORY_SEPARATOR.join(history),
             "itemList": [titles[item_id] for item_id in candidates],
             "trueSelection": titles[next_id],
         }
         # The stages will read it back: fail here, on the source row, rather than there.
-        parse_record(record, f"{source_name} (row {row_index})", len(records))
-        records.append(record)
-    return records
+        parse_record(record, source_name, row_index)
+        yield record
 
 
 def prepare(
@@ -245,20 +246,30 @@ def prepare(
         raise InputError(f"--source {source}: folder not found")
     titles, _ = load_item_titles(source)
     padding_id = len(titles) if padding_id is None else padding_id
-    converted = {}
-    # Convert every split before writing any, so bad input leaves the output folder untouched.
+    split_files = {}
     for split, file_names in SPLITS.items():
         paths = [os.path.join(source, file_name) for file_name in file_names]
-        path = next((path for path in paths if os.path.isfile(path)), None)
-        if path is None:
+        split_files[split] = next((path for path in paths if os.path.isfile(path)), None)
+        if split_files[split] is None:
             raise InputError(f"{paths[0]}: file not found")
-        converted[split] = convert_split(
-            pd.read_pickle(path), titles, padding_id, num_negatives, min_history, path
-        )
+    # Every split is staged in a temporary file and renamed into place only when all converted, so
+    # bad input leaves the output folder as it was; records stream through, never all in memory.
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    for split, records in converted.items():
-        write_json_atomically(records, os.path.join(output_dir, f"{split}.json"))
-    counts = {split: len(records) for split, records in converted.items()}
+    staged = {}
+    try:
+        for split, path in split_files.items():
+            records = convert_split(pd.read_pickle(path), titles, padding_id, num_negatives, min_history, path)
+            staged[split] = stage_json_list(records, output_dir)
+    except BaseException:
+        for staged_path, _ in staged.values():
+            os.remove(staged_path)
+        if created:
+            os.rmdir(output_dir)
+        raise
+    for split, (staged_path, _) in staged.items():
+        os.replace(staged_path, os.path.join(output_dir, f"{split}.json"))
+    counts = {split: count for split, (_, count) in staged.items()}
     print(f"wrote {counts} records to {output_dir}")
     return counts
 

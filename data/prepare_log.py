@@ -88,13 +88,14 @@ def read_table(path: str, wanted: list[str], separator: str | None, columns, enc
     if missing:
         raise InputError(f"{path}: no column {missing[0]!r}; its columns are {[str(name) for name in table.columns]}"
                          + ("" if columns else f" (a file without a header line needs --{columns_flag})"))
-    table = table[wanted].astype(str)
-    table["line"] = np.arange(first_line, first_line + len(table))
+    table = table[wanted].copy()
+    lines = np.arange(first_line, first_line + len(table))
     for name in wanted:
-        empty = table[name].str.strip().isin(["", "nan", "None"])
+        empty = table[name].isna().to_numpy() | (table[name].astype(str).str.strip() == "").to_numpy()
         if empty.any():
-            row = table[empty].iloc[0]
-            raise InputError(f"{path}: line {row['line']}: field {name!r} is empty")
+            raise InputError(f"{path}: line {lines[empty.argmax()]}: field {name!r} is empty")
+    table = table.astype(str)
+    table["line"] = lines
     return table
 
 

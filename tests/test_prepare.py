@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from data.prepare import Catalogue, PoolWithout, movielens_title, prepare, sample_candidates
+from trainer.data_interface import parse_record
 from trainer.errors import InputError
 
 
@@ -96,6 +97,14 @@ def test_small_conversion_and_padding(tmp_path):
     assert len(records) == 1  # the len_seq=1 row is dropped
     assert records[0]["historyList"] == "A::B::C" and records[0]["trueSelection"] == "D"
     assert sorted(records[0]["itemList"]) == ["D", "E"]  # E is the only item left to sample
+
+
+def test_a_title_holding_the_history_separator_keeps_the_history_a_list(tmp_path):
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)], titles=("A", "Mix::Tape", "C", "D", "E"))
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    records = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert records[0]["historyList"] == ["A", "Mix::Tape", "C"]
+    assert parse_record(records[0], "train.json", 0).history == ("A", "Mix::Tape", "C")
 
 
 def test_unknown_item_id_is_reported_and_nothing_is_written(tmp_path):
