@@ -12,8 +12,9 @@
 #   LOSS_TYPE          dpo; sdpo is the same loss with one negative (dpo)
 #   NEG_NUM            rejected titles per prompt (1)
 #   NEGATIVES          random (the paper's); popular: drawn in proportion to 1 + each candidate's count
-#                      as a training true item; hard: the other candidates the training counts rank
-#                      highest, needs HINTS=True (random)
+#                      as a training true item; hinted: the other candidates the training counts rank
+#                      highest, needs HINTS=True; hard: the other candidates the SFT adapter scores
+#                      highest (random)
 #   BETA               inverse temperature of the implicit reward (1.0)
 #   MAX_TRAIN_SAMPLES  training prompts, a seeded sample; empty for all (480)
 #   MAX_VALID_SAMPLES  validation prompts for the preference loss and reward accuracy; 0 for none (50)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import evaluated_losses, make_record, write_records
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -22,9 +22,11 @@ from trainer.data_interface import (PromptBuilder, answer_text, parse_record, pr
                                     sample_popular_negatives)
 from trainer.errors import InputError
 from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps
-from trainer.modeling import LLAMA_PROJECTIONS
+from trainer.evaluation import answer_and_score
+from trainer.modeling import LLAMA_PROJECTIONS, load_tokenizer
 from trainer.collaborative import load_hints
-from trainer.preference import preference_dataset, train_preference
+from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others
+from trainer.preference import preference_dataset, sample_records, train_preference
 from trainer.rules import target_counts
 from trainer.preference_trainer import (
     LENGTH_COLUMN,
@@ -316,20 +318,21 @@ def test_too_many_negatives_fail_at_start_up_naming_the_record(tiny_model_dir, t
     assert not output_dir.exists()
 
 
-def test_hard_negatives_come_from_the_hint_counts(tiny_model_dir, tokenizer, tmp_path):
+def test_hinted_negatives_come_from_the_hint_counts(tiny_model_dir, tokenizer, tmp_path):
     # Both training records list the same candidates; "Band 0-5" followed "Old Band 0-0" once, in the
-    # second record, so it leads the first record's hard negatives and its hint.
+    # second record, so it leads the first record's hinted negatives and its hint.
     first, second = make_record(0), make_record(0)
     second["trueSelection"] = "Band 0-5"
     train_file = write_records(tmp_path / "train.json", [first, second])
     builder = PromptBuilder("music", template_index=0, hints=load_hints(train_file, 3, train_file))
-    dataset = preference_dataset(train_file, None, 0, builder, tokenizer, neg_num=2, negatives="hard")
+    dataset = preference_dataset(sample_records(train_file, None, 0, 2), 0, builder, tokenizer, neg_num=2,
+                                 negatives="hinted")
     rejected = [tokenizer.decode(ids[:-1]) for ids in dataset[0]["completion_ids"][1:]]
     # Then the first listed candidate without counts: "Band 0-0" is the answer, its own count left out.
     assert rejected == [" Band 0-5", " Band 0-1"]
-    with pytest.raises(InputError, match="--negatives hard ranks the candidates by the counts of --hint_file"):
+    with pytest.raises(InputError, match="--negatives hinted ranks the candidates by the counts of --hint_file"):
         train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
-                         negatives="hard", max_valid_samples=0)
+                         negatives="hinted", max_valid_samples=0)
     with pytest.raises(InputError, match="--negatives: expected one of"):
         train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
                          negatives="easy", max_valid_samples=0)
@@ -349,9 +352,47 @@ def test_popular_negatives_follow_training_popularity_and_repeat(tokenizer, tmp_
     # Through the stage: the training file's true items give the counts.
     train_file = write_records(tmp_path / "train.json", [make_record(0), make_record(1)])
     builder = PromptBuilder("music", template_index=0)
-    dataset = preference_dataset(train_file, None, 0, builder, tokenizer, neg_num=2, negatives="popular",
-                                 popularity=target_counts(train_file))
+    dataset = preference_dataset(sample_records(train_file, None, 0, 2), 0, builder, tokenizer, neg_num=2,
+                                 negatives="popular", popularity=target_counts(train_file))
     assert len(dataset) == 2 and all(len(row["completion_ids"]) == 3 for row in dataset)
+
+
+def test_highest_scored_others_skip_the_true_item_and_keep_ties_in_list_order():
+    record = parse_record({"historyList": "", "itemList": ["A", "B", "C", "D"], "trueSelection": "B"}, "made-up", 0)
+    assert highest_scored_others(record, [-3.0, -0.5, -1.0, -1.0], 2) == ["C", "D"]
+    assert highest_scored_others(record, [-0.1, -0.5, -9.0, -1.0], 3) == ["A", "D", "C"]
+
+
+def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_model_dir, tokenizer, tmp_path,
+                                                                            monkeypatch):
+    torch.manual_seed(0)
+    sft_dir = tmp_path / "sft"
+    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                              task_type="CAUSAL_LM")).save_pretrained(sft_dir)
+    train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(3)])
+    run = dict(model_name=tiny_model_dir, sft_adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
+               negatives="hard", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5)
+    train_preference(output_dir=str(tmp_path / "first"), **run)
+    cached = list((sft_dir / SCORE_CACHE_FOLDER).iterdir())
+    assert len(cached) == 1
+    scores = json.loads(cached[0].read_text())
+    # The cached scores are the SFT model's: candidate scoring of the same prompts, recomputed here.
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_model_dir), str(sft_dir)).eval()
+    examples = sample_records(train_file, None, 5, 2)
+    builder = PromptBuilder("music", tokenizer, 512, seed=5)
+    left = load_tokenizer(tiny_model_dir, padding_side="left")
+    _, expected = answer_and_score(model, left, [builder.build(record, index) for index, record in examples],
+                                   [record for _, record in examples], 3, 0, True)
+    for row, expected_row in zip(scores, expected):
+        assert row == pytest.approx(expected_row, abs=1e-4)
+    dataset = preference_dataset(examples, 5, builder, tokenizer, 2, "hard", scores=scores)
+    for (_, record), row, example in zip(examples, scores, dataset):
+        rejected = [tokenizer.decode(ids[:-1]).strip() for ids in example["completion_ids"][1:]]
+        assert rejected == highest_scored_others(record, row, 2)
+    # A second stage from the same adapter reads the cache instead of scoring again.
+    monkeypatch.setattr("trainer.negatives.answer_and_score", lambda *args, **kwargs: pytest.fail("scored twice"))
+    train_preference(output_dir=str(tmp_path / "second"), **run)
 
 
 def test_conflicting_adapter_flags_are_refused(tmp_path):

@@ -72,7 +72,7 @@ class CollaborativeHints:
 
     def hard_negatives(self, record: Record, count: int) -> list[str]:
         """The `count` candidates other than the answer that the counts rank highest: the ones a model
-        that follows the hint would name wrongly (preference training's `--negatives hard`)."""
+        that follows the hint would name wrongly (preference training's `--negatives hinted`)."""
         ranked = self.statistics.ranked_by_transitions(record, self.exclude_own)
         return [title for title, _ in ranked if title != record.target][:count]
 

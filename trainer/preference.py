@@ -21,10 +21,9 @@ from trainer.collaborative import load_hints
 from trainer.data_interface import (
     EVAL_TEMPLATE_INDEX,
     PromptBuilder,
+    Record,
     load_records,
     preference_example,
-    sample_negatives,
-    sample_popular_negatives,
     select_indices,
 )
 from trainer.errors import InputError
@@ -39,41 +38,36 @@ from trainer.modeling import (
     resolve_dtype,
     resolve_model_path,
 )
+from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
 from trainer.preference_trainer import MultiNegativeDPOConfig, MultiNegativeDPOTrainer
 from trainer.rules import target_counts
-from trainer.training import LearningCurveCallback, best_checkpoint_results, kept_weights, trainer_arguments
+from trainer.training import (LearningCurveCallback, batch_layout, best_checkpoint_results, checkpoint_to_resume,
+                              kept_weights, trainer_arguments)
 
 logger = logging.getLogger("preference")
 
 
-NEGATIVE_SAMPLING = ("random", "popular", "hard")
-
-
-def preference_dataset(path: str, max_samples: int | None, seed: int, builder: PromptBuilder, tokenizer,
-                       neg_num: int, negatives: str = "random", popularity: Mapping[str, int] | None = None) -> Dataset:
-    """A seeded sample of a data file as tokenized (prompt_ids, completion_ids) preference examples.
-
-    `negatives` "hard" takes the rejected titles from the builder's hints (the highest-ranked other
-    candidates); "random" draws them uniformly and "popular" in proportion to 1 + `popularity` (each
-    title's count of training records it is the true item of), seeded by `seed` and the record index.
-    """
+def sample_records(path: str, max_samples: int | None, seed: int, neg_num: int) -> list[tuple[int, Record]]:
+    """A seeded sample of a data file as (index in the file, record), each checked to have `neg_num` negatives."""
     records = load_records(path)
-    indices = select_indices(len(records), max_samples, seed)
-    # Every record is checked before any is tokenized, so a bad --neg_num fails at start-up.
-    for index in indices:
-        available = len(records[index].candidates) - 1
+    examples = [(index, records[index]) for index in select_indices(len(records), max_samples, seed)]
+    for index, record in examples:
+        available = len(record.candidates) - 1
         if neg_num > available:
             raise InputError(f"{path}: record {index}: field 'itemList': {available} negatives available, "
                              f"fewer than --neg_num {neg_num}")
+    return examples
+
+
+def preference_dataset(examples: list[tuple[int, Record]], seed: int, builder: PromptBuilder, tokenizer,
+                       neg_num: int, negatives: str = "random", popularity: Mapping[str, int] | None = None,
+                       scores: list[list[float]] | None = None) -> Dataset:
+    """Tokenized (prompt_ids, completion_ids) preference examples: the true title, then `neg_num`
+    rejected ones chosen by `negatives` (trainer.negatives; `scores`, per example, for "hard")."""
     rows = []
-    for index in indices:
-        record = records[index]
-        if negatives == "hard":
-            rejected = builder.hints.hard_negatives(record, neg_num)
-        elif negatives == "popular":
-            rejected = sample_popular_negatives(record, neg_num, seed, index, popularity)
-        else:
-            rejected = sample_negatives(record, neg_num, seed, index)
+    for position, (index, record) in enumerate(examples):
+        rejected = rejected_titles(record, index, negatives, neg_num, seed, builder.hints, popularity,
+                                   scores[position] if scores is not None else None)
         rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected))
     return Dataset.from_list(rows)
 
@@ -131,7 +125,7 @@ def train_preference(
         resume_from_checkpoint: The S-DPO authors' name for --sft_adapter.
         loss_type: sdpo (softmax DPO), dpo (pairwise DPO, averaged over the negatives) or dmpo.
         neg_num: Rejected titles per prompt (k), drawn from the other candidates, seeded by --seed and the example index.
-        negatives: random (drawn uniformly from the other candidates, the paper's), popular (drawn in proportion to 1 + how often each was the true item of a training record) or hard (needs --hint_file: the k other candidates that the training counts rank highest, the ones a model following the hint would name wrongly).
+        negatives: random (drawn uniformly from the other candidates, the paper's), popular (drawn in proportion to 1 + how often each was the true item of a training record), hinted (needs --hint_file: the k other candidates that the training counts rank highest, the ones a model following the hint would name wrongly) or hard (the k other candidates the SFT adapter scores highest, scored once before training and cached in its folder).
         beta: Inverse temperature of the implicit reward beta * log(pi / pi_ref).
         domain: Prompt wording: music, movie, book or game.
         template_index: Use this one template (0-4) for every training prompt; by default each example draws one, seeded by --seed and its index.
@@ -161,7 +155,7 @@ def train_preference(
         precompute_ref_log_probs: Compute the reference log-probs of every example once before training (and evaluation) instead of in each step: one forward less per step.
         logging_steps: Log loss, rewards, reward accuracy and chosen log-prob every this many optimizer steps.
         eval_steps: Evaluate every this many optimizer steps, or, below 1, every this fraction of the run, as well as at the end (0: only at the end).
-        save_steps: Save a resumable checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: only the final adapter).
+        save_steps: Save a checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: only the final adapter); a run killed and started again with the same flags continues from the last one.
         select_best: Keep the adapter of the evaluation with the lowest validation preference loss instead of the last weights (the S-DPO authors' choice); needs --eval_steps, and saves a checkpoint at every evaluation.
     """
     config = dict(locals())
@@ -177,8 +171,8 @@ def train_preference(
         raise InputError(f"--neg_num must be at least 1, got {neg_num}")
     if negatives not in NEGATIVE_SAMPLING:
         raise InputError(f"--negatives: expected one of {list(NEGATIVE_SAMPLING)}, got {negatives!r}")
-    if negatives == "hard" and not hint_file:
-        raise InputError("--negatives hard ranks the candidates by the counts of --hint_file; give one")
+    if negatives == "hinted" and not hint_file:
+        raise InputError("--negatives hinted ranks the candidates by the counts of --hint_file; give one")
     if max_valid_samples is not None and max_valid_samples < 0:
         raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
     torch_dtype = resolve_dtype(dtype)
@@ -186,20 +180,15 @@ def train_preference(
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
 
-    # Build (and so validate) the datasets before anything is written.
-    train_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index,
-                                  hints=load_hints(hint_file, hint_size, train_file))
-    popularity = target_counts(train_file) if negatives == "popular" else None
-    train_dataset = preference_dataset(train_file, max_train_samples, seed, train_builder, tokenizer, neg_num,
-                                       negatives, popularity)
-    eval_dataset = None
+    # Read and check the records before anything is loaded or written.
+    splits = [(sample_records(train_file, max_train_samples, seed, neg_num),
+               PromptBuilder(domain, tokenizer, max_prompt_tokens, seed=seed, template_index=template_index,
+                             hints=load_hints(hint_file, hint_size, train_file)))]
     if max_valid_samples != 0:
-        eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX,
-                                     hints=load_hints(hint_file, hint_size, valid_file))
-        eval_dataset = preference_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer, neg_num,
-                                          negatives, popularity)
-    logger.info("%s with %d %s negatives on %d training prompts (%s)%s", loss_type, neg_num, negatives,
-                len(train_dataset), train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
+        splits.append((sample_records(valid_file, max_valid_samples, seed, neg_num),
+                       PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX,
+                                     hints=load_hints(hint_file, hint_size, valid_file))))
+    popularity = target_counts(train_file) if negatives == "popular" else None
 
     model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing)
     # A fresh adapter's random weights come from --seed, so a run repeats in any process.
@@ -210,6 +199,17 @@ def train_preference(
     else:
         logger.warning("No --sft_adapter: training a fresh adapter against the base model")
         peft_config = lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules)
+
+    datasets = []
+    for examples, builder in splits:
+        scores = None
+        if negatives == "hard":  # the starting model's own scores of every candidate
+            scores = starting_model_scores(model, tokenizer, [builder.build(record, index) for index, record in examples],
+                                           [record for _, record in examples], batch_size, start_adapter)
+        datasets.append(preference_dataset(examples, seed, builder, tokenizer, neg_num, negatives, popularity, scores))
+    train_dataset, eval_dataset = datasets[0], datasets[1] if len(datasets) > 1 else None
+    logger.info("%s with %d %s negatives on %d training prompts (%s)%s", loss_type, neg_num, negatives,
+                len(train_dataset), train_file, f", evaluated on {len(eval_dataset)} ({valid_file})" if eval_dataset else "")
 
     args = MultiNegativeDPOConfig(
         **training_arguments,
@@ -231,7 +231,15 @@ def train_preference(
     )
     if is_main_process():
         trainer.model.print_trainable_parameters()
-    results = dict(trainer.train().metrics) | best_checkpoint_results(trainer.state)
+    resolved_config = (config | {"resolved_model_path": model_path, "resolved_sft_adapter": start_adapter}
+                       | batch_layout(config))
+    # Rerun after a kill: continue from the last checkpoint the same flags wrote.
+    checkpoint = checkpoint_to_resume(output_dir, resolved_config)
+    if is_main_process():
+        if checkpoint:
+            logger.info("Continuing from %s", checkpoint)
+        save_run_config(resolved_config, output_dir)
+    results = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics) | best_checkpoint_results(trainer.state)
     if eval_dataset is not None:
         results |= trainer.evaluate()
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset or [])}
@@ -242,6 +250,4 @@ def train_preference(
         tokenizer.save_pretrained(output_dir)
         trainer.save_state()
         write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
-        save_run_config(config | {"resolved_model_path": model_path, "resolved_sft_adapter": start_adapter},
-                        output_dir)
         logger.info("Saved the adapter to %s (%s)", output_dir, kept_weights(results))

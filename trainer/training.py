@@ -1,10 +1,15 @@
 """Trainer settings that SFT and the preference stages share, from their identically named flags."""
 
+import json
+import os
 import time
 
 import torch
+from accelerate import PartialState
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
+from trainer.cli import RUN_CONFIG_FILE
 from trainer.errors import InputError
 
 
@@ -89,3 +94,38 @@ def kept_weights(results: dict) -> str:
         return "the last weights"
     return (f"the weights of step {results['best_checkpoint_step']}, the lowest validation loss "
             f"({results['best_validation_loss']:.4f})")
+
+
+def batch_layout(flags: dict) -> dict:
+    """Processes and prompts per optimizer step (micro-batch x accumulation x processes), for run_config.json."""
+    processes = PartialState().num_processes
+    return {"num_processes": processes,
+            "effective_batch_size": flags["batch_size"] * flags["gradient_accumulation_steps"] * processes}
+
+
+def checkpoint_to_resume(output_dir: str, run_config: dict) -> str | None:
+    """The last checkpoint a killed run of the same flags left in `output_dir`; None to start afresh.
+
+    A stage saves its flags (run_config.json) before its first step and a checkpoint every
+    --save_steps (or every evaluation with --select_best); run again with the same flags, it
+    continues from the last checkpoint with the weights, optimizer, schedule, random states and
+    data position restored. Checkpoints written under other flags are never continued silently.
+    """
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last is None:
+        return None
+    config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise InputError(f"--output_dir {output_dir} holds {os.path.basename(last)} but no {RUN_CONFIG_FILE} to tell "
+                         "which flags wrote it; remove the folder or choose another")
+    with open(config_path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    # Through JSON, as saved: fire's tuples become lists.
+    wanted = json.loads(json.dumps(run_config))
+    changed = sorted(name for name in set(saved) | set(wanted) if saved.get(name) != wanted.get(name))
+    if changed:
+        name = changed[0]
+        raise InputError(f"--output_dir {output_dir} holds {os.path.basename(last)} of a run with other flags "
+                         f"({name}: {saved.get(name)!r} then, {wanted.get(name)!r} now); rerun with the same "
+                         "flags to continue it, or remove the folder or choose another to start afresh")
+    return last

@@ -1,0 +1,80 @@
+"""The rejected titles of a preference example (--negatives), one of:
+
+random   drawn uniformly from the other candidates, seeded by run and example (the paper's);
+popular  drawn in proportion to 1 + each candidate's count as a training true item;
+hinted   the other candidates the training counts rank highest (needs hints): the ones a model
+         that follows the hint names wrongly;
+hard     the other candidates the starting model (the SFT adapter) scores highest: the mistakes it
+         is closest to making. Scored once, before training, with one packed forward per prompt
+         (trainer.evaluation), and cached beside the SFT adapter for the next stage or rerun.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+from trainer.cli import is_main_process, write_json_atomically
+from trainer.data_interface import Record, sample_negatives, sample_popular_negatives
+from trainer.evaluation import answer_and_score
+
+NEGATIVE_SAMPLING = ("random", "popular", "hinted", "hard")
+# Where the starting model's candidate scores are kept, inside the SFT adapter folder.
+SCORE_CACHE_FOLDER = "candidate_scores"
+
+logger = logging.getLogger("negatives")
+
+
+def highest_scored_others(record: Record, scores: list[float], count: int) -> list[str]:
+    """The `count` candidates other than the true one with the highest scores, best first (ties: listed first)."""
+    ranked = sorted(range(len(record.candidates)), key=lambda position: -scores[position])
+    return [record.candidates[position] for position in ranked if record.candidates[position] != record.target][:count]
+
+
+def rejected_titles(record: Record, index: int, negatives: str, count: int, seed: int, hints=None,
+                    popularity: Mapping[str, int] | None = None, scores: list[float] | None = None) -> list[str]:
+    """The `count` rejected titles of the record at `index` of its file, by the rule `negatives`."""
+    if negatives == "popular":
+        return sample_popular_negatives(record, count, seed, index, popularity)
+    if negatives == "hinted":
+        return hints.hard_negatives(record, count)
+    if negatives == "hard":
+        return highest_scored_others(record, scores, count)
+    return sample_negatives(record, count, seed, index)
+
+
+def _cache_key(adapter: str, prompts: list[str], records: list[Record]) -> str:
+    """Changes with the adapter's weights, the prompts or their candidates."""
+    digest = hashlib.sha256()
+    for file_name in sorted(os.listdir(adapter)):
+        if file_name.startswith("adapter_model"):
+            with open(os.path.join(adapter, file_name), "rb") as handle:
+                digest.update(handle.read())
+    digest.update(json.dumps([prompts, [record.candidates for record in records]], ensure_ascii=False).encode())
+    return digest.hexdigest()[:20]
+
+
+def starting_model_scores(model, tokenizer, prompts: list[str], records: list[Record], batch_size: int,
+                          adapter: str | None) -> list[list[float]]:
+    """log pi(title | prompt) of every candidate under `model` as it starts training, per prompt.
+
+    With an SFT `adapter` the scores are read from, or written to, adapter/candidate_scores/, keyed
+    by the adapter's weights and the prompts: DPO, S-DPO and DMPO from one SFT adapter score once.
+    """
+    cache_path = None
+    if adapter:
+        cache_path = os.path.join(adapter, SCORE_CACHE_FOLDER, f"{_cache_key(adapter, prompts, records)}.json")
+        if os.path.isfile(cache_path):
+            with open(cache_path, encoding="utf-8") as handle:
+                logger.info("Candidate scores of the starting model read from %s", cache_path)
+                return json.load(handle)
+    was_training = model.training
+    model.eval()
+    _, scores = answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens=0,
+                                 score_candidates=True)
+    model.train(was_training)
+    if cache_path and is_main_process():
+        write_json_atomically(scores, cache_path)
+        logger.info("Candidate scores of the starting model cached in %s", cache_path)
+    return scores
