@@ -47,6 +47,13 @@ case $PROFILE in
     cpu)
         defaults=(256 1 3e-4 4 1 100 0 128 1 1e-4 2 4 32 500 False True False) ;;
     paper)
+        # The authors' 128 prompts per optimizer step (4 x 32 on one process) for any process count.
+        if (( 32 % NUM_PROCESSES != 0 )); then
+            echo "error: PROFILE=paper keeps 128 prompts per optimizer step (4 per forward x 32 / NUM_PROCESSES" \
+                "accumulation); NUM_PROCESSES=$NUM_PROCESSES does not divide 32: use 1, 2, 4, 8, 16 or 32, or set" \
+                "SFT_GRAD_ACCUM and PREF_GRAD_ACCUM yourself" >&2
+            exit 2
+        fi
         accumulation=$((32 / NUM_PROCESSES))
         defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True False True) ;;
     *)

@@ -35,7 +35,8 @@ from trainer.modeling import (
 )
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
 from trainer.sft_trainer import CACHE_INDEX_COLUMN, AnswerCollator, AnswerOnlySFTTrainer
-from trainer.training import LearningCurveCallback, best_checkpoint_results, kept_weights, trainer_arguments
+from trainer.training import (LearningCurveCallback, batch_layout, best_checkpoint_results, checkpoint_to_resume,
+                              kept_weights, trainer_arguments)
 
 logger = logging.getLogger("sft")
 
@@ -122,7 +123,7 @@ def sft(
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
         logging_steps: Log the training loss every this many optimizer steps.
         eval_steps: Compute the validation loss every this many optimizer steps, or, below 1, every this fraction of the run, as well as at the end (0: only at the end).
-        save_steps: Save a resumable checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: only the final adapter).
+        save_steps: Save a checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: only the final adapter); a run killed and started again with the same flags continues from the last one.
         select_best: Keep the adapter of the evaluation with the lowest validation loss instead of the last weights (the S-DPO authors' choice); needs --eval_steps, and saves a checkpoint at every evaluation.
     """
     config = dict(locals())
@@ -200,6 +201,13 @@ def sft(
         callbacks=[LearningCurveCallback()],
         first_cached_layer=first_cached_layer,
     )
+    resolved_config = config | {"resolved_model_path": model_path} | batch_layout(config)
+    # Rerun after a kill: continue from the last checkpoint the same flags wrote.
+    trainer_checkpoint = trainer_checkpoint or checkpoint_to_resume(output_dir, resolved_config)
+    if trainer_checkpoint and is_main_process():
+        logger.info("Continuing from %s", trainer_checkpoint)
+    if is_main_process():
+        save_run_config(resolved_config, output_dir)
     train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
     results = dict(train_result.metrics) | trainer.evaluate() | best_checkpoint_results(trainer.state)
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset)}
@@ -208,7 +216,6 @@ def sft(
     if trainer.is_world_process_zero():
         trainer.save_state()
         write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
-        save_run_config(config | {"resolved_model_path": model_path}, output_dir)
         logger.info("Saved the adapter to %s (%s); validation loss %.4f", output_dir, kept_weights(results),
                     results["eval_loss"])
 

@@ -1,0 +1,112 @@
+"""A training stage killed (SIGKILL) between checkpoints and run again continues to the same adapter."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+from sft import sft
+from trainer.errors import InputError
+from trainer.preference import train_preference
+
+# Runs an entry script with a callback that kills the process with SIGKILL at the end of step
+# KILL_AT_STEP: after that step's update, before anything of it is saved.
+KILLER = """
+import os, runpy, signal, sys
+from transformers import trainer_callback
+
+class KillAtStep(trainer_callback.TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ["KILL_AT_STEP"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+original_init = trainer_callback.CallbackHandler.__init__
+
+def init_with_killer(self, callbacks, *args, **kwargs):
+    original_init(self, [*callbacks, KillAtStep()], *args, **kwargs)
+
+trainer_callback.CallbackHandler.__init__ = init_with_killer
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+# Tolerance on the final LoRA weights: the resumed run repeats the same float operations.
+WEIGHT_TOLERANCE = 1e-6
+
+
+def killed_at(step: int, script: str, flags: dict, output_dir) -> None:
+    arguments = [f"--{name}={value}" for name, value in flags.items()] + [f"--output_dir={output_dir}"]
+    completed = subprocess.run([sys.executable, "-c", KILLER, script, *arguments], cwd=REPO_ROOT,
+                               env=os.environ | {"KILL_AT_STEP": str(step)}, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == -9, completed.stderr[-3000:]
+
+
+def assert_killed_after_the_first_checkpoint(output_dir):
+    checkpoints = sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-"))
+    assert checkpoints == ["checkpoint-2"] and (output_dir / "run_config.json").is_file()
+    assert not (output_dir / "adapter_model.safetensors").exists()
+    assert not (output_dir / "train_results.json").exists(), "a killed stage must not look complete"
+
+
+def assert_same_adapter(first, second):
+    first_weights = load_file(first / "adapter_model.safetensors")
+    second_weights = load_file(second / "adapter_model.safetensors")
+    assert first_weights.keys() == second_weights.keys()
+    for name in first_weights:
+        torch.testing.assert_close(first_weights[name], second_weights[name], atol=WEIGHT_TOLERANCE, rtol=0)
+
+
+def test_sft_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir, tmp_path):
+    # Dropout on, so the restored random state matters; checkpoints at steps 2 and 4 of 6.
+    flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                 valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2, max_steps=6,
+                 save_steps=2, learning_rate=0.01, lora_dropout=0.1, seed=3)
+    sft(output_dir=str(tmp_path / "whole"), **flags)
+    killed = tmp_path / "killed"
+    killed_at(3, "sft.py", flags, killed)
+    assert_killed_after_the_first_checkpoint(killed)
+    sft(output_dir=str(killed), **flags)
+    assert_same_adapter(tmp_path / "whole", killed)
+    state = json.loads((killed / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    config = json.loads((killed / "run_config.json").read_text())
+    assert config["num_processes"] == 1
+    assert config["effective_batch_size"] == 2 * config["gradient_accumulation_steps"]
+    # Different flags never continue someone else's checkpoints.
+    with pytest.raises(InputError, match=r"holds checkpoint-6 of a run with other flags \(learning_rate: 0.01 then, "
+                                         r"0.02 now\)"):
+        sft(output_dir=str(killed), **(flags | {"learning_rate": 0.02}))
+
+
+def test_preference_stage_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir,
+                                                                                  tmp_path):
+    # From an SFT adapter, which is also the frozen reference: the checkpoint must restore the trained copy only.
+    torch.manual_seed(0)
+    sft_dir = tmp_path / "sft"
+    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                              task_type="CAUSAL_LM")).save_pretrained(sft_dir)
+    flags = dict(model_name=tiny_model_dir, sft_adapter=str(sft_dir), train_file=f"{small_data_dir}/train.json",
+                 valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2,
+                 gradient_accumulation_steps=1, max_steps=5, save_steps=2, learning_rate=0.01, neg_num=3, seed=3)
+    train_preference(output_dir=str(tmp_path / "whole"), **flags)
+    killed = tmp_path / "killed"
+    killed_at(3, "softmax_dpo.py", flags, killed)
+    assert_killed_after_the_first_checkpoint(killed)
+    train_preference(output_dir=str(killed), **flags)
+    assert_same_adapter(tmp_path / "whole", killed)
+
+
+def test_checkpoints_without_their_flags_are_not_continued(tiny_model_dir, small_data_dir, tmp_path):
+    (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(InputError, match="holds checkpoint-3 but no run_config.json"):
+        sft(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+            valid_file=f"{small_data_dir}/valid.json", output_dir=str(tmp_path / "out"), max_steps=1)
