@@ -76,7 +76,7 @@ def sft(
     lora_r: int = 8,
     lora_alpha: int = 32,
     lora_dropout: float = 0.1,
-    lora_target_modules: str = ",".join(LLAMA_PROJECTIONS),
+    lora_target_modules: str | tuple[str, ...] = ",".join(LLAMA_PROJECTIONS),
     lora_top_layers: int | None = None,
     cache_frozen_layers: bool = False,
     load_in_4bit: bool = False,

@@ -2,9 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 
 from data.prepare_log import prepare_log, split_windows, windows
 from trainer.errors import InputError
@@ -124,3 +127,19 @@ def test_bad_log_names_the_file_line_and_field_and_writes_nothing(tmp_path, chan
         prepare_log(str(tmp_path / "ml" / "u.data"), str(tmp_path / "ml" / "u.item"), str(tmp_path / "out"),
                     **{key: value for key, value in flags.items() if value is not None})
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_takes_comma_separated_column_names(tmp_path):
+    """fire turns 'a,b,c' into a tuple: the list-valued flags accept both forms."""
+    write_movielens(tmp_path / "ml", [(1, item, item) for item in range(1, 6)], {item: f"Film {item} (1990)"
+                                                                                for item in range(1, 8)})
+    flags = MOVIELENS_FLAGS | {"min_user_interactions": 1, "min_item_interactions": 1, "num_negatives": 1,
+                               "history_size": 2, "min_history": 1, "split": "user", "valid_fraction": 0.3,
+                               "test_fraction": 0.3}
+    completed = subprocess.run([sys.executable, "data/prepare_log.py", "--interactions", str(tmp_path / "ml" / "u.data"),
+                                "--items", str(tmp_path / "ml" / "u.item"), "--output_dir", str(tmp_path / "out"),
+                                *[f"--{name}={value}" for name, value in flags.items()]],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert config["counts"]["interactions"] == 5 and config["columns"] == ["user", "item", "rating", "time"]

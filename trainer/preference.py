@@ -103,7 +103,7 @@ def train_preference(
     lora_r: int = 8,
     lora_alpha: int = 32,
     lora_dropout: float = 0.1,
-    lora_target_modules: str = ",".join(LLAMA_PROJECTIONS),
+    lora_target_modules: str | tuple[str, ...] = ",".join(LLAMA_PROJECTIONS),
     load_in_4bit: bool = False,
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
