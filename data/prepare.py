@@ -53,21 +53,29 @@ MOVIELENS_YEAR = re.compile(r"\s*\(\d{4}\)$")
 MOVIELENS_TRAILING_ARTICLE = re.compile(r"^(?P<title>.+?), (?P<article>The|A|An)(?P<rest> \(.*\))?$")
 
 
-def read_item_titles(path: str) -> dict[int, str]:
-    """Parse `id::title` lines into {id: title}, in file order."""
+def read_titles(path: str, encoding: str, parse_line, expected: str) -> dict[int, str]:
+    """{id: title} from a title file, in file order; `parse_line` turns a line into (id, title) or None."""
     titles = {}
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding=encoding) as handle:
         for line_number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line:
                 continue
-            item_id, separator, title = line.partition(ID_SEPARATOR)
-            if not separator or not item_id.strip().isdigit() or not title.strip():
-                raise InputError(f"{path}: line {line_number}: expected 'item_id::title', got {line!r}")
-            titles[int(item_id)] = title.strip()
+            parsed = parse_line(line)
+            if parsed is None:
+                raise InputError(f"{path}: line {line_number}: expected '{expected}', got {line!r}")
+            titles[parsed[0]] = parsed[1]
     if not titles:
         raise InputError(f"{path}: no items")
     return titles
+
+
+def id2name_line(line: str) -> tuple[int, str] | None:
+    """`item_id::title` (LastFM, Steam)."""
+    item_id, separator, title = line.partition(ID_SEPARATOR)
+    if not separator or not item_id.strip().isdigit() or not title.strip():
+        return None
+    return int(item_id), title.strip()
 
 
 def movielens_title(raw: str) -> str:
@@ -79,21 +87,22 @@ def movielens_title(raw: str) -> str:
     return title
 
 
+def movielens_line(line: str) -> tuple[int, str] | None:
+    """MovieLens' u.item `id|title|date|...`, read as LLaRA reads it: ids from 0 (id - 1)."""
+    fields = line.split("|")
+    if len(fields) < 2 or not fields[0].strip().isdigit() or not movielens_title(fields[1]):
+        return None
+    return int(fields[0]) - 1, movielens_title(fields[1])
+
+
+def read_item_titles(path: str) -> dict[int, str]:
+    """Parse `id::title` lines into {id: title}, in file order."""
+    return read_titles(path, "utf-8", id2name_line, "item_id::title")
+
+
 def read_movielens_titles(path: str) -> dict[int, str]:
     """Parse MovieLens' u.item (`id|title|date|...`, latin-1) into {id - 1: title}, in file order."""
-    titles = {}
-    with open(path, encoding="latin-1") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            fields = line.split("|")
-            if len(fields) < 2 or not fields[0].strip().isdigit() or not movielens_title(fields[1]):
-                raise InputError(f"{path}: line {line_number}: expected 'id|title|...', got {line!r}")
-            titles[int(fields[0]) - 1] = movielens_title(fields[1])
-    if not titles:
-        raise InputError(f"{path}: no items")
-    return titles
+    return read_titles(path, "latin-1", movielens_line, "id|title|...")
 
 
 def distinct_titles(titles: dict[int, str], source_name: str) -> dict[int, str]:

@@ -5,9 +5,10 @@ import os
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from trainer.modeling import EMBEDDED_MODEL_NAME, load_tokenizer, resolve_model_path
+from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, load_tokenizer, resolve_model_path
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA_VARIABLE = "SHARED_DATA_DIR"
@@ -84,3 +85,11 @@ def evaluated_losses(checkpoint) -> dict[int, float]:
     """Validation loss by step, from the evaluations logged up to a checkpoint."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     return {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
+
+
+def lora_model(model_dir: str, seed: int = 0):
+    """A LoRA model whose adapter is not zero, so it differs from the base model from the start."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_PROJECTIONS), init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)

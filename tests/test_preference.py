@@ -9,11 +9,11 @@ import os
 
 import pytest
 import torch
-from conftest import evaluated_losses, make_record, write_records
+from conftest import evaluated_losses, lora_model, make_record, write_records
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 
@@ -23,7 +23,7 @@ from trainer.data_interface import (PromptBuilder, answer_text, parse_record, pr
 from trainer.errors import InputError
 from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps
 from trainer.evaluation import answer_and_score
-from trainer.modeling import LLAMA_PROJECTIONS, load_tokenizer
+from trainer.modeling import load_tokenizer
 from trainer.collaborative import load_hints
 from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others
 from trainer.preference import preference_dataset, sample_records, train_preference
@@ -47,14 +47,6 @@ def examples(tokenizer, count: int, neg_num: int) -> list[dict]:
         rejected = sample_negatives(record, neg_num, seed=0, example_index=index)
         rows.append(preference_example(tokenizer, builder.build(record, index)[: 40 + 17 * index], target, rejected))
     return rows
-
-
-def lora_model(model_dir: str, seed: int = 0):
-    """A LoRA model whose adapter is not zero, so it differs from the base model from the start."""
-    torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(LLAMA_PROJECTIONS), init_lora_weights=False,
-                        task_type="CAUSAL_LM")
-    return get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
 
 
 def slow_completion_logp(model, prompt_ids, completion_ids) -> torch.Tensor:
@@ -365,11 +357,8 @@ def test_highest_scored_others_skip_the_true_item_and_keep_ties_in_list_order():
 
 def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_model_dir, tokenizer, tmp_path,
                                                                             monkeypatch):
-    torch.manual_seed(0)
     sft_dir = tmp_path / "sft"
-    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                              task_type="CAUSAL_LM")).save_pretrained(sft_dir)
+    lora_model(tiny_model_dir).save_pretrained(sft_dir)
     train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(3)])
     run = dict(model_name=tiny_model_dir, sft_adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
                negatives="hard", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5)

@@ -7,10 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from peft import LoraConfig, get_peft_model
+from conftest import REPO_ROOT, lora_model
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 
 from sft import sft
 from trainer.errors import InputError
@@ -89,11 +87,8 @@ def test_sft_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model
 def test_preference_stage_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir,
                                                                                   tmp_path):
     # From an SFT adapter, which is also the frozen reference: the checkpoint must restore the trained copy only.
-    torch.manual_seed(0)
     sft_dir = tmp_path / "sft"
-    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model_dir),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                              task_type="CAUSAL_LM")).save_pretrained(sft_dir)
+    lora_model(tiny_model_dir).save_pretrained(sft_dir)
     flags = dict(model_name=tiny_model_dir, sft_adapter=str(sft_dir), train_file=f"{small_data_dir}/train.json",
                  valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2,
                  gradient_accumulation_steps=1, max_steps=5, save_steps=2, learning_rate=0.01, neg_num=3, seed=3)
