@@ -1,9 +1,10 @@
 """Bench: data/prepare_log.py on a made-up log of a million interactions, and on the real HetRec log.
 
 The made-up log has --users users with --per_user interactions each on --items items drawn with
-Zipf-like popularity (seeded), one timestamp per interaction, and a title table. Each conversion runs
-in its own process, so its wall time and peak resident memory are its own; the time is printed
-against the one-minute target of the raw-log issue.
+Zipf-like popularity (seeded), one timestamp per interaction, and a title table. It is converted
+once per negative draw (fast, the default, and LLaRA's own), each in its own process, so its wall
+time and peak resident memory are its own; the time is printed against the one-minute target of
+the raw-log issue.
 
     python bench/prepare_log.py                               # 1,000,000 interactions
     python bench/prepare_log.py --users 2000 --per_user 50    # a quick check
@@ -68,7 +69,7 @@ def convert(arguments: list[str]) -> tuple[float, float, dict]:
 
 
 def bench(users: int = 20_000, per_user: int = 50, items: int = 20_000, seed: int = 0,
-          hetrec_dir: str | None = None):
+          draws: str | tuple[str, ...] = ("fast", "llara"), hetrec_dir: str | None = None):
     """Print the conversion's seconds, peak memory and records for the made-up log and the HetRec log.
 
     Args:
@@ -76,15 +77,18 @@ def bench(users: int = 20_000, per_user: int = 50, items: int = 20_000, seed: in
         per_user: Interactions per user.
         items: Items of the made-up log.
         seed: Seeds the made-up log.
+        draws: The --negative_draw ways to convert the made-up log with, each in its own run.
         hetrec_dir: The HetRec Last.fm folder (default: $SHARED_DATA_DIR/hetrec-lastfm-2k, if it exists).
     """
     hetrec_dir = hetrec_dir or os.path.join(os.environ.get("SHARED_DATA_DIR", "../shared/data"), "hetrec-lastfm-2k")
+    draws = draws.split(",") if isinstance(draws, str) else list(draws)
     with tempfile.TemporaryDirectory() as folder:
         log_path, titles_path = write_log(folder, users, per_user, items, seed)
-        rows = [("made-up", users * per_user,
-                 *convert(["--interactions", log_path, "--items", titles_path, "--output_dir", f"{folder}/made-up"]))]
+        rows = [(f"made-up, --negative_draw {draw}", users * per_user,
+                 *convert(["--interactions", log_path, "--items", titles_path, "--negative_draw", draw,
+                           "--output_dir", f"{folder}/made-up-{draw}"])) for draw in draws]
         if os.path.isdir(hetrec_dir):
-            rows.append(("HetRec Last.fm tagging log", 186_479, *convert([
+            rows.append(("HetRec Last.fm tagging log, fast", 186_479, *convert([
                 "--interactions", f"{hetrec_dir}/user_taggedartists.dat", "--items", f"{hetrec_dir}/artists.dat",
                 "--user_column", "userID", "--item_column", "artistID", "--time_column", "year,month,day",
                 "--title_column", "name", "--unknown_items", "drop", "--output_dir", f"{folder}/hetrec"])))

@@ -4,11 +4,13 @@ import json
 import os
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from data.prepare import Catalogue, PoolWithout, movielens_title, prepare, sample_candidates
-from trainer.data_interface import parse_record
+from data.prepare import (Catalogue, PoolWithout, fast_candidates, movielens_title, prepare, sample_candidates,
+                          splitmix64)
+from trainer.data_interface import load_records, parse_record
 from trainer.errors import InputError
 
 
@@ -55,6 +57,62 @@ def test_too_few_items_for_the_negatives_is_an_error():
         sample_candidates([0, 1, 2], 3, Catalogue(range(10)), 19)
 
 
+def draw_fast(excluded, targets, catalogue_size, num_negatives, rows):
+    seeds = splitmix64(np.uint64(7), np.asarray(rows, dtype=np.uint64))
+    return fast_candidates(np.asarray(excluded), np.asarray(targets), catalogue_size, num_negatives, seeds)
+
+
+def test_fast_draw_is_uniform_over_the_allowed_items_without_replacement():
+    """Items 0-3 are the history, 4 the target: the 15 negatives of each of 4,000 records come from
+    the 25 others, each drawn with probability 15/25, and the target's place is uniform over 16."""
+    records = 4000
+    excluded = np.tile([0, 1, 2, 3, -1, 4], (records, 1))  # -1: a padded history slot
+    candidates = draw_fast(excluded, np.full(records, 4), 30, 15, range(records))
+    assert candidates.shape == (records, 16)
+    assert all(len(set(row)) == 16 for row in candidates.tolist())
+    assert ((candidates == 4).sum(axis=1) == 1).all() and not np.isin(candidates, [0, 1, 2, 3, -1]).any()
+    share = np.bincount(candidates.ravel(), minlength=30)[5:] / records
+    # Binomial(4000, 0.6): standard deviation 0.0077 of a share; 5 of them is a 1-in-a-million miss.
+    assert np.abs(share - 15 / 25).max() < 0.04
+    places = np.bincount((candidates == 4).argmax(axis=1), minlength=16) / records
+    assert np.abs(places - 1 / 16).max() < 0.025  # sd 0.0038
+
+
+def test_fast_draw_depends_only_on_each_records_own_seed():
+    excluded = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 5, 9]])
+    targets = np.array([2, 5, 8, 9])
+    together = draw_fast(excluded, targets, 40, 19, [10, 11, 12, 13])
+    alone = [draw_fast(excluded[i : i + 1], targets[i : i + 1], 40, 19, [10 + i])[0] for i in range(4)]
+    assert (together == np.stack(alone)).all()
+    assert not (together == draw_fast(excluded, targets, 40, 19, [20, 21, 22, 23])).all()
+
+
+def test_fast_draw_takes_every_item_left_when_the_pool_is_exactly_the_negatives():
+    """Nine items, three excluded, six negatives: the draw must find the last free items, however long."""
+    candidates = draw_fast([[0, 1, 2]] * 50, [2] * 50, 9, 6, range(50))
+    assert all(sorted(row) == [2, 3, 4, 5, 6, 7, 8] for row in candidates.tolist())
+
+
+def test_fast_conversion_is_seeded_valid_and_never_offers_the_history(tmp_path):
+    pad = 40
+    rows = [([i % 40, (i + 1) % 40, (i + 2) % 40, pad], 3, (i + 3) % 40) for i in range(120)]
+    write_llara(tmp_path / "src", rows, titles=[f"T{i}" for i in range(40)])
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        prepare(str(tmp_path / "src"), str(tmp_path / name), num_negatives=19, negative_draw="fast", seed=seed)
+    read = {name: (tmp_path / name / "train.json").read_text() for name in "abc"}
+    assert read["a"] == read["b"] != read["c"]
+    assert (tmp_path / "a" / "train.json").read_text() != (tmp_path / "a" / "test.json").read_text()
+    for record in load_records(str(tmp_path / "a" / "train.json")):
+        assert len(record.candidates) == 20 and not set(record.history) & set(record.candidates)
+
+
+def test_fast_draw_with_too_few_items_names_the_row(tmp_path):
+    write_llara(tmp_path / "src", [([0, 1, 5, 5], 2, 2), ([0, 1, 2, 5], 3, 3)])
+    with pytest.raises(InputError, match=r"train_data.df: row 1: --num_negatives 2: only 1 items"):
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=2, min_history=2, negative_draw="fast")
+    assert not (tmp_path / "out").exists()
+
+
 def test_movielens_titles_drop_the_year_and_put_the_article_first():
     assert movielens_title("Usual Suspects, The (1995)") == "The Usual Suspects"
     assert movielens_title("City of Lost Children, The (Cité des enfants perdus, La) (1995)") == \
@@ -99,12 +157,34 @@ def test_small_conversion_and_padding(tmp_path):
     assert sorted(records[0]["itemList"]) == ["D", "E"]  # E is the only item left to sample
 
 
+def test_histories_of_different_lengths_and_padding_anywhere(tmp_path):
+    pad = 5
+    write_llara(tmp_path / "src", [([0, 1, 2], 3, 3), ([pad, 0, 1, 2, pad], 4, 4)])
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    records = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert [record["historyList"] for record in records] == ["A::B::C", "A::B::C"]
+    assert [record["trueSelection"] for record in records] == ["D", "E"]
+
+
 def test_a_title_holding_the_history_separator_keeps_the_history_a_list(tmp_path):
     write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)], titles=("A", "Mix::Tape", "C", "D", "E"))
     prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
     records = json.loads((tmp_path / "out" / "train.json").read_text())
     assert records[0]["historyList"] == ["A", "Mix::Tape", "C"]
     assert parse_record(records[0], "train.json", 0).history == ("A", "Mix::Tape", "C")
+
+
+def test_records_are_written_as_json_dumps_writes_them(tmp_path):
+    titles = ('Say "Hi"', "Back\\slash", "Tab\there", "Émilie Simon", "Mix::Tape", "Plain")
+    write_llara(tmp_path / "src", [([0, 1, 2, 6], 3, 3), ([0, 1, 3, 4], 4, 5)], titles=titles)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    lines = (tmp_path / "out" / "train.json").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "[" and lines[-1] == "]"
+    for line in lines[1:-1]:
+        element = line.rstrip(",")
+        assert element == json.dumps(json.loads(element), ensure_ascii=False)
+    records = load_records(str(tmp_path / "out" / "train.json"))
+    assert records[0].history == titles[:3] and records[1].history == titles[:2] + titles[3:5]
 
 
 def test_unknown_item_id_is_reported_and_nothing_is_written(tmp_path):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO_ROOT
@@ -88,29 +89,38 @@ def test_the_real_hetrec_log_converts_without_leakage_and_repeats(shared_data_di
         assert (output / f"{name}.json").read_bytes() == (output_again / f"{name}.json").read_bytes()
 
 
-def test_time_split_puts_every_test_target_after_every_training_one(shared_data_dir):
+def hetrec_windows(shared_data_dir, times_of):
     log = pd.read_csv(os.path.join(shared_data_dir, HETREC, "user_taggedartists.dat"), sep="\t")
     log = log.drop_duplicates(["userID", "artistID"]).sort_values(["userID", "year", "month", "day"], kind="stable")
-    times = (log["year"] * 10000 + log["month"] * 100 + log["day"]).to_numpy()
-    rows = list(windows(log["artistID"].to_numpy(), log["userID"].to_numpy(), times, 10))
-    names = split_windows(rows, "time", 0.1, 0.1, seed=0)
-    target_times = {name: [row[3] for row, split in zip(rows, names) if split == name] for name in ("train", "valid", "test")}
-    assert max(target_times["train"]) < min(target_times["valid"]) <= max(target_times["valid"]) < min(target_times["test"])
-    assert 0.05 < len(target_times["test"]) / len(rows) < 0.15
+    return windows(log["artistID"].to_numpy(), log["userID"].to_numpy(), times_of(log), 10, padding=-1)
+
+
+def test_windows_slide_over_each_users_items_in_order():
+    found = windows(np.array([5, 6, 7, 8, 9, 5, 6]), np.array([1, 1, 1, 1, 1, 2, 2]), np.arange(7), 3, padding=-1)
+    assert found.histories.tolist() == [[5, -1, -1], [5, 6, -1], [5, 6, 7], [6, 7, 8], [5, -1, -1]]
+    assert found.lengths.tolist() == [1, 2, 3, 3, 1]
+    assert found.targets.tolist() == [6, 7, 8, 9, 6] and found.users.tolist() == [1, 1, 1, 1, 2]
+    assert found.times.tolist() == [1, 2, 3, 4, 6]
+
+
+def test_time_split_puts_every_test_target_after_every_training_one(shared_data_dir):
+    found = hetrec_windows(shared_data_dir, lambda log: (log["year"] * 10000 + log["month"] * 100 + log["day"]).to_numpy())
+    names = split_windows(found, "time", 0.1, 0.1, seed=0)
+    target_times = {name: found.times[names == name] for name in ("train", "valid", "test")}
+    assert target_times["train"].max() < target_times["valid"].min() <= target_times["valid"].max() < target_times["test"].min()
+    assert 0.05 < len(target_times["test"]) / len(names) < 0.15
     # Every history ends before its target: nothing from a test target's future is in its prompt.
-    for user, history, target, _ in rows[:5000]:
-        assert target not in history
+    assert not (found.histories == found.targets[:, None]).any()
 
 
 def test_user_split_keeps_each_user_in_one_split(shared_data_dir):
-    log = pd.read_csv(os.path.join(shared_data_dir, HETREC, "user_taggedartists.dat"), sep="\t")
-    log = log.drop_duplicates(["userID", "artistID"]).sort_values(["userID", "year", "month", "day"], kind="stable")
-    rows = list(windows(log["artistID"].to_numpy(), log["userID"].to_numpy(), log["year"].to_numpy(), 10))
-    names = split_windows(rows, "user", 0.1, 0.1, seed=3)
-    users = {name: {row[0] for row, split in zip(rows, names) if split == name} for name in ("train", "valid", "test")}
+    found = hetrec_windows(shared_data_dir, lambda log: log["year"].to_numpy())
+    names = split_windows(found, "user", 0.1, 0.1, seed=3)
+    users = {name: set(found.users[names == name].tolist()) for name in ("train", "valid", "test")}
     assert not users["train"] & users["test"] and not users["train"] & users["valid"] and not users["valid"] & users["test"]
     assert abs(len(users["test"]) / sum(map(len, users.values())) - 0.1) < 0.01
-    assert names == split_windows(rows, "user", 0.1, 0.1, seed=3) != split_windows(rows, "user", 0.1, 0.1, seed=4)
+    assert (names == split_windows(found, "user", 0.1, 0.1, seed=3)).all()
+    assert not (names == split_windows(found, "user", 0.1, 0.1, seed=4)).all()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -109,20 +109,19 @@ def write_json_atomically(value, path: str) -> None:
     write_text_atomically(json.dumps(value, ensure_ascii=False, indent=2) + "\n", path)
 
 
-def stage_json_list(rows, folder: str) -> tuple[str, int]:
-    """Writes `rows`, as they come, into a new temporary file in `folder` as a JSON list with one
-    compact element per line; returns (its path, the number of rows). The caller renames it into
-    place, or removes it if anything failed.
+def stage_json_list(json_texts, folder: str) -> tuple[str, int]:
+    """Writes already JSON-encoded elements, as they come, into a new temporary file in `folder` as a
+    JSON list with one element per line; returns (its path, the number of elements). The caller
+    renames it into place, or removes it if anything failed.
 
-    Streaming keeps memory flat for a million records, and compact elements go through json's C
-    encoder (an indented dump takes the pure-Python one, minutes at that size).
+    Streaming keeps memory flat for a million records.
     """
     count = 0
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False) as handle:
         try:
             handle.write("[")
-            for count, row in enumerate(rows, start=1):
-                handle.write(("\n" if count == 1 else ",\n") + json.dumps(row, ensure_ascii=False))
+            for count, text in enumerate(json_texts, start=1):
+                handle.write(("\n" if count == 1 else ",\n") + text)
             handle.write("\n]\n")
         except BaseException:
             handle.close()
