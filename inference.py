@@ -75,7 +75,7 @@ def inference(
     dtype = resolve_dtype(dtype)
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
-    # Under accelerate launch each process takes every num_processes-th prompt on its own device.
+    # Under accelerate launch each process loads the model on its own device.
     state = PartialState()
     model = load_model_for_evaluation(model_path, dtype, load_in_4bit, {"": state.device}, adapter)
 
@@ -86,15 +86,13 @@ def inference(
     logger.info("Evaluating %d prompts from %s on %s%s", len(prompts), test_file, model_path,
                 f" + {adapter}" if adapter else "")
     started = time.perf_counter()
-    shard = list(range(state.process_index, len(prompts), state.num_processes))
-    shard_prompts = [prompts[position] for position in shard]
-    shard_answers, shard_scores = answer_and_score(model, tokenizer, shard_prompts,
-                                                   [records[position] for position in shard], batch_size,
-                                                   max_new_tokens, score_candidates)
-    shard_results = list(zip(shard_answers, shard_scores)) if score_candidates else shard_answers
-    results = [None] * len(prompts)
-    for position, result in gather_object(list(zip(shard, shard_results))):
-        results[position] = result
+    # Each process answers a contiguous share of the prompts; gathered in process order, they are
+    # back in prompt order.
+    with state.split_between_processes(list(range(len(prompts)))) as shard:
+        shard_answers, shard_scores = answer_and_score(model, tokenizer, [prompts[position] for position in shard],
+                                                       [records[position] for position in shard], batch_size,
+                                                       max_new_tokens, score_candidates)
+    results = gather_object(list(zip(shard_answers, shard_scores)) if score_candidates else shard_answers)
     if not state.is_main_process:
         return
     if score_candidates:

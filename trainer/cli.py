@@ -24,6 +24,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def use_cpu_processes_without_accelerator() -> None:
+    """Several processes (accelerate launch, torchrun) on a machine without a GPU: train as CPU
+    processes talking through gloo. accelerate does so only when told (ACCELERATE_USE_CPU); left
+    alone, each process would train by itself on the whole data."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ACCELERATE_USE_CPU" not in os.environ:
+        import torch  # here, not at the top: data scripts use this module without torch
+
+        if not torch.accelerator.is_available():
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def setup_logging() -> None:
     """INFO logs on rank 0 only; other ranks log warnings and errors."""
     logging.basicConfig(
@@ -80,6 +91,7 @@ def with_defaults(entry, summary: str, **defaults):
 def run(entry) -> None:
     """Run an entry function as a command line program; bad input ends in one line and exit code 2."""
     setup_logging()
+    use_cpu_processes_without_accelerator()
 
     @functools.wraps(entry)
     def checked_entry(*args, **kwargs):

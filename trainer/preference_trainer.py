@@ -28,6 +28,7 @@ from trainer.logprobs import (
     pad_left,
 )
 from trainer.losses import LOSS_TYPES, preference_loss, rewards
+from trainer.training import SameOrderForAnyProcessCount
 
 PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
 # Added by precompute_ref_log_probs: the reference log-probs of an example's 1 + k completions.
@@ -124,7 +125,7 @@ class MultiNegativeCollator:
         }
 
 
-class MultiNegativeDPOTrainer(DPOTrainer):
+class MultiNegativeDPOTrainer(SameOrderForAnyProcessCount, DPOTrainer):
     """DPOTrainer over batches of one chosen and `args.num_rejected` rejected completions per prompt."""
 
     def __init__(self, model, args: MultiNegativeDPOConfig, processing_class, **kwargs):

@@ -13,6 +13,7 @@ from trl import SFTTrainer
 
 from trainer.frozen_layers import completion_logps_from_frozen, pad_hidden_left
 from trainer.logprobs import completion_logps, pad_left
+from trainer.training import SameOrderForAnyProcessCount
 
 IGNORED_LABEL = -100
 # With a frozen-layer cache: each row's place in the cache, and the batch's cached hidden states.
@@ -44,7 +45,7 @@ class AnswerCollator:
         return batch
 
 
-class AnswerOnlySFTTrainer(SFTTrainer):
+class AnswerOnlySFTTrainer(SameOrderForAnyProcessCount, SFTTrainer):
     """SFTTrainer with the answer-only loss: each forward pass's loss is the mean NLL over its answer tokens.
 
     Needs AnswerCollator batches and prediction_loss_only=True (no logits are built to return).

@@ -7,6 +7,7 @@ import time
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from trainer.cli import RUN_CONFIG_FILE
@@ -59,7 +60,26 @@ def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_tr
         greater_is_better=False if select_best else None,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Every LoRA weight takes part in every forward: DDP need not search for unused ones each step.
+        ddp_find_unused_parameters=False,
     )
+
+
+class SameOrderForAnyProcessCount:
+    """Trainer mixin: the examples of each optimizer step do not depend on the number of processes.
+
+    Trainer's length-grouped sampler orders the whole dataset in groups sized by one process's share
+    of a step (micro-batch x accumulation), and accelerate then deals its micro-batches out to the
+    processes in turn. Sized by the whole step (x processes) instead, the order is one and the same,
+    so 2 processes x accumulation a train on exactly the micro-batches of 1 process x accumulation 2a.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            sampler.batch_size = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                                  * self.args.world_size)
+        return sampler
 
 
 class LearningCurveCallback(TrainerCallback):
