@@ -5,14 +5,16 @@
 #   ADAPTER= bash inference.sh                      # the base model alone
 #   MAX_SAMPLES= bash inference.sh                  # the whole test split
 #
-#   NUM_PROCESSES  processes for accelerate launch (1)
+#   NUM_PROCESSES  processes, each evaluating its share of the prompts: one per GPU, or processes
+#                  sharing the CPUs where there is no GPU (1)
+#   ACCELERATE_CONFIG  an accelerate configuration (configs/accelerate/) or a file; unset: plain processes
 #   MODEL_NAME     base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
 #   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
 #   DATA_DIR       folder holding test.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
 #   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
 #   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (500: ~8 min on 2 CPU cores)
 #   SAMPLE_SEED    seed of that sample (0)
-#   BATCH_SIZE     prompts generated (and their candidates scored) together (16)
+#   BATCH_SIZE     prompts generated (and their candidates scored) together by one process (16)
 #   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (True; about 2.3x
 #                  the evaluation time of a trained model on a CPU)
 #   HINTS          True: every prompt names the candidates that most often followed its history in

@@ -14,15 +14,15 @@
 #   SFT_SAMPLES          256     all    SFT training prompts, a seeded sample (empty: all)
 #   SFT_EPOCHS           1       5
 #   SFT_LEARNING_RATE    3e-4    1e-5
-#   SFT_BATCH_SIZE       4       4      prompts per forward pass
-#   SFT_GRAD_ACCUM       1       32     forward passes per optimizer step (paper: 32 / NUM_PROCESSES)
+#   SFT_EFFECTIVE_BATCH  4       128    prompts per optimizer step, all NUM_PROCESSES processes together
+#   SFT_BATCH_SIZE       4       4      most prompts per forward pass of one process (passes accumulate)
 #   SFT_VALID_SAMPLES    100     500    validation prompts for the SFT validation loss
 #   SFT_LORA_DROPOUT     0       0.1    dropout on the LoRA input (a third of a CPU step; one pass has little to overfit)
 #   PREF_SAMPLES         128     all    training prompts of DPO, S-DPO and DMPO (the same for the three)
 #   PREF_EPOCHS          1       3
 #   PREF_LEARNING_RATE   1e-4    1e-5
+#   PREF_EFFECTIVE_BATCH 8       128
 #   PREF_BATCH_SIZE      2       4
-#   PREF_GRAD_ACCUM      4       32     (paper: 32 / NUM_PROCESSES)
 #   PREF_VALID_SAMPLES   32      500    validation prompts for the preference loss and reward accuracy
 #   EVAL_SAMPLES         500     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
 #   SCORE_CANDIDATES     False   True   also rank the candidates by log-probability (ranking metrics;
@@ -33,7 +33,7 @@
 #   SELECT_BEST          False   True   keep each stage's adapter with the lowest validation loss, the
 #                                       authors' cadence: 5 evaluations in SFT, 10 in each preference stage
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
-#   MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
+#   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
@@ -45,17 +45,9 @@ DATA_DIR=${DATA_DIR:-data/lastfm}
 RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
 case $PROFILE in
     cpu)
-        defaults=(256 1 3e-4 4 1 100 0 128 1 1e-4 2 4 32 500 False True False) ;;
+        defaults=(256 1 3e-4 4 4 100 0 128 1 1e-4 8 2 32 500 False True False) ;;
     paper)
-        # The authors' 128 prompts per optimizer step (4 x 32 on one process) for any process count.
-        if (( 32 % NUM_PROCESSES != 0 )); then
-            echo "error: PROFILE=paper keeps 128 prompts per optimizer step (4 per forward x 32 / NUM_PROCESSES" \
-                "accumulation); NUM_PROCESSES=$NUM_PROCESSES does not divide 32: use 1, 2, 4, 8, 16 or 32, or set" \
-                "SFT_GRAD_ACCUM and PREF_GRAD_ACCUM yourself" >&2
-            exit 2
-        fi
-        accumulation=$((32 / NUM_PROCESSES))
-        defaults=("" 5 1e-5 4 "$accumulation" 500 0.1 "" 3 1e-5 4 "$accumulation" 500 "" True False True) ;;
+        defaults=("" 5 1e-5 128 4 500 0.1 "" 3 1e-5 128 4 500 "" True False True) ;;
     *)
         echo "error: PROFILE must be cpu or paper, got '$PROFILE'" >&2
         exit 2 ;;
@@ -63,15 +55,15 @@ esac
 SFT_SAMPLES=${SFT_SAMPLES-${defaults[0]}}
 SFT_EPOCHS=${SFT_EPOCHS:-${defaults[1]}}
 SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-${defaults[2]}}
-SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-${defaults[3]}}
-SFT_GRAD_ACCUM=${SFT_GRAD_ACCUM:-${defaults[4]}}
+SFT_EFFECTIVE_BATCH=${SFT_EFFECTIVE_BATCH:-${defaults[3]}}
+SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-${defaults[4]}}
 SFT_VALID_SAMPLES=${SFT_VALID_SAMPLES:-${defaults[5]}}
 SFT_LORA_DROPOUT=${SFT_LORA_DROPOUT:-${defaults[6]}}
 PREF_SAMPLES=${PREF_SAMPLES-${defaults[7]}}
 PREF_EPOCHS=${PREF_EPOCHS:-${defaults[8]}}
 PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[9]}}
-PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[10]}}
-PREF_GRAD_ACCUM=${PREF_GRAD_ACCUM:-${defaults[11]}}
+PREF_EFFECTIVE_BATCH=${PREF_EFFECTIVE_BATCH:-${defaults[10]}}
+PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[11]}}
 PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
 EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
 SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[14]}}
@@ -130,7 +122,7 @@ train_preference() {
     set_best_flags 0.1
     OUTPUT_DIR=$RUN_DIR/$1 SFT_ADAPTER=$RUN_DIR/sft LOSS_TYPE=$3 NEG_NUM=$4 BETA=$BETA \
         MAX_TRAIN_SAMPLES=$PREF_SAMPLES MAX_VALID_SAMPLES=$PREF_VALID_SAMPLES EPOCHS=$PREF_EPOCHS \
-        BATCH_SIZE=$PREF_BATCH_SIZE GRAD_ACCUM=$PREF_GRAD_ACCUM LEARNING_RATE=$PREF_LEARNING_RATE \
+        EFFECTIVE_BATCH_SIZE=$PREF_EFFECTIVE_BATCH BATCH_SIZE=$PREF_BATCH_SIZE LEARNING_RATE=$PREF_LEARNING_RATE \
         bash "$2" "${best_flags[@]}"
 }
 
@@ -157,7 +149,7 @@ run_stage base "$RUN_DIR/base/eval/metrics.json" evaluate base ""
 set_best_flags 0.2
 run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
-    BATCH_SIZE="$SFT_BATCH_SIZE" GRAD_ACCUM="$SFT_GRAD_ACCUM" LEARNING_RATE="$SFT_LEARNING_RATE" \
+    EFFECTIVE_BATCH_SIZE="$SFT_EFFECTIVE_BATCH" BATCH_SIZE="$SFT_BATCH_SIZE" LEARNING_RATE="$SFT_LEARNING_RATE" \
     LORA_DROPOUT="$SFT_LORA_DROPOUT" bash sft.sh "${best_flags[@]}"
 for stage in dpo:dpo.sh:dpo:1 softmax_dpo:softmax_dpo.sh:sdpo:$NEG_NUM dmpo:softmax_dpo.sh:dmpo:$NEG_NUM; do
     IFS=: read -r name script loss negatives <<< "$stage"

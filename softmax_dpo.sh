@@ -5,7 +5,9 @@
 #   LOSS_TYPE=dmpo OUTPUT_DIR=output/dmpo bash softmax_dpo.sh     # DMPO on the same examples
 #   MAX_TRAIN_SAMPLES= EPOCHS=3 bash softmax_dpo.sh               # every training prompt
 #
-#   NUM_PROCESSES      processes for accelerate launch, one per GPU (1)
+#   NUM_PROCESSES      processes: one per GPU, or processes sharing the CPUs where there is no GPU (1)
+#   ACCELERATE_CONFIG  an accelerate configuration: ddp, zero2, zero3, fsdp, multinode (configs/accelerate/)
+#                      or a file; unset: plain data parallelism over NUM_PROCESSES
 #   MODEL_NAME         base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
 #   SFT_ADAPTER        LoRA adapter to start from, also the frozen reference (output/sft, what sft.sh writes)
 #   DATA_DIR           folder with train.json and valid.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
@@ -20,8 +22,9 @@
 #   MAX_TRAIN_SAMPLES  training prompts, a seeded sample; empty for all (480)
 #   MAX_VALID_SAMPLES  validation prompts for the preference loss and reward accuracy; 0 for none (50)
 #   EPOCHS             passes over the training sample (1)
-#   BATCH_SIZE         prompts per forward pass (2)
-#   GRAD_ACCUM         forward passes per optimizer step (4)
+#   EFFECTIVE_BATCH_SIZE  prompts per optimizer step, all processes together (8)
+#   BATCH_SIZE         most prompts per forward pass of one process; passes are accumulated to
+#                      EFFECTIVE_BATCH_SIZE / NUM_PROCESSES (2)
 #   LEARNING_RATE      peak learning rate, cosine schedule (1e-4)
 #   HINTS              True: every prompt names the candidates that most often followed its history
 #                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (False)
@@ -42,8 +45,8 @@ NEGATIVES=${NEGATIVES:-random}
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-480}
 MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-50}
 EPOCHS=${EPOCHS:-1}
+EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-8}
 BATCH_SIZE=${BATCH_SIZE:-2}
-GRAD_ACCUM=${GRAD_ACCUM:-4}
 LEARNING_RATE=${LEARNING_RATE:-1e-4}
 SEED=${SEED:-42}
 HINTS=${HINTS:-False}

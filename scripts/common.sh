@@ -21,15 +21,67 @@ ensure_lastfm_data() {
     python data/prepare.py --source "$source" --output_dir "$data_dir"
 }
 
-# Starts a Python stage through accelerate, NUM_PROCESSES processes (one per GPU; 1 on a CPU).
+# Starts a Python stage through accelerate launch with NUM_PROCESSES processes: one per GPU, or
+# on a machine without one, processes sharing its CPUs and talking through gloo (trainer/cli.py
+# tells accelerate so; on a CPU `accelerate launch` without --multi_gpu would start one process). ACCELERATE_CONFIG picks an accelerate configuration:
+# a name from configs/accelerate/ (ddp, zero2, zero3, fsdp, multinode) or a file of your own;
+# NUM_PROCESSES overrides its process count (all machines together), MACHINE_RANK its machine_rank.
 # Precision is each script's own --dtype, so accelerate's mixed precision stays off here.
 # accelerate gives each process one CPU thread unless told (it counts physical cores, 1 on this
 # 2-vCPU machine), which runs a CPU stage at about half speed; the processes share the CPUs
 # instead, or take OMP_NUM_THREADS threads each where that is set.
 launch() {
     local threads=${OMP_NUM_THREADS:-$(( $(nproc) / NUM_PROCESSES ))}
-    accelerate launch --num_processes "$NUM_PROCESSES" --num_machines 1 --dynamo_backend no \
+    local layout=(--num_machines 1)
+    if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
+        local config_file
+        config_file=$(accelerate_config_file "$ACCELERATE_CONFIG")
+        layout=(--config_file "$config_file")
+        if [[ -n ${MACHINE_RANK:-} ]]; then
+            layout+=(--machine_rank "$MACHINE_RANK")
+        fi
+    elif (( NUM_PROCESSES > 1 )); then
+        layout+=(--multi_gpu)
+    fi
+    accelerate launch "${layout[@]}" --num_processes "$NUM_PROCESSES" --dynamo_backend no \
         --mixed_precision no --num_cpu_threads_per_process "$(( threads > 0 ? threads : 1 ))" "$@"
+}
+
+# The path of an accelerate configuration: a file, or a name from configs/accelerate/.
+accelerate_config_file() {
+    local config=$1
+    if [[ -f $config ]]; then
+        echo "$config"
+    elif [[ -f configs/accelerate/$config.yaml ]]; then
+        echo "configs/accelerate/$config.yaml"
+    else
+        echo "error: ACCELERATE_CONFIG=$config is neither a file nor one of:" \
+            "$(cd configs/accelerate && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+        exit 2
+    fi
+}
+
+# Sets BATCH_SIZE and GRAD_ACCUM so that one optimizer step sees EFFECTIVE_BATCH_SIZE prompts
+# whatever NUM_PROCESSES is: each process takes EFFECTIVE_BATCH_SIZE / NUM_PROCESSES of them, in
+# forward passes of the largest size up to BATCH_SIZE that divides its share, accumulated.
+set_batch_layout() {
+    if [[ -n ${GRAD_ACCUM:-} ]]; then
+        echo "error: GRAD_ACCUM follows from EFFECTIVE_BATCH_SIZE, BATCH_SIZE and NUM_PROCESSES;" \
+            "set EFFECTIVE_BATCH_SIZE (prompts per optimizer step, all processes together) instead" >&2
+        exit 2
+    fi
+    if (( EFFECTIVE_BATCH_SIZE < 1 || BATCH_SIZE < 1 || EFFECTIVE_BATCH_SIZE % NUM_PROCESSES != 0 )); then
+        echo "error: EFFECTIVE_BATCH_SIZE=$EFFECTIVE_BATCH_SIZE prompts per optimizer step cannot be shared" \
+            "equally by NUM_PROCESSES=$NUM_PROCESSES processes: make it a multiple of $NUM_PROCESSES" >&2
+        exit 2
+    fi
+    local share=$(( EFFECTIVE_BATCH_SIZE / NUM_PROCESSES ))
+    local size=$(( BATCH_SIZE < share ? BATCH_SIZE : share ))
+    while (( share % size != 0 )); do
+        size=$(( size - 1 ))
+    done
+    BATCH_SIZE=$size
+    GRAD_ACCUM=$(( share / size ))
 }
 
 # Sets hint_flags from HINTS: with True, every prompt also names the candidates that other users
@@ -50,6 +102,7 @@ launch_preference_stage() {
     shift
     ensure_lastfm_data "$DATA_DIR"
     set_hint_flags
+    set_batch_layout
     local sample_flag=()
     if [[ -n $MAX_TRAIN_SAMPLES ]]; then
         sample_flag=(--max_train_samples "$MAX_TRAIN_SAMPLES")

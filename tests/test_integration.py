@@ -28,7 +28,7 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(share
 
     sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "SFT_ADAPTER": str(sft_dir),
                                          "OUTPUT_DIR": str(sdpo_dir), "MAX_TRAIN_SAMPLES": "4",
-                                         "MAX_VALID_SAMPLES": "2", "BATCH_SIZE": "2", "GRAD_ACCUM": "1"},
+                                         "MAX_VALID_SAMPLES": "2", "EFFECTIVE_BATCH_SIZE": "2", "BATCH_SIZE": "2"},
                       "--max_steps", "1")
     assert sdpo.returncode == 0, sdpo.stderr[-3000:]
     state = json.loads((sdpo_dir / "trainer_state.json").read_text())
@@ -53,18 +53,21 @@ def test_stage_scripts_answer_help(script, flag):
     assert "NUM_PROCESSES" in result.stdout and flag in result.stdout
 
 
-SHORT_REPRODUCTION = {"SFT_SAMPLES": "4", "SFT_BATCH_SIZE": "2", "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2",
-                      "PREF_BATCH_SIZE": "2", "PREF_GRAD_ACCUM": "1", "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3",
-                      "SCORE_CANDIDATES": "True", "SELECT_BEST": "True"}
+# Two processes (gloo on this CPU) and the tiny model: the whole pipeline as a multi-GPU run takes it,
+# each stage's prompts shared by the processes; the embedded model's stages are tested above.
+SHORT_REPRODUCTION = {"NUM_PROCESSES": "2", "SFT_SAMPLES": "4", "SFT_EFFECTIVE_BATCH": "2", "SFT_BATCH_SIZE": "2",
+                      "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2", "PREF_EFFECTIVE_BATCH": "2", "PREF_BATCH_SIZE": "2",
+                      "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3", "SCORE_CANDIDATES": "True", "SELECT_BEST": "True"}
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
 RULES = ("popularity", "transitions")
 PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_dpo - dmpo", "softmax_dpo - popularity",
          "softmax_dpo - transitions")
 
 
-def test_reproduce_runs_every_stage_then_skips_them(shared_data_dir, tmp_path):
+def test_reproduce_runs_every_stage_with_two_processes_then_skips_them(shared_data_dir, tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    env = SHORT_REPRODUCTION | {"RUN_DIR": str(run_dir), "DATA_DIR": str(tmp_path / "lastfm")}
+    env = SHORT_REPRODUCTION | {"RUN_DIR": str(run_dir), "DATA_DIR": str(tmp_path / "lastfm"),
+                                "MODEL_NAME": tiny_model_dir}
     first = run_script("reproduce.sh", env)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
@@ -79,6 +82,7 @@ def test_reproduce_runs_every_stage_then_skips_them(shared_data_dir, tmp_path):
         assert (run_dir / stage / "adapter_model.safetensors").is_file()
         config = json.loads((run_dir / stage / "run_config.json").read_text())
         assert config["hint_file"].endswith("train.json") and config["select_best"] is True
+        assert config["num_processes"] == 2 and config["effective_batch_size"] == 2
         assert "best_checkpoint_step" in json.loads((run_dir / stage / "train_results.json").read_text())
     table = (run_dir / "results.md").read_text()
     assert all(f"\n| {stage} | " in table for stage in (*RULES, *STAGES))
