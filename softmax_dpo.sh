@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # S-DPO from the SFT adapter on the LastFM data, sized for a 2-core CPU: a seeded sample of
 # MAX_TRAIN_SAMPLES training prompts, each with NEG_NUM rejected titles.
-# Settings are variables, each overridable from the environment; extra flags go to softmax_dpo.py:
+# Settings are variables, each overridable from the environment; extra flags go to softmax_dpo.py
+# (dpo.py when run through dpo.sh, which is this script with DPO's presets):
 #   LOSS_TYPE=dmpo OUTPUT_DIR=output/dmpo bash softmax_dpo.sh     # DMPO on the same examples
 #   MAX_TRAIN_SAMPLES= EPOCHS=3 bash softmax_dpo.sh               # every training prompt
 #
@@ -51,9 +52,12 @@ LEARNING_RATE=${LEARNING_RATE:-1e-4}
 SEED=${SEED:-42}
 HINTS=${HINTS:-False}
 
+# dpo.sh runs this script with PREFERENCE_SCRIPT=dpo.py.
+PREFERENCE_SCRIPT=${PREFERENCE_SCRIPT:-softmax_dpo.py}
+
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-    show_help "$0" softmax_dpo.py
+    show_help "$0" "$PREFERENCE_SCRIPT"
     exit 0
 fi
 
-launch_preference_stage softmax_dpo.py "$@"
+launch_preference_stage "$PREFERENCE_SCRIPT" "$@"
