@@ -23,9 +23,10 @@ ensure_lastfm_data() {
 
 # Starts a Python stage through accelerate launch with NUM_PROCESSES processes: one per GPU, or
 # on a machine without one, processes sharing its CPUs and talking through gloo (trainer/cli.py
-# tells accelerate so; on a CPU `accelerate launch` without --multi_gpu would start one process). ACCELERATE_CONFIG picks an accelerate configuration:
-# a name from configs/accelerate/ (ddp, zero2, zero3, fsdp, multinode) or a file of your own;
-# NUM_PROCESSES overrides its process count (all machines together), MACHINE_RANK its machine_rank.
+# tells accelerate so; on a CPU `accelerate launch` without --multi_gpu would start one process).
+# ACCELERATE_CONFIG picks an accelerate configuration: a name from configs/accelerate/ (ddp, zero2,
+# zero3, fsdp, multinode) or a file of your own; NUM_PROCESSES overrides its process count (all
+# machines together), MACHINE_RANK its machine_rank.
 # Precision is each script's own --dtype, so accelerate's mixed precision stays off here.
 # accelerate gives each process one CPU thread unless told (it counts physical cores, 1 on this
 # 2-vCPU machine), which runs a CPU stage at about half speed; the processes share the CPUs
