@@ -54,6 +54,7 @@ ID_SEPARATOR = "::"
 TITLE_FILES = ("id2name.txt", "u.item")
 NEGATIVE_DRAWS = ("llara", "fast")
 CHUNK_ROWS = 50_000  # rows converted together: array operations, yet flat memory whatever a split's size
+COMPARISONS_AT_ONCE = 2**26  # booleans of one round of the fast draw's checks (64 MB)
 # MovieLens titles end in their year and put a leading article last: "Usual Suspects, The (1995)".
 MOVIELENS_YEAR = re.compile(r"\s*\(\d{4}\)$")
 MOVIELENS_TRAILING_ARTICLE = re.compile(r"^(?P<title>.+?), (?P<article>The|A|An)(?P<rest> \(.*\))?$")
@@ -250,19 +251,27 @@ def fast_candidates(excluded: np.ndarray, targets: np.ndarray, catalogue_size: i
     # the rest draw again; the duplicate check costs the square of the round's size.
     round_size = num_negatives + 8
     earlier = np.tri(round_size, k=-1, dtype=bool)  # [i, j]: draw j came before draw i
-    first_draw = 1  # draw 0 of each stream places the target
-    while pending.size:
-        draws = first_draw + np.arange(round_size)
-        picks = below(splitmix64(record_seeds[pending, None], draws[None, :]), catalogue_size)
+    # The comparisons of a round hold rows x round_size x (round_size + negatives + excluded) booleans:
+    # bounded, so that a large k does not take gigabytes.
+    rows_at_once = max(1, COMPARISONS_AT_ONCE // (round_size * (round_size + num_negatives + excluded.shape[1])))
+
+    def draw_round(rows: np.ndarray, first_draw: int) -> None:
+        picks = below(splitmix64(record_seeds[rows, None], (first_draw + np.arange(round_size))[None, :]),
+                      catalogue_size)
         # Sequential draws, keeping the first `num_negatives` that are allowed and new: exactly a
         # uniform sample without replacement from the allowed positions.
-        rejected = (picks[:, :, None] == excluded[pending, None, :]).any(axis=2)
-        rejected |= (picks[:, :, None] == negatives[pending, None, :]).any(axis=2)
+        rejected = (picks[:, :, None] == excluded[rows, None, :]).any(axis=2)
+        rejected |= (picks[:, :, None] == negatives[rows, None, :]).any(axis=2)
         rejected |= ((picks[:, :, None] == picks[:, None, :]) & earlier).any(axis=2)
-        slot = filled[pending, None] + np.cumsum(~rejected, axis=1) - 1
+        slot = filled[rows, None] + np.cumsum(~rejected, axis=1) - 1
         taken = ~rejected & (slot < num_negatives)
-        negatives[np.broadcast_to(pending[:, None], picks.shape)[taken], slot[taken]] = picks[taken]
-        filled[pending] = np.minimum(slot[:, -1] + 1, num_negatives)
+        negatives[np.broadcast_to(rows[:, None], picks.shape)[taken], slot[taken]] = picks[taken]
+        filled[rows] = np.minimum(slot[:, -1] + 1, num_negatives)
+
+    first_draw = 1  # draw 0 of each stream places the target
+    while pending.size:
+        for start in range(0, pending.size, rows_at_once):
+            draw_round(pending[start : start + rows_at_once], first_draw)
         pending = pending[filled[pending] < num_negatives]
         first_draw += round_size
     places = below(splitmix64(record_seeds, np.zeros(records, dtype=np.uint64)), num_negatives + 1)

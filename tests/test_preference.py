@@ -243,6 +243,24 @@ def test_precomputed_reference_log_probs_equal_the_per_step_ones(tiny_model_dir,
     assert precomputed.state.global_step == 2
 
 
+def test_precomputing_the_reference_keeps_the_training_order_and_losses(tiny_model_dir, small_data_dir, tmp_path):
+    """The precomputation pass must not move torch's generator, which orders the training examples:
+    with it and without it, every step sees the same prompts and logs the same numbers."""
+    logged = {}
+    for precompute in (False, True):
+        output_dir = tmp_path / str(precompute)
+        train_preference(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                         valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), neg_num=3, batch_size=2,
+                         max_steps=3, learning_rate=1e-2, warmup_ratio=0.0, logging_steps=1, max_valid_samples=4,
+                         precompute_ref_log_probs=precompute)
+        history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+        logged[precompute] = [(entry["loss"], entry["logps/chosen"]) for entry in history if "loss" in entry]
+    assert len(logged[True]) == 3
+    for (loss, chosen), (loss_precomputed, chosen_precomputed) in zip(logged[False], logged[True]):
+        assert loss_precomputed == pytest.approx(loss, abs=1e-5)
+        assert chosen_precomputed == pytest.approx(chosen, abs=1e-3)
+
+
 def test_training_batches_hold_examples_of_similar_packed_length(tiny_model_dir, tokenizer, tmp_path):
     rows = examples(tokenizer, 64, neg_num=1)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()

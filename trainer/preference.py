@@ -108,7 +108,7 @@ def train_preference(
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
     packed_forward: bool = True,
-    precompute_ref_log_probs: bool = False,
+    precompute_ref_log_probs: bool = True,
     logging_steps: int = 1,
     eval_steps: float = 0,
     save_steps: float = 0,
@@ -152,7 +152,7 @@ def train_preference(
         dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; bf16 also turns on bf16 autocast.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
         packed_forward: Compute each prompt once for all its 1 + neg_num titles; False scores 1 + neg_num padded sequences per prompt (the plain way, slower).
-        precompute_ref_log_probs: Compute the reference log-probs of every example once before training (and evaluation) instead of in each step: one forward less per step.
+        precompute_ref_log_probs: Compute the reference log-probs of every example once before training (and evaluation) instead of in each step: the same numbers, one forward less per step (a third of a step, bench/README.md), paid once instead of once per epoch and per evaluation. False computes them in each step.
         logging_steps: Log loss, rewards, reward accuracy and chosen log-prob every this many optimizer steps.
         eval_steps: Evaluate every this many optimizer steps, or, below 1, every this fraction of the run, as well as at the end (0: only at the end).
         save_steps: Save a checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: only the final adapter); a run killed and started again with the same flags continues from the last one.

@@ -158,8 +158,11 @@ class MultiNegativeDPOTrainer(SameOrderForAnyProcessCount, DPOTrainer):
         loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
                                                      shuffle=False))
         values = []
-        for batch in tqdm(loader, desc=f"Reference log-probs of the {name} examples"):
-            values.append(self.accelerator.gather_for_metrics(self._reference_logps(self.model, batch)).cpu())
+        # Iterating a DataLoader draws its base seed from torch's global generator: restored after, so
+        # training sees the same example order with and without this pass.
+        with torch.random.fork_rng(devices=[]):
+            for batch in tqdm(loader, desc=f"Reference log-probs of the {name} examples"):
+                values.append(self.accelerator.gather_for_metrics(self._reference_logps(self.model, batch)).cpu())
         return dataset.add_column(REFERENCE_COLUMN, torch.cat(values).tolist())
 
     def _completion_logps(self, model, inputs) -> torch.Tensor:
