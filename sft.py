@@ -101,7 +101,7 @@ def sft(
         hint_file: Training records whose counts add a hint to every prompt: the candidates that other users with the same history titles chose next most often (trainer.collaborative); pass the same file when training and evaluating. Unset: the text-only prompts of the paper.
         hint_size: Most candidates a hint names.
         max_train_samples: Train on a seeded random sample of this many records (all when unset).
-        max_valid_samples: Compute the validation loss on a seeded random sample of this many records (all when unset).
+        max_valid_samples: Compute the validation loss on a seeded random sample of this many records (all when unset; 0 skips validation).
         seed: Seeds the samples, the templates, LoRA initialisation and the data order.
         num_train_epochs: Passes over the training sample (ignored when --max_steps is positive).
         max_steps: Stop after this many optimizer steps (-1: run the epochs).
@@ -127,8 +127,11 @@ def sft(
         select_best: Keep the adapter of the evaluation with the lowest validation loss instead of the last weights (the S-DPO authors' choice); needs --eval_steps, and saves a checkpoint at every evaluation.
     """
     config = dict(locals())
+    if max_valid_samples is not None and max_valid_samples < 0:
+        raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
+    validates = max_valid_samples != 0
     torch_dtype = resolve_dtype(dtype)
-    training_arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=True)
+    training_arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=validates)
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")
 
@@ -138,9 +141,11 @@ def sft(
     eval_builder = PromptBuilder(domain, tokenizer, max_prompt_tokens, template_index=EVAL_TEMPLATE_INDEX,
                                  hints=load_hints(hint_file, hint_size, valid_file))
     train_dataset = supervised_dataset(train_file, max_train_samples, seed, train_builder, tokenizer)
-    eval_dataset = supervised_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer)
-    logger.info("SFT on %d training examples (%s), validation loss on %d (%s)",
-                len(train_dataset), train_file, len(eval_dataset), valid_file)
+    eval_dataset = None
+    if validates:
+        eval_dataset = supervised_dataset(valid_file, max_valid_samples, seed, eval_builder, tokenizer)
+    logger.info("SFT on %d training examples (%s), validation loss on %s", len(train_dataset), train_file,
+                f"{len(eval_dataset)} ({valid_file})" if validates else "none (--max_valid_samples 0)")
 
     trainer_checkpoint = None
     if resume_from_checkpoint:
@@ -174,11 +179,12 @@ def sft(
                              "give --lora_top_layers")
         # Computed where training will run; every example of both datasets, once.
         model.to(PartialState().device)
-        sequences = list(train_dataset["input_ids"]) + list(eval_dataset["input_ids"])
+        sequences = list(train_dataset["input_ids"]) + (list(eval_dataset["input_ids"]) if validates else [])
         frozen_cache = frozen_hidden_states(model, sequences, first_cached_layer, tokenizer.pad_token_id)
         train_dataset = train_dataset.add_column(CACHE_INDEX_COLUMN, list(range(len(train_dataset))))
-        eval_dataset = eval_dataset.add_column(CACHE_INDEX_COLUMN,
-                                               list(range(len(train_dataset), len(sequences))))
+        if validates:
+            eval_dataset = eval_dataset.add_column(CACHE_INDEX_COLUMN,
+                                                   list(range(len(train_dataset), len(sequences))))
         logger.info("Cached the hidden states entering layer %d of %d examples", first_cached_layer, len(sequences))
 
     args = SFTConfig(
@@ -209,15 +215,16 @@ def sft(
     if is_main_process():
         save_run_config(resolved_config, output_dir)
     train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
-    results = dict(train_result.metrics) | trainer.evaluate() | best_checkpoint_results(trainer.state)
-    results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset)}
+    results = dict(train_result.metrics) | (trainer.evaluate() if validates else {})
+    results |= best_checkpoint_results(trainer.state)
+    results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset) if validates else 0}
 
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         trainer.save_state()
         write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
-        logger.info("Saved the adapter to %s (%s); validation loss %.4f", output_dir, kept_weights(results),
-                    results["eval_loss"])
+        logger.info("Saved the adapter to %s (%s)%s", output_dir, kept_weights(results),
+                    f"; validation loss {results['eval_loss']:.4f}" if validates else "")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
 #   DATA_DIR           folder with train.json and valid.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
 #   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/sft)
 #   MAX_TRAIN_SAMPLES  training records, a seeded sample; empty for all (720)
-#   MAX_VALID_SAMPLES  validation records for the validation loss (200)
+#   MAX_VALID_SAMPLES  validation records for the validation loss; 0 for none (200)
 #   EPOCHS             passes over the training sample (1)
 #   EFFECTIVE_BATCH_SIZE  examples per optimizer step, all processes together (4)
 #   BATCH_SIZE         most examples per forward pass of one process; passes are accumulated to

@@ -154,8 +154,8 @@ def measure(model_dir: str, train_file: str, output_dir: str, steps: int, warmup
     # collate runs inside data: count it once, under collate.
     totals["data"] = max(0.0, totals.get("data", 0.0) - totals.get("collate", 0.0))
     totals["other"] = max(0.0, seconds - sum(totals.get(part, 0.0) for part in PARTS))
-    return {"seconds_per_step": seconds / steps, "prompts_per_second": batch_size * steps / seconds, "shares": {part: totals.get(part, 0.0) / seconds
-                                                           for part in (*PARTS, "other")}}
+    shares = {part: totals.get(part, 0.0) / seconds for part in (*PARTS, "other")}
+    return {"seconds_per_step": seconds / steps, "prompts_per_second": batch_size * steps / seconds, "shares": shares}
 
 
 def bench(steps: int = 40, warmup: int = 5, device: str = "cpu", layers: int = 30, hidden: int = 64,

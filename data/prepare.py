@@ -382,7 +382,8 @@ def convert_split(
             history_json = ('["' + '", "'.join(history_of_row) + '"]' if as_list
                             else '"' + HISTORY_SEPARATOR.join(history_of_row) + '"')
             candidates_json = '["' + '", "'.join(candidate_titles[index]) + '"]'
-            yield f'{{"historyList": {history_json}, "itemList": {candidates_json}, "trueSelection": "{target_titles[index]}"}}'
+            yield (f'{{"historyList": {history_json}, "itemList": {candidates_json}, '
+                   f'"trueSelection": "{target_titles[index]}"}}')
 
 
 def prepare(

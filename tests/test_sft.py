@@ -124,3 +124,16 @@ def test_select_best_needs_evaluations_to_choose_from(tiny_model_dir, small_data
     with pytest.raises(InputError, match="--eval_steps and --save_steps must be 0 or more"):
         sft(**(common | {"select_best": False, "eval_steps": -1}))
     assert not (tmp_path / "out").exists()
+
+
+def test_no_validation_records_means_no_validation_as_in_the_preference_stages(tiny_model_dir, small_data_dir,
+                                                                              tmp_path):
+    common = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                  valid_file=f"{small_data_dir}/valid.json", max_valid_samples=0)
+    sft(output_dir=str(tmp_path / "out"), max_steps=1, **common)
+    results = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    assert results["valid_examples"] == 0 and "eval_loss" not in results and results["train_examples"] == 12
+    with pytest.raises(InputError, match="--select_best keeps the checkpoint with the lowest validation loss"):
+        sft(output_dir=str(tmp_path / "best"), eval_steps=1, select_best=True, **common)
+    with pytest.raises(InputError, match="--max_valid_samples must be 0 or more, got -1"):
+        sft(output_dir=str(tmp_path / "bad"), **(common | {"max_valid_samples": -1}))
