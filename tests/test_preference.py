@@ -159,7 +159,7 @@ def test_sdpo_with_one_negative_equals_trl_dpo_on_the_same_model_and_batch(tiny_
     assert rows[0] == preference_example(tokenizer, text_rows[0]["prompt"], records[0].target,
                                          sample_negatives(records[0], 1, seed=0, example_index=0))
     our_trainer = MultiNegativeDPOTrainer(
-        model=policy_copy, args=MultiNegativeDPOConfig(**trainer_config(tmp_path / "ours"), num_rejected=1),
+        model=policy_copy, args=MultiNegativeDPOConfig(**trainer_config(tmp_path / "ours"), neg_num=1),
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     # Both trainers copied the adapter into a frozen "ref"; move the policies away from it, identically.
     for model in (policy, policy_copy):
@@ -177,7 +177,7 @@ def test_training_changes_lora_weights_and_leaves_the_reference_alone(tiny_model
     rows = examples(tokenizer, 4, neg_num=3)
     model = lora_model(tiny_model_dir)
     trainer = MultiNegativeDPOTrainer(
-        model=model, args=MultiNegativeDPOConfig(**trainer_config(tmp_path), num_rejected=3, max_steps=3,
+        model=model, args=MultiNegativeDPOConfig(**trainer_config(tmp_path), neg_num=3, max_steps=3,
                                                  logging_steps=1),
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     batch = trainer.data_collator(rows)
@@ -202,7 +202,7 @@ def test_training_changes_lora_weights_and_leaves_the_reference_alone(tiny_model
 def test_step_metrics_stay_on_the_device_until_logged_and_average_by_hand(tiny_model_dir, tokenizer, tmp_path):
     trainer = MultiNegativeDPOTrainer(
         model=lora_model(tiny_model_dir),
-        args=MultiNegativeDPOConfig(**trainer_config(tmp_path, beta=1.0), num_rejected=2),
+        args=MultiNegativeDPOConfig(**trainer_config(tmp_path, beta=1.0), neg_num=2),
         train_dataset=Dataset.from_list(examples(tokenizer, 2, neg_num=2)), processing_class=tokenizer)
     trainer.model.train()
     # Micro-batch 1, one prompt: rewards chosen 1, rejected -1 and 0 (mean -0.5), margin 1.5, chosen
@@ -226,7 +226,7 @@ def test_precomputed_reference_log_probs_equal_the_per_step_ones(tiny_model_dir,
     rows = examples(tokenizer, 5, neg_num=3)
     trainers = []
     for precompute in (False, True):
-        config = MultiNegativeDPOConfig(**trainer_config(tmp_path / str(precompute)), num_rejected=3,
+        config = MultiNegativeDPOConfig(**trainer_config(tmp_path / str(precompute)), neg_num=3,
                                         packed_forward=packed, precompute_ref_log_probs=precompute, max_steps=2)
         trainers.append(MultiNegativeDPOTrainer(model=lora_model(tiny_model_dir), args=config,
                                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer))
@@ -266,7 +266,7 @@ def test_training_batches_hold_examples_of_similar_packed_length(tiny_model_dir,
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
     shuffled = [rows[index] for index in order]
     trainer = MultiNegativeDPOTrainer(model=lora_model(tiny_model_dir),
-                                      args=MultiNegativeDPOConfig(**trainer_config(tmp_path), num_rejected=1),
+                                      args=MultiNegativeDPOConfig(**trainer_config(tmp_path), neg_num=1),
                                       train_dataset=Dataset.from_list(shuffled), processing_class=tokenizer)
     lengths = [len(row["prompt_ids"]) + sum(map(len, row["completion_ids"])) for row in shuffled]
     assert trainer.train_dataset[LENGTH_COLUMN] == lengths

@@ -214,7 +214,7 @@ def train_preference(
     args = MultiNegativeDPOConfig(
         **training_arguments,
         preference_loss=loss_type,
-        num_rejected=neg_num,
+        neg_num=neg_num,
         packed_forward=packed_forward,
         precompute_ref_log_probs=precompute_ref_log_probs,
         beta=beta,

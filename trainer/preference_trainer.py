@@ -55,7 +55,7 @@ class MultiNegativeDPOConfig(DPOConfig):
     `preference_loss`.
 
     Parameters:
-        num_rejected (`int`, defaults to `3`):
+        neg_num (`int`, defaults to `3`):
             Rejected completions per prompt (k); each example must carry 1 + k completions.
         preference_loss (`str`, defaults to `"sdpo"`):
             "sdpo" (softmax DPO), "dpo" (pairwise DPO, averaged over the k rejected) or "dmpo".
@@ -71,7 +71,7 @@ class MultiNegativeDPOConfig(DPOConfig):
             prompt once plus every completion, in tokens), which the trainer adds when missing.
     """
 
-    num_rejected: int = field(default=3, metadata={"help": "Rejected completions per prompt (k)."})
+    neg_num: int = field(default=3, metadata={"help": "Rejected completions per prompt (k)."})
     preference_loss: str = field(default="sdpo", metadata={"help": f"One of {LOSS_TYPES}."})
     packed_forward: bool = field(default=True, metadata={"help": "Compute each prompt once for its 1 + k completions."})
     train_sampling_strategy: str = field(
@@ -85,8 +85,8 @@ class MultiNegativeDPOConfig(DPOConfig):
         super().__post_init__()
         if self.preference_loss not in LOSS_TYPES:
             raise ValueError(f"preference_loss must be one of {LOSS_TYPES}, got {self.preference_loss!r}")
-        if self.num_rejected < 1:
-            raise ValueError(f"num_rejected must be at least 1, got {self.num_rejected}")
+        if self.neg_num < 1:
+            raise ValueError(f"neg_num must be at least 1, got {self.neg_num}")
 
 
 @dataclass
@@ -126,7 +126,7 @@ class MultiNegativeCollator:
 
 
 class MultiNegativeDPOTrainer(SameOrderForAnyProcessCount, DPOTrainer):
-    """DPOTrainer over batches of one chosen and `args.num_rejected` rejected completions per prompt."""
+    """DPOTrainer over batches of one chosen and `args.neg_num` rejected completions per prompt."""
 
     def __init__(self, model, args: MultiNegativeDPOConfig, processing_class, **kwargs):
         kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id, args.packed_forward))
@@ -141,8 +141,8 @@ class MultiNegativeDPOTrainer(SameOrderForAnyProcessCount, DPOTrainer):
         if missing:
             raise ValueError(f"the {dataset_name} dataset lacks the columns {missing}")
         counts = {len(completions) for completions in dataset["completion_ids"]}
-        if counts != {1 + args.num_rejected}:
-            raise ValueError(f"every {dataset_name} example needs 1 + {args.num_rejected} completions, "
+        if counts != {1 + args.neg_num}:
+            raise ValueError(f"every {dataset_name} example needs 1 + {args.neg_num} completions, "
                              f"found {sorted(counts)}")
         if args.length_column_name in dataset.column_names:
             return dataset
@@ -167,7 +167,7 @@ class MultiNegativeDPOTrainer(SameOrderForAnyProcessCount, DPOTrainer):
 
     def _completion_logps(self, model, inputs) -> torch.Tensor:
         """[B, 1 + k] log pi(completion | prompt), chosen first: the one place completions are scored."""
-        width = 1 + self.args.num_rejected
+        width = 1 + self.args.neg_num
         if self.args.packed_forward:
             return packed_completion_logps(model, inputs, width)
         plain = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
