@@ -8,13 +8,12 @@ import logging
 import time
 
 from accelerate import PartialState
-from accelerate.utils import gather_object
 
 from trainer.cli import run, save_run_config
 from trainer.collaborative import load_hints
 from trainer.data_interface import EVAL_TEMPLATE_INDEX, PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import answer_and_score, score_answers, write_evaluation
+from trainer.evaluation import answer_and_score_shared, score_answers, write_evaluation
 from trainer.modeling import (EMBEDDED_MODEL_NAME, load_model_for_evaluation, load_tokenizer, resolve_dtype,
                               resolve_model_path)
 
@@ -86,19 +85,10 @@ def inference(
     logger.info("Evaluating %d prompts from %s on %s%s", len(prompts), test_file, model_path,
                 f" + {adapter}" if adapter else "")
     started = time.perf_counter()
-    # Each process answers a contiguous share of the prompts; gathered in process order, they are
-    # back in prompt order.
-    with state.split_between_processes(list(range(len(prompts)))) as shard:
-        shard_answers, shard_scores = answer_and_score(model, tokenizer, [prompts[position] for position in shard],
-                                                       [records[position] for position in shard], batch_size,
-                                                       max_new_tokens, score_candidates)
-    results = gather_object(list(zip(shard_answers, shard_scores)) if score_candidates else shard_answers)
+    answers, candidate_scores = answer_and_score_shared(model, tokenizer, prompts, records, batch_size,
+                                                        max_new_tokens, score_candidates)
     if not state.is_main_process:
         return
-    if score_candidates:
-        answers, candidate_scores = (list(column) for column in zip(*results))
-    else:
-        answers, candidate_scores = results, None
     predictions, metrics = score_answers(indices, records, answers, candidate_scores)
     seconds = time.perf_counter() - started
     metrics["seconds"] = round(seconds, 1)

@@ -398,7 +398,7 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
         rejected = [tokenizer.decode(ids[:-1]).strip() for ids in example["completion_ids"][1:]]
         assert rejected == highest_scored_others(record, row, 2)
     # A second stage from the same adapter reads the cache instead of scoring again.
-    monkeypatch.setattr("trainer.negatives.answer_and_score", lambda *args, **kwargs: pytest.fail("scored twice"))
+    monkeypatch.setattr("trainer.evaluation.answer_and_score", lambda *args, **kwargs: pytest.fail("scored twice"))
     train_preference(output_dir=str(tmp_path / "second"), **run)
 
 

@@ -62,17 +62,24 @@ def assert_same_adapter(first, second):
         torch.testing.assert_close(first_weights[name], second_weights[name], atol=WEIGHT_TOLERANCE, rtol=0)
 
 
+def killed_and_continued(train, script: str, flags: dict, tmp_path):
+    """Trains uninterrupted, then kills the same run at step 3 and runs it again: the adapters must
+    be equal. Returns the folder of the killed and continued run."""
+    train(output_dir=str(tmp_path / "whole"), **flags)
+    killed = tmp_path / "killed"
+    killed_at(3, script, flags, killed)
+    assert_killed_after_the_first_checkpoint(killed)
+    train(output_dir=str(killed), **flags)
+    assert_same_adapter(tmp_path / "whole", killed)
+    return killed
+
+
 def test_sft_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir, tmp_path):
     # Dropout on, so the restored random state matters; checkpoints at steps 2 and 4 of 6.
     flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
                  valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2, max_steps=6,
                  save_steps=2, learning_rate=0.01, lora_dropout=0.1, seed=3)
-    sft(output_dir=str(tmp_path / "whole"), **flags)
-    killed = tmp_path / "killed"
-    killed_at(3, "sft.py", flags, killed)
-    assert_killed_after_the_first_checkpoint(killed)
-    sft(output_dir=str(killed), **flags)
-    assert_same_adapter(tmp_path / "whole", killed)
+    killed = killed_and_continued(sft, "sft.py", flags, tmp_path)
     state = json.loads((killed / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     config = json.loads((killed / "run_config.json").read_text())
@@ -92,12 +99,7 @@ def test_preference_stage_killed_between_checkpoints_continues_to_the_same_adapt
     flags = dict(model_name=tiny_model_dir, sft_adapter=str(sft_dir), train_file=f"{small_data_dir}/train.json",
                  valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2,
                  gradient_accumulation_steps=1, max_steps=5, save_steps=2, learning_rate=0.01, neg_num=3, seed=3)
-    train_preference(output_dir=str(tmp_path / "whole"), **flags)
-    killed = tmp_path / "killed"
-    killed_at(3, "softmax_dpo.py", flags, killed)
-    assert_killed_after_the_first_checkpoint(killed)
-    train_preference(output_dir=str(killed), **flags)
-    assert_same_adapter(tmp_path / "whole", killed)
+    killed_and_continued(train_preference, "softmax_dpo.py", flags, tmp_path)
 
 
 def test_checkpoints_without_their_flags_are_not_continued(tiny_model_dir, small_data_dir, tmp_path):

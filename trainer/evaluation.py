@@ -8,6 +8,8 @@ prefers even where its generated answer names no candidate.
 import os
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
@@ -80,6 +82,19 @@ def answer_and_score(model, tokenizer, prompts: list[str], records: list[Record]
         for index, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             answers[index] = text
     return answers, scores
+
+
+def answer_and_score_shared(model, tokenizer, prompts: list[str], records: list[Record], batch_size: int,
+                            max_new_tokens: int, score_candidates: bool) -> tuple[list[str] | None,
+                                                                                  list[list[float]] | None]:
+    """answer_and_score with the prompts shared among the processes (accelerate launch): each
+    process takes a contiguous share, and every process gets back all answers and scores."""
+    with PartialState().split_between_processes(list(range(len(prompts)))) as shard:
+        answers, scores = answer_and_score(model, tokenizer, [prompts[index] for index in shard],
+                                           [records[index] for index in shard], batch_size, max_new_tokens,
+                                           score_candidates)
+    # Gathered in process order, the contiguous shares are back in prompt order.
+    return (None if answers is None else gather_object(answers), None if scores is None else gather_object(scores))
 
 
 def score_answers(indices: list[int], records: list[Record], answers: list[str],

@@ -15,12 +15,9 @@ import logging
 import os
 from collections.abc import Mapping
 
-from accelerate import PartialState
-from accelerate.utils import gather_object
-
 from trainer.cli import is_main_process, write_json_atomically
 from trainer.data_interface import Record, sample_negatives, sample_popular_negatives
-from trainer.evaluation import answer_and_score
+from trainer.evaluation import answer_and_score_shared
 
 NEGATIVE_SAMPLING = ("random", "popular", "hinted", "hard")
 # Where the starting model's candidate scores are kept, inside the SFT adapter folder.
@@ -74,12 +71,8 @@ def starting_model_scores(model, tokenizer, prompts: list[str], records: list[Re
                 return json.load(handle)
     was_training = model.training
     model.eval()
-    # Each process scores a contiguous share; gathered in process order, the scores are in prompt order.
-    with PartialState().split_between_processes(list(range(len(prompts)))) as shard:
-        _, shard_scores = answer_and_score(model, tokenizer, [prompts[index] for index in shard],
-                                           [records[index] for index in shard], batch_size, max_new_tokens=0,
-                                           score_candidates=True)
-    scores = gather_object(shard_scores)
+    _, scores = answer_and_score_shared(model, tokenizer, prompts, records, batch_size, max_new_tokens=0,
+                                        score_candidates=True)
     model.train(was_training)
     if cache_path and is_main_process():
         write_json_atomically(scores, cache_path)
