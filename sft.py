@@ -36,7 +36,7 @@ from trainer.modeling import (
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
 from trainer.sft_trainer import CACHE_INDEX_COLUMN, AnswerCollator, AnswerOnlySFTTrainer
 from trainer.training import (LearningCurveCallback, batch_layout, best_checkpoint_results, checkpoint_to_resume,
-                              kept_weights, trainer_arguments)
+                              kept_weights, token_throughput, trainer_arguments)
 
 logger = logging.getLogger("sft")
 
@@ -215,7 +215,9 @@ def sft(
     if is_main_process():
         save_run_config(resolved_config, output_dir)
     train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
-    results = dict(train_result.metrics) | (trainer.evaluate() if validates else {})
+    example_tokens = [len(input_ids) for input_ids in train_dataset["input_ids"]]
+    results = (dict(train_result.metrics) | token_throughput(train_result.metrics, example_tokens)
+               | (trainer.evaluate() if validates else {}))
     results |= best_checkpoint_results(trainer.state)
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset) if validates else 0}
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -13,7 +14,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from inference import inference
+from trainer.cli import check_flag_names, stage_json_list, write_json_atomically
 from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
+from trainer.errors import InputError
 from trainer.evaluation import answer_and_score, score_answers
 from trainer.modeling import load_model, load_model_for_evaluation, load_tokenizer
 from trainer.rules import rules
@@ -162,6 +165,36 @@ def test_sft_cli_rejects_a_bad_flag_value(tmp_path):
     result = run_cli("sft.py", "--batch_size", "four", "--output_dir", str(tmp_path / "s"))
     assert result.returncode == 2 and "error: --batch_size: expected int, got 'four'" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_mistyped_flag_is_refused_before_any_work(tmp_path):
+    result = run_cli("inference.py", "--max_sample", "2", "--output_dir", str(tmp_path / "e"))
+    assert result.returncode == 2
+    assert "error: --max_sample: no such flag; did you mean --max_samples? (--help lists them)" in result.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_check_flag_names_accepts_fire_spellings_and_names_the_wrong_one():
+    def entry(learning_rate: float = 1.0, packed: bool = True):
+        return learning_rate, packed
+
+    check_flag_names(entry, ["--learning-rate", "2", "--learning_rate=3", "--nopacked", "value", "--help",
+                             "--", "--verbose"])
+    with pytest.raises(InputError, match="--learning_rat: no such flag; did you mean --learning_rate"):
+        check_flag_names(entry, ["--packed", "--learning_rat", "1e-4"])
+    with pytest.raises(InputError, match=r"--seed: no such flag \(--help lists them\)"):
+        check_flag_names(entry, ["--seed=3"])
+
+
+def test_outputs_get_the_mode_of_any_new_file(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_json_atomically({"a": 1}, str(tmp_path / "out.json"))
+        staged, _ = stage_json_list(["1"], str(tmp_path))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.json").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(staged).st_mode) == 0o644
 
 
 def test_popularity_answers_the_candidate_most_often_true_in_training(tmp_path):

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import create_mask
 from conftest import evaluated_losses, lora_model, make_record, write_records
 from datasets import Dataset
 from peft import PeftModel
@@ -21,13 +22,15 @@ from dpo import dpo
 from trainer.data_interface import (PromptBuilder, answer_text, parse_record, preference_example, sample_negatives,
                                     sample_popular_negatives)
 from trainer.errors import InputError
-from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps
+from trainer.logprobs import (collate_packed, completion_logps, pack_example, packed_attention, packed_attention_mask,
+                              packed_completion_logps)
 from trainer.evaluation import answer_and_score
 from trainer.modeling import load_tokenizer
 from trainer.collaborative import load_hints
 from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others
 from trainer.preference import preference_dataset, sample_records, train_preference
 from trainer.rules import target_counts
+from trainer.training import token_throughput
 from trainer.preference_trainer import (
     LENGTH_COLUMN,
     REFERENCE_COLUMN,
@@ -78,7 +81,8 @@ def test_packed_rows_by_hand():
     assert batch["input_ids"].tolist() == [[0, 5, 6, 7, 8, 9], [1, 2, 3, 4, 4, 4]]
     # Positions restart after the prompt for every completion.
     assert batch["position_ids"].tolist() == [[0, 0, 1, 2, 3, 2], [0, 1, 2, 3, 3, 4]]
-    assert batch["attention"][0].int().tolist() == [
+    assert batch["segments"].tolist() == [[-2, -1, -1, 0, 0, 1], [-1, -1, -1, 0, 1, 1]]
+    assert packed_attention(batch["segments"])[0].int().tolist() == [
         [1, 0, 0, 0, 0, 0],  # padding: itself only
         [0, 1, 0, 0, 0, 0],  # prompt
         [0, 1, 1, 0, 0, 0],
@@ -132,6 +136,44 @@ def test_packed_equals_plain_in_values_and_lora_gradients(tiny_model_dir, tokeni
     torch.testing.assert_close(packed_logps, plain_logps, rtol=0, atol=1e-4)
     for name, gradient in packed_grads.items():
         torch.testing.assert_close(gradient, plain_grads[name], rtol=1e-3, atol=1e-5)
+
+
+def test_flex_attention_block_mask_gives_the_packed_pattern_and_values(tiny_model_dir, tokenizer):
+    rows = examples(tokenizer, 3, neg_num=3)
+    batch = MultiNegativeCollator(0, packed=True)(rows)
+    model = lora_model(tiny_model_dir)
+    model.base_model.model.config._attn_implementation = "flex_attention"
+    block_mask = packed_attention_mask(model, batch["segments"])
+    batch_size, length = batch["segments"].shape
+    dense = create_mask(block_mask.mask_mod, batch_size, 1, length, length, device="cpu")
+    assert torch.equal(dense[:, 0], packed_attention(batch["segments"]))
+    # FlexAttention has no backward on a CPU: the values here, the gradients on a GPU (bench/device_run.sh).
+    with torch.no_grad():
+        flex = packed_completion_logps(model, batch, 4)
+        model.base_model.model.config._attn_implementation = "sdpa"
+        sdpa = packed_completion_logps(model, batch, 4)
+    torch.testing.assert_close(flex, sdpa, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0])
+def test_a_beta_that_cannot_train_is_refused(tiny_model_dir, tmp_path, beta):
+    train_file = write_records(tmp_path / "train.json", [make_record(0)])
+    with pytest.raises(InputError, match=f"--beta must be above 0, got {beta}"):
+        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                         beta=beta, max_valid_samples=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_attention_kernel_is_checked_before_any_work(tiny_model_dir, tmp_path):
+    train_file = write_records(tmp_path / "train.json", [make_record(0)])
+    with pytest.raises(InputError, match="--attn_implementation: expected one of"):
+        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                         attn_implementation="flash", max_valid_samples=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="flex_attention needs a GPU"):
+            train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                             attn_implementation="flex_attention", max_valid_samples=0)
+    assert not (tmp_path / "out").exists()
 
 
 def trainer_config(tmp_path, **overrides) -> dict:
@@ -304,7 +346,15 @@ def test_train_preference_writes_a_trained_adapter(tiny_model_dir, small_data_di
     assert config["loss_type"] == loss_type and config["resolved_sft_adapter"] == sft_dir
     results = json.loads((output_dir / "train_results.json").read_text())
     assert "eval_rewards/accuracies" in results and results["valid_examples"] == 4
+    assert results["train_tokens_per_second"] == pytest.approx(
+        results["train_samples_per_second"] * results["train_tokens_per_example"], rel=1e-3)
     assert os.path.isfile(output_dir / "tokenizer.json")
+
+
+def test_token_throughput_by_hand():
+    # Three examples of 10, 20 and 30 tokens, trained at 2 examples a second: 20 tokens each, 40 a second.
+    assert token_throughput({"train_samples_per_second": 2.0}, [10, 20, 30]) == {
+        "train_tokens_per_example": 20.0, "train_tokens_per_second": 40.0}
 
 
 def test_dpo_script_is_the_preference_stage_with_one_negative(tiny_model_dir, small_data_dir, tmp_path):

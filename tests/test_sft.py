@@ -82,6 +82,7 @@ def test_sft_trains_saves_and_resumes(tiny_model_dir, small_data_dir, tmp_path):
     with open(os.path.join(output_dir, "train_results.json")) as handle:
         results = json.load(handle)
     assert results["train_examples"] == 12 and results["valid_examples"] == 4 and results["eval_loss"] > 0
+    assert results["train_tokens_per_example"] > 0
     with open(os.path.join(output_dir, "run_config.json")) as handle:
         assert json.load(handle)["learning_rate"] == 1e-2
     # LoRA's B matrices start at zero: training must have moved them.

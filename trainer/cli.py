@@ -1,6 +1,7 @@
 """What every entry script shares: flag checking, rank-0 logging, and writing outputs safely."""
 
 import contextlib
+import difflib
 import functools
 import inspect
 import json
@@ -67,6 +68,27 @@ def check_flags(entry, values: dict) -> None:
             raise InputError(f"--{name}: expected {expected}, got {values[name]!r}")
 
 
+def check_flag_names(entry, arguments: list[str]) -> None:
+    """Refuse a flag the entry does not have before anything runs.
+
+    Fire would call the entry with the flags it knows and complain about the rest only after the
+    entry returned: a mistyped flag would mean a whole run at the default, its outputs overwritten.
+    """
+    names = set(inspect.signature(entry).parameters)
+    for argument in arguments:
+        if argument == "--":  # fire's own flags follow
+            return
+        if not argument.startswith("--") or argument in HELP_FLAGS:
+            continue
+        name = argument[2:].split("=", 1)[0].replace("-", "_")
+        # fire also reads --noNAME as NAME=False
+        if name in names or (name.startswith("no") and name[2:] in names):
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        suggestion = f"; did you mean --{close[0]}?" if close else ""
+        raise InputError(f"--{name}: no such flag{suggestion} (--help lists them)")
+
+
 def with_defaults(entry, summary: str, **defaults):
     """`entry` under a new one-line summary and other flag defaults, for a script that is a preset of another."""
     signature = inspect.signature(entry)
@@ -101,11 +123,20 @@ def run(entry) -> None:
     # Fire prints help on stderr; help belongs on stdout, so `--help | less` works.
     help_requested = any(flag in sys.argv[1:] for flag in HELP_FLAGS)
     try:
+        check_flag_names(entry, sys.argv[1:])
         with contextlib.redirect_stderr(sys.stdout) if help_requested else contextlib.nullcontext():
             fire.Fire(checked_entry, serialize=lambda result: None)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def readable_as_if_created(path: str) -> None:
+    """Temporary files and folders are made for their owner only (0600, 0700); before one is renamed
+    into place, give it the mode any new file or folder gets, so a group sharing the outputs can read them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
 def write_text_atomically(text: str, path: str) -> None:
@@ -114,6 +145,7 @@ def write_text_atomically(text: str, path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".tmp", delete=False) as handle:
         handle.write(text)
+    readable_as_if_created(handle.name)
     os.replace(handle.name, path)
 
 
@@ -139,6 +171,7 @@ def stage_json_list(json_texts, folder: str) -> tuple[str, int]:
             handle.close()
             os.remove(handle.name)
             raise
+    readable_as_if_created(handle.name)
     return handle.name, count
 
 

@@ -54,17 +54,16 @@ def _progress(folder: str) -> tuple[int, float]:
 
 
 def _final_progress(run_dir: str) -> tuple[int, float]:
-    """(examples seen, seconds) of a finished run: its training time from train_results.json."""
-    results = _read(os.path.join(run_dir, "train_results.json"))
+    """(examples seen, seconds) of a finished run, on the same clock as its checkpoints."""
     try:
-        examples, _ = _progress(run_dir)
+        return _progress(run_dir)
     except InputError:
-        # A run trained before LearningCurveCallback existed: its epochs over its examples.
+        # A run trained before LearningCurveCallback existed: its epochs over its examples, its training time.
+        results = _read(os.path.join(run_dir, "train_results.json"))
         config = _read(os.path.join(run_dir, "run_config.json"))
         if config.get("max_steps", -1) > 0:
             raise
-        examples = round(results["train_examples"] * config["num_train_epochs"])
-    return examples, round(results["train_runtime"], 1)
+        return round(results["train_examples"] * config["num_train_epochs"]), round(results["train_runtime"], 1)
 
 
 def _point(folder: str, eval_folder: str, examples: int, seconds: float) -> dict:

@@ -9,6 +9,9 @@ Either way the sum of log pi(token | prefix) over a completion's tokens is its l
 """
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
+
+PROMPT, PADDING = -1, -2  # segment ids of prompt and padding tokens; completion j's tokens have segment j
 
 
 def pad_left(sequences: list[list[int]], pad_value: int) -> torch.Tensor:
@@ -52,14 +55,14 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 def pack_example(prompt: list[int], completions: list[list[int]]) -> dict:
     """One prompt followed by all its completions, as one sequence (see packed_completion_logps).
 
-    Returns token ids, a segment id per token (-1 prompt, j for completion j), position ids that
+    Returns token ids, a segment id per token (PROMPT, or j for completion j), position ids that
     restart right after the prompt for every completion, and for every completion token the
     position whose logits predict it: the prompt's last token for a completion's first token,
     the completion's previous token otherwise.
     """
     if not prompt or not all(completions):
         raise ValueError("packing needs a non-empty prompt and non-empty completions")
-    tokens, segments, positions = list(prompt), [-1] * len(prompt), list(range(len(prompt)))
+    tokens, segments, positions = list(prompt), [PROMPT] * len(prompt), list(range(len(prompt)))
     predictors, targets, owners = [], [], []
     for index, completion in enumerate(completions):
         start = len(tokens)
@@ -81,13 +84,12 @@ def collate_packed(packed: list[dict], pad_token_id: int, align_prompts: bool = 
     (padding before the prompt, and after the completions): the prompts' keys and values then form
     the cache of a left-padded batch of the prompts alone, which generation can start from.
 
-    attention [B, S, S] bool, True where query token q may attend key token k: a prompt token sees
-    the prompt up to itself; a completion token sees the whole prompt and its own completion up to
-    itself, never another completion; a padding token sees only itself (a row with nothing to
-    attend to would turn softmax into NaN). predictors/targets/owners are [B, T] over completion
+    segments [B, S]: PROMPT on prompt tokens, j on completion j's tokens, PADDING on padding; the
+    attention pattern is built from them where the batch lives (packed_attention), so no [B, S, S]
+    mask is made on the host or copied to a GPU. predictors/targets/owners are [B, T] over completion
     tokens, padded with owner -1.
     """
-    prompt_lengths = [example["segments"].count(-1) for example in packed]
+    prompt_lengths = [example["segments"].count(PROMPT) for example in packed]
     if align_prompts:
         before = [max(prompt_lengths) - prompt_length for prompt_length in prompt_lengths]
     else:
@@ -102,7 +104,8 @@ def collate_packed(packed: list[dict], pad_token_id: int, align_prompts: bool = 
 
     input_ids = torch.tensor([padded(example["input_ids"], pad, tail, pad_token_id)
                               for pad, tail, example in zip(before, after, packed)])
-    segments = torch.tensor([padded(example["segments"], pad, tail, -2) for pad, tail, example in zip(before, after, packed)])
+    segments = torch.tensor([padded(example["segments"], pad, tail, PADDING)
+                             for pad, tail, example in zip(before, after, packed)])
     position_ids = torch.tensor([padded(example["position_ids"], pad, tail, 0)
                                  for pad, tail, example in zip(before, after, packed)])
     predictors = torch.tensor([[pad + predictor for predictor in example["predictors"]]
@@ -111,29 +114,52 @@ def collate_packed(packed: list[dict], pad_token_id: int, align_prompts: bool = 
     targets = torch.tensor([example["targets"] + [pad_token_id] * (width - len(example["targets"]))
                             for example in packed])
     owners = torch.tensor([example["owners"] + [-1] * (width - len(example["owners"])) for example in packed])
-
-    query, key = segments[:, :, None], segments[:, None, :]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    sees_prompt = (key == -1) & (query != -2)
-    sees_own_completion = (key == query) & (query >= 0)
-    itself = torch.eye(length, dtype=torch.bool) & (query == -2)
-    attention = (causal & (sees_prompt | sees_own_completion)) | itself
-    return {"input_ids": input_ids, "attention": attention, "position_ids": position_ids,
+    return {"input_ids": input_ids, "segments": segments, "position_ids": position_ids,
             "predictors": predictors, "targets": targets, "owners": owners}
 
 
-def _attention_mask(model, attention: torch.Tensor) -> torch.Tensor:
-    """The [B, 1, S, S] mask in the form the model's attention reads: bool for sdpa, additive for eager."""
+def _may_attend(segments: torch.Tensor, batch, query, key) -> torch.Tensor:
+    """True where query token `query` of row `batch` may attend key token `key` (index tensors that broadcast).
+
+    A prompt token sees the prompt up to itself; a completion token sees the whole prompt and its own
+    completion up to itself, never another completion; a padding token sees only itself (a row with
+    nothing to attend to would turn softmax into NaN).
+    """
+    query_segment, key_segment = segments[batch, query], segments[batch, key]
+    sees_prompt = (key_segment == PROMPT) & (query_segment != PADDING)
+    sees_own_completion = (key_segment == query_segment) & (query_segment >= 0)
+    return ((key <= query) & (sees_prompt | sees_own_completion)) | ((key == query) & (query_segment == PADDING))
+
+
+def packed_attention(segments: torch.Tensor) -> torch.Tensor:
+    """[B, S, S] bool, True where query token q may attend key token k (see _may_attend), built on segments' device."""
+    rows, length = segments.shape
+    positions = torch.arange(length, device=segments.device)
+    batch = torch.arange(rows, device=segments.device)[:, None, None]
+    return _may_attend(segments, batch, positions[None, :, None], positions[None, None, :])
+
+
+def packed_attention_mask(model, segments: torch.Tensor):
+    """The packed pattern in the form the model's attention reads.
+
+    sdpa: a [B, 1, S, S] bool mask; eager: the same as an additive float mask (a bool mask would be
+    added as 0/1); flex_attention: a BlockMask, which computes the pattern block by block from the
+    segments and skips blocks nobody attends to, so no dense mask exists.
+    """
     config = getattr(model, "module", model).config
     implementation = getattr(config, "_attn_implementation", None) or "eager"
     if implementation == "sdpa":
-        return attention[:, None]
+        return packed_attention(segments)[:, None]
     if implementation == "eager":
-        # Under eager attention a bool mask would be added as 0/1: it must be additive (0 / very negative).
-        blocked = torch.finfo(torch.float32).min
-        return torch.zeros(attention.shape, dtype=torch.float32, device=attention.device).masked_fill(
-            ~attention, blocked)[:, None]
-    raise ValueError(f"the packed forward needs sdpa or eager attention, not {implementation!r}")
+        return torch.zeros(segments.shape + segments.shape[-1:], dtype=torch.float32, device=segments.device
+                           ).masked_fill(~packed_attention(segments), torch.finfo(torch.float32).min)[:, None]
+    if implementation == "flex_attention":
+        def mask_mod(batch, head, query, key):
+            return _may_attend(segments, batch, query, key)
+
+        rows, length = segments.shape
+        return create_block_mask(mask_mod, rows, None, length, length, device=segments.device)
+    raise ValueError(f"the packed forward needs sdpa, eager or flex_attention, not {implementation!r}")
 
 
 def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completions: int, cache=None) -> torch.Tensor:
@@ -148,7 +174,7 @@ def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completio
     valid = batch["owners"] >= 0
     first_predictor = int(predictors.masked_fill(~valid, length - 1).min())
     kept = length - first_predictor
-    logits = model(input_ids=input_ids, attention_mask=_attention_mask(model, batch["attention"]),
+    logits = model(input_ids=input_ids, attention_mask=packed_attention_mask(model, batch["segments"]),
                    position_ids=batch["position_ids"], logits_to_keep=kept, past_key_values=cache,
                    use_cache=cache is not None).logits.float()
     rows = predictors - first_predictor  # [B, T] positions within the kept logits

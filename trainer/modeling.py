@@ -19,6 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from trainer.cli import readable_as_if_created
 from trainer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def convert_embedded_model(target_dir: str) -> None:
     parent = os.path.dirname(os.path.abspath(target_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".converting-", dir=parent)
+    readable_as_if_created(staging)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -103,7 +105,21 @@ def load_tokenizer(model_path: str, padding_side: str):
     return tokenizer
 
 
-def load_model(model_path: str, dtype: torch.dtype, load_in_4bit: bool = False, device_map=None):
+ATTN_IMPLEMENTATIONS = ("sdpa", "flex_attention")
+
+
+def check_attn_implementation(attn_implementation: str) -> None:
+    """Refuses, before any work, a kernel this project does not offer or this machine cannot train with."""
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise InputError(f"--attn_implementation: expected one of {list(ATTN_IMPLEMENTATIONS)}, "
+                         f"got {attn_implementation!r}")
+    if attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise InputError("--attn_implementation flex_attention needs a GPU: PyTorch's FlexAttention has no backward "
+                         "pass on a CPU; use sdpa")
+
+
+def load_model(model_path: str, dtype: torch.dtype, load_in_4bit: bool = False, device_map=None,
+               attn_implementation: str = "sdpa"):
     """A causal LM in `dtype`, or in 4-bit NF4 (QLoRA) with `dtype` as the compute type."""
     quantization = None
     if load_in_4bit:
@@ -112,7 +128,8 @@ def load_model(model_path: str, dtype: torch.dtype, load_in_4bit: bool = False, 
         )
     try:
         return AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, quantization_config=quantization, device_map=device_map
+            model_path, dtype=dtype, quantization_config=quantization, device_map=device_map,
+            attn_implementation=attn_implementation
         )
     except OSError as error:
         raise InputError(f"--model_name {model_path!r}: not a model folder or reachable hub id ({error})") from None
@@ -138,12 +155,13 @@ def load_model_for_evaluation(model_path: str, dtype: torch.dtype, load_in_4bit:
     return model.eval()
 
 
-def load_model_for_training(model_path: str, dtype: torch.dtype, load_in_4bit: bool, gradient_checkpointing: bool):
+def load_model_for_training(model_path: str, dtype: torch.dtype, load_in_4bit: bool, gradient_checkpointing: bool,
+                            attn_implementation: str = "sdpa"):
     """The base model to put a trainable adapter on; in 4-bit it is placed on this process's device now."""
     # A 4-bit model must be placed at load time; otherwise the Trainer places the model itself.
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device_map = {"": local_rank if torch.cuda.is_available() else "cpu"} if load_in_4bit else None
-    model = load_model(model_path, dtype, load_in_4bit, device_map)
+    model = load_model(model_path, dtype, load_in_4bit, device_map, attn_implementation)
     if load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model

@@ -31,6 +31,7 @@ from trainer.losses import LOSS_TYPES
 from trainer.modeling import (
     EMBEDDED_MODEL_NAME,
     LLAMA_PROJECTIONS,
+    check_attn_implementation,
     is_adapter_folder,
     load_model_for_training,
     load_tokenizer,
@@ -39,10 +40,10 @@ from trainer.modeling import (
     resolve_model_path,
 )
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
-from trainer.preference_trainer import MultiNegativeDPOConfig, MultiNegativeDPOTrainer
+from trainer.preference_trainer import LENGTH_COLUMN, MultiNegativeDPOConfig, MultiNegativeDPOTrainer
 from trainer.rules import target_counts
 from trainer.training import (LearningCurveCallback, batch_layout, best_checkpoint_results, checkpoint_to_resume,
-                              kept_weights, trainer_arguments)
+                              kept_weights, token_throughput, trainer_arguments)
 
 logger = logging.getLogger("preference")
 
@@ -108,6 +109,7 @@ def train_preference(
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
     packed_forward: bool = True,
+    attn_implementation: str = "sdpa",
     precompute_ref_log_probs: bool = True,
     logging_steps: int = 1,
     eval_steps: float = 0,
@@ -152,6 +154,7 @@ def train_preference(
         dtype: auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; bf16 also turns on bf16 autocast.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
         packed_forward: Compute each prompt once for all its 1 + neg_num titles; False scores 1 + neg_num padded sequences per prompt (the plain way, slower).
+        attn_implementation: Attention kernel: sdpa (PyTorch's scaled-dot-product attention; the packed layout passes it a [B, 1, S, S] mask) or flex_attention (a block mask computed from each token's segment, no dense mask, blocks nobody attends to skipped; GPU only, as it has no backward on a CPU).
         precompute_ref_log_probs: Compute the reference log-probs of every example once before training (and evaluation) instead of in each step: the same numbers, one forward less per step (a third of a step, bench/README.md), paid once instead of once per epoch and per evaluation. False computes them in each step.
         logging_steps: Log loss, rewards, reward accuracy and chosen log-prob every this many optimizer steps.
         eval_steps: Evaluate every this many optimizer steps, or, below 1, every this fraction of the run, as well as at the end (0: only at the end).
@@ -169,12 +172,16 @@ def train_preference(
         raise InputError(f"--loss_type: expected one of {list(LOSS_TYPES)}, got {loss_type!r}")
     if neg_num < 1:
         raise InputError(f"--neg_num must be at least 1, got {neg_num}")
+    if not beta > 0:
+        # beta 0 gives every loss a zero gradient, a negative beta pushes the chosen title down.
+        raise InputError(f"--beta must be above 0, got {beta}")
     if negatives not in NEGATIVE_SAMPLING:
         raise InputError(f"--negatives: expected one of {list(NEGATIVE_SAMPLING)}, got {negatives!r}")
     if negatives == "hinted" and not hint_file:
         raise InputError("--negatives hinted ranks the candidates by the counts of --hint_file; give one")
     if max_valid_samples is not None and max_valid_samples < 0:
         raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
+    check_attn_implementation(attn_implementation)
     torch_dtype = resolve_dtype(dtype)
     training_arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=max_valid_samples != 0)
     model_path = resolve_model_path(model_name)
@@ -190,7 +197,8 @@ def train_preference(
                                      hints=load_hints(hint_file, hint_size, valid_file))))
     popularity = target_counts(train_file) if negatives == "popular" else None
 
-    model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing)
+    model = load_model_for_training(model_path, torch_dtype, load_in_4bit, gradient_checkpointing,
+                                    attn_implementation)
     # A fresh adapter's random weights come from --seed, so a run repeats in any process.
     set_seed(seed)
     peft_config = None
@@ -239,7 +247,9 @@ def train_preference(
         if checkpoint:
             logger.info("Continuing from %s", checkpoint)
         save_run_config(resolved_config, output_dir)
-    results = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics) | best_checkpoint_results(trainer.state)
+    metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+    results = (dict(metrics) | token_throughput(metrics, trainer.train_dataset[LENGTH_COLUMN])
+               | best_checkpoint_results(trainer.state))
     if eval_dataset is not None:
         results |= trainer.evaluate()
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset or [])}

@@ -83,13 +83,15 @@ class SameOrderForAnyProcessCount:
 
 
 class LearningCurveCallback(TrainerCallback):
-    """Adds wall seconds since training began and examples seen so far to every logged entry.
+    """Adds wall seconds since the trainer was built and examples seen so far to every logged entry.
 
     With them, trainer_state.json (a checkpoint's too) places each logged point on a learning curve
-    against time and against training examples, not only against optimizer steps.
+    against time and against training examples, not only against optimizer steps. The clock starts
+    when the trainer is built, not at the first step, so work done once before training (the
+    reference log-probs of the preference stages) counts towards the seconds it costs.
     """
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_init_end(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -106,6 +108,19 @@ def best_checkpoint_results(state) -> dict:
         return {}
     step = int(state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[1])
     return {"best_checkpoint_step": step, "best_validation_loss": state.best_metric}
+
+
+def token_throughput(metrics: dict, example_tokens: list[int]) -> dict:
+    """Useful tokens per second of training, from Trainer's train metrics (samples per second).
+
+    `example_tokens`: what each training example needs computed at least, padding excluded (SFT: its
+    prompt and answer; preference stages: its prompt once and every completion once, the packed
+    layout). Counted from the dataset rather than per batch, so training pays no device
+    synchronisation for it.
+    """
+    mean_tokens = sum(example_tokens) / len(example_tokens)
+    return {"train_tokens_per_example": round(mean_tokens, 1),
+            "train_tokens_per_second": round(metrics["train_samples_per_second"] * mean_tokens, 1)}
 
 
 def kept_weights(results: dict) -> str:
