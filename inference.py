@@ -9,7 +9,7 @@ import time
 
 from accelerate import PartialState
 
-from trainer.cli import run, save_run_config
+from trainer.cli import check_output_dir, run, save_run_config
 from trainer.collaborative import load_hints
 from trainer.data_interface import EVAL_TEMPLATE_INDEX, PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
@@ -71,6 +71,7 @@ def inference(
     indices = select_indices(len(records), max_samples, sample_seed)
     records = [records[index] for index in indices]
 
+    check_output_dir(output_dir)
     dtype = resolve_dtype(dtype)
     model_path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")

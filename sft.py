@@ -13,7 +13,7 @@ from peft import PeftModel, get_peft_model
 from transformers import set_seed
 from trl import SFTConfig
 
-from trainer.cli import is_main_process, run, save_run_config, write_json_atomically
+from trainer.cli import check_output_dir, is_main_process, run, save_run_config, write_json_atomically
 from trainer.collaborative import load_hints
 from trainer.data_interface import (
     EVAL_TEMPLATE_INDEX,
@@ -130,6 +130,7 @@ def sft(
     if max_valid_samples is not None and max_valid_samples < 0:
         raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
     validates = max_valid_samples != 0
+    check_output_dir(output_dir)
     torch_dtype = resolve_dtype(dtype)
     training_arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=validates)
     model_path = resolve_model_path(model_name)

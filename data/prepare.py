@@ -386,6 +386,17 @@ def convert_split(
                    f'"trueSelection": "{target_titles[index]}"}}')
 
 
+def read_frame(path: str) -> pd.DataFrame:
+    """A LLaRA split file: a pickled DataFrame; a truncated or foreign file is an error naming it."""
+    try:
+        frame = pd.read_pickle(path)
+    except Exception as error:  # pickle raises many kinds for a damaged file
+        raise InputError(f"{path}: not a readable pickled DataFrame ({type(error).__name__}: {error})") from None
+    if not isinstance(frame, pd.DataFrame):
+        raise InputError(f"{path}: holds a {type(frame).__name__}, not a DataFrame")
+    return frame
+
+
 def prepare(
     source: str,
     output_dir: str,
@@ -431,7 +442,7 @@ def prepare(
     try:
         for split_number, (split, path) in enumerate(split_files.items()):
             split_seed = splitmix64(np.uint64(seed), np.uint64(split_number))
-            records = convert_split(pd.read_pickle(path), titles, padding_id, num_negatives, min_history, path,
+            records = convert_split(read_frame(path), titles, padding_id, num_negatives, min_history, path,
                                     negative_draw, split_seed)
             staged[split] = stage_json_list(records, output_dir)
     except BaseException:

@@ -14,7 +14,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from inference import inference
-from trainer.cli import check_flag_names, stage_json_list, write_json_atomically
+from trainer.cli import check_flag_names, check_output_dir, stage_json_list, write_json_atomically
 from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
 from trainer.errors import InputError
 from trainer.evaluation import answer_and_score, score_answers
@@ -157,8 +157,18 @@ def test_not_json_and_unknown_model_fail_cleanly(tmp_path, small_data_dir):
     assert result.returncode == 2 and "broken.json: not a JSON file" in result.stderr
     result = run_cli("inference.py", "--test_file", f"{small_data_dir}/test.json", "--output_dir",
                      str(tmp_path / "b"), "--model_name", str(tmp_path / "no-such-model"))
-    assert result.returncode == 2 and "error: --model_name" in result.stderr
+    assert result.returncode == 2 and "error: --model_name" in result.stderr and "folder not found" in result.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    for output_dir, message in ((tmp_path / "taken", "a file, not a folder"),
+                                (tmp_path / "taken" / "eval", f"{tmp_path / 'taken'} is a file, not a folder")):
+        with pytest.raises(InputError, match=f"--output_dir {output_dir}: {message}"):
+            check_output_dir(str(output_dir))
+    check_output_dir(str(tmp_path / "new" / "eval"))
+    assert not (tmp_path / "new").exists(), "checking creates nothing"
 
 
 def test_sft_cli_rejects_a_bad_flag_value(tmp_path):

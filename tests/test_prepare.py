@@ -199,3 +199,18 @@ def test_bad_title_file_names_the_line(tmp_path):
     (tmp_path / "src" / "id2name.txt").write_text("0::A\nnot a pair\n")
     with pytest.raises(InputError, match=r"id2name.txt: line 2"):
         prepare(str(tmp_path / "src"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a frame"])
+def test_a_damaged_split_file_is_named_and_nothing_is_written(tmp_path, damage):
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 4)])
+    path = tmp_path / "src" / "val_data.df"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+        message = r"val_data.df: not a readable pickled DataFrame \("
+    else:
+        pd.to_pickle([1, 2, 3], path)
+        message = r"val_data.df: holds a list, not a DataFrame"
+    with pytest.raises(InputError, match=message):
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    assert not (tmp_path / "out").exists()

@@ -180,6 +180,20 @@ def write_jsonl_atomically(rows, path: str) -> None:
     write_text_atomically("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), path)
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Refuse, before any work, an --output_dir that cannot be written: a file, or under a folder
+    this process may not write to (nothing is created here)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise InputError(f"--output_dir {output_dir}: a file, not a folder")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"--output_dir {output_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--output_dir {output_dir}: {existing} is not writable")
+
+
 def save_run_config(config: dict, output_dir: str) -> None:
     """The resolved flags of a run, next to its outputs, so the run can be repeated."""
     write_json_atomically(config, os.path.join(output_dir, RUN_CONFIG_FILE))

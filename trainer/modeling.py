@@ -76,6 +76,10 @@ def convert_embedded_model(target_dir: str) -> None:
 def resolve_model_path(model_name: str) -> str:
     """The folder or hub id to load: the embedded model's cached folder, converted on first use."""
     if model_name != EMBEDDED_MODEL_NAME:
+        # A hub id is owner/name; anything that looks like a path is a folder that must exist.
+        looks_like_path = model_name.startswith((".", "/", "~")) or model_name.count("/") > 1
+        if looks_like_path and not os.path.isdir(os.path.expanduser(model_name)):
+            raise InputError(f"--model_name {model_name}: folder not found")
         return model_name
     folder = embedded_model_dir()
     if not os.path.isfile(os.path.join(folder, "config.json")):

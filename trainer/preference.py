@@ -16,7 +16,7 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import set_seed
 
-from trainer.cli import is_main_process, save_run_config, write_json_atomically
+from trainer.cli import check_output_dir, is_main_process, save_run_config, write_json_atomically
 from trainer.collaborative import load_hints
 from trainer.data_interface import (
     EVAL_TEMPLATE_INDEX,
@@ -182,6 +182,7 @@ def train_preference(
     if max_valid_samples is not None and max_valid_samples < 0:
         raise InputError(f"--max_valid_samples must be 0 or more, got {max_valid_samples}")
     check_attn_implementation(attn_implementation)
+    check_output_dir(output_dir)
     torch_dtype = resolve_dtype(dtype)
     training_arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=max_valid_samples != 0)
     model_path = resolve_model_path(model_name)
