@@ -6,32 +6,38 @@
 # the candidate that most often followed the history in training (trainer/rules.py), are scored on
 # the same prompts as reference points.
 #   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
+#   PROFILE=gpu bash reproduce.sh        # the cpu recipe on all training (SFT) and test prompts, one GPU, large batches
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
 #   bash reproduce.sh --force            # redo every stage
 #
 # Settings are variables, each overridable from the environment; the profile sets their defaults:
-#                        cpu     paper
-#   SFT_SAMPLES          256     all    SFT training prompts, a seeded sample (empty: all)
-#   SFT_EPOCHS           1       5
-#   SFT_LEARNING_RATE    3e-4    1e-5
-#   SFT_EFFECTIVE_BATCH  4       128    prompts per optimizer step, all NUM_PROCESSES processes together
-#   SFT_BATCH_SIZE       4       4      most prompts per forward pass of one process (passes accumulate)
-#   SFT_VALID_SAMPLES    100     500    validation prompts for the SFT validation loss
-#   SFT_LORA_DROPOUT     0       0.1    dropout on the LoRA input (a third of a CPU step; one pass has little to overfit)
-#   PREF_SAMPLES         128     all    training prompts of DPO, S-DPO and DMPO (the same for the three)
-#   PREF_EPOCHS          1       3
-#   PREF_LEARNING_RATE   1e-4    1e-5
-#   PREF_EFFECTIVE_BATCH 8       128
-#   PREF_BATCH_SIZE      2       4
-#   PREF_VALID_SAMPLES   32      500    validation prompts for the preference loss and reward accuracy
-#   EVAL_SAMPLES         500     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
-#   SCORE_CANDIDATES     False   True   also rank the candidates by log-probability (ranking metrics;
-#                                       about 2.3x the evaluation time on a CPU)
-#   HINTS                True    False  every prompt names the candidates that most often followed its
-#                                       history in the training split (trainer/collaborative.py); False
-#                                       keeps the paper's text-only prompts
-#   SELECT_BEST          False   True   keep each stage's adapter with the lowest validation loss, the
-#                                       authors' cadence: 5 evaluations in SFT, 10 in each preference stage
+#                        cpu     gpu     paper
+#   SFT_SAMPLES          256     all     all    SFT training prompts, a seeded sample (empty: all)
+#   SFT_EPOCHS           1       1       5
+#   SFT_LEARNING_RATE    3e-4    3e-4    1e-5
+#   SFT_EFFECTIVE_BATCH  4       64      128    prompts per optimizer step, all NUM_PROCESSES processes together
+#   SFT_BATCH_SIZE       4       64      4      most prompts per forward pass of one process (passes accumulate)
+#   SFT_VALID_SAMPLES    100     500     500    validation prompts for the SFT validation loss
+#   SFT_LORA_DROPOUT     0       0       0.1    dropout on the LoRA input (a third of a CPU step; one pass has little to overfit)
+#   PREF_SAMPLES         128     4096    all    training prompts of DPO, S-DPO and DMPO (the same for the three)
+#   PREF_EPOCHS          1       1       3
+#   PREF_LEARNING_RATE   1e-4    1e-4    1e-5
+#   PREF_EFFECTIVE_BATCH 8       32      128
+#   PREF_BATCH_SIZE      2       32      4
+#   PREF_VALID_SAMPLES   32      500     500    validation prompts for the preference loss and reward accuracy
+#   EVAL_SAMPLES         500     all     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
+#   EVAL_BATCH_SIZE      16      64      16     test prompts generated (and scored) together
+#   SCORE_CANDIDATES     False   True    True   also rank the candidates by log-probability (ranking metrics;
+#                                               about 2.3x the evaluation time on a CPU)
+#   HINTS                True    True    False  every prompt names the candidates that most often followed its
+#                                               history in the training split (trainer/collaborative.py); False
+#                                               keeps the paper's text-only prompts
+#   SELECT_BEST          False   False   True   keep each stage's adapter with the lowest validation loss, the
+#                                               authors' cadence: 5 evaluations in SFT, 10 in each preference stage
+# The gpu profile is the cpu profile's recipe (chosen on the validation split, docs/levers.md) on all
+# 47,872 SFT prompts, 4,096 per preference stage and all 2,495 test prompts, in large batches, sized
+# for the device script (scripts/device.sh) to run within one 10-minute call; its sizes are not yet
+# measured on a GPU.
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 set -euo pipefail
@@ -45,11 +51,13 @@ DATA_DIR=${DATA_DIR:-data/lastfm}
 RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
 case $PROFILE in
     cpu)
-        defaults=(256 1 3e-4 4 4 100 0 128 1 1e-4 8 2 32 500 False True False) ;;
+        defaults=(256 1 3e-4 4 4 100 0 128 1 1e-4 8 2 32 500 16 False True False) ;;
+    gpu)
+        defaults=("" 1 3e-4 64 64 500 0 4096 1 1e-4 32 32 500 "" 64 True True False) ;;
     paper)
-        defaults=("" 5 1e-5 128 4 500 0.1 "" 3 1e-5 128 4 500 "" True False True) ;;
+        defaults=("" 5 1e-5 128 4 500 0.1 "" 3 1e-5 128 4 500 "" 16 True False True) ;;
     *)
-        echo "error: PROFILE must be cpu or paper, got '$PROFILE'" >&2
+        echo "error: PROFILE must be cpu, gpu or paper, got '$PROFILE'" >&2
         exit 2 ;;
 esac
 SFT_SAMPLES=${SFT_SAMPLES-${defaults[0]}}
@@ -66,9 +74,10 @@ PREF_EFFECTIVE_BATCH=${PREF_EFFECTIVE_BATCH:-${defaults[10]}}
 PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[11]}}
 PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
 EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
-SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[14]}}
-HINTS=${HINTS:-${defaults[15]}}
-SELECT_BEST=${SELECT_BEST:-${defaults[16]}}
+EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-${defaults[14]}}
+SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[15]}}
+HINTS=${HINTS:-${defaults[16]}}
+SELECT_BEST=${SELECT_BEST:-${defaults[17]}}
 if [[ $SELECT_BEST != True && $SELECT_BEST != False ]]; then
     echo "error: SELECT_BEST must be True or False, got '$SELECT_BEST'" >&2
     exit 2
@@ -129,7 +138,7 @@ train_preference() {
 # Evaluates a stage (an adapter folder, or none for the base model) into RUN_DIR/stage/eval.
 evaluate() {
     ADAPTER=$2 OUTPUT_DIR=$RUN_DIR/$1/eval MAX_SAMPLES=$EVAL_SAMPLES SAMPLE_SEED=$SAMPLE_SEED \
-        SCORE_CANDIDATES=$SCORE_CANDIDATES bash inference.sh
+        SCORE_CANDIDATES=$SCORE_CANDIDATES BATCH_SIZE=$EVAL_BATCH_SIZE bash inference.sh
 }
 
 # Scores a rule without a model on the same test prompts into RUN_DIR/rule/eval.

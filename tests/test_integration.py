@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import tarfile
 
 import pytest
 from conftest import REPO_ROOT
@@ -53,9 +54,11 @@ def test_stage_scripts_answer_help(script, flag):
     assert "NUM_PROCESSES" in result.stdout and flag in result.stdout
 
 
-# Two processes (gloo on this CPU) and the tiny model: the whole pipeline as a multi-GPU run takes it,
-# each stage's prompts shared by the processes; the embedded model's stages are tested above.
-SHORT_REPRODUCTION = {"NUM_PROCESSES": "2", "SFT_SAMPLES": "4", "SFT_EFFECTIVE_BATCH": "2", "SFT_BATCH_SIZE": "2",
+# The gpu profile through the device script (scripts/device.sh run), with two processes (gloo on this
+# CPU) and the tiny model: the whole pipeline as a multi-GPU run takes it, each stage's prompts shared by
+# the processes, then packed for the trip back from a GPU machine; the embedded model's stages are tested
+# above.
+SHORT_REPRODUCTION = {"PROFILE": "gpu", "NUM_PROCESSES": "2", "SFT_SAMPLES": "4", "SFT_EFFECTIVE_BATCH": "2", "SFT_BATCH_SIZE": "2",
                       "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2", "PREF_EFFECTIVE_BATCH": "2", "PREF_BATCH_SIZE": "2",
                       "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3", "SCORE_CANDIDATES": "True", "SELECT_BEST": "True"}
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
@@ -64,12 +67,24 @@ PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_
          "softmax_dpo - transitions")
 
 
-def test_reproduce_runs_every_stage_with_two_processes_then_skips_them(shared_data_dir, tiny_model_dir, tmp_path):
-    run_dir = tmp_path / "run"
+def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_skips_them(shared_data_dir,
+                                                                                       tiny_model_dir, tmp_path):
+    run_dir, out = tmp_path / "run", tmp_path / "out"
     env = SHORT_REPRODUCTION | {"RUN_DIR": str(run_dir), "DATA_DIR": str(tmp_path / "lastfm"),
-                                "MODEL_NAME": tiny_model_dir}
-    first = run_script("reproduce.sh", env)
-    assert first.returncode == 0, first.stderr[-3000:]
+                                "MODEL_NAME": tiny_model_dir, "OUT": str(out), "DEVICE_DIR": str(tmp_path / "device"),
+                                "DEADLINE_SECONDS": "1800"}
+    first = run_script("scripts/device.sh", env, "run")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "reproduce.sh ended with status 0" in (out / "run.log").read_text()
+    assert (out / "results.md").read_text() == (run_dir / "results.md").read_text()
+    with tarfile.open(out / "stages.tar.gz") as packed:
+        names = set(packed.getnames())
+    assert {f"./{stage}/eval/metrics.json" for stage in (*RULES, *STAGES)} <= names
+    assert {f"./{stage}/train_results.json" for stage in STAGES[1:]} <= names
+    assert not any(name.endswith(".safetensors") or "/checkpoint-" in name for name in names)
+    with tarfile.open(out / "adapters.tar") as packed:
+        assert set(packed.getnames()) == {f"{stage}/adapter_{kind}" for stage in ("sft", "softmax_dpo")
+                                          for kind in ("model.safetensors", "config.json")}
     results = json.loads((run_dir / "results.json").read_text())
     assert [row["stage"] for row in results["stages"]] == [*RULES, *STAGES]
     assert all(row["evaluated_prompts"] == 3 for row in results["stages"])
