@@ -117,6 +117,30 @@ def test_over_budget_prompt_drops_oldest_history_first(tokenizer):
         PromptBuilder("music", tokenizer, 10, template_index=0).build(record, 0)
 
 
+def test_cutting_a_long_history_keeps_the_most_titles_that_fit_in_few_tokenizations(tokenizer):
+    history = tuple(f"Artist {'Long ' * (i % 5)}{i}" for i in range(1000))
+    record = Record(history=history, candidates=("Cand A", "Cand B"), target="Cand A")
+    template = templates_for("music")[0]
+
+    def tokens_with(start: int) -> int:
+        prompt = template.format(history=TITLE_SEPARATOR.join(history[start:]), candidates="Cand A; Cand B")
+        return len(tokenizer(prompt).input_ids)
+
+    before_history, after_history = template.split("{history}")[0], template.split("{history}")[1].split("{")[0]
+
+    for budget in (300, 2000, 4567):
+        builder = PromptBuilder("music", tokenizer, budget, template_index=0)
+        calls = []
+        counting = builder._count_tokens
+        builder._count_tokens = lambda text: calls.append(text) or counting(text)
+        trimmed = builder.build(record, 0)
+        kept = trimmed[len(before_history):].split(after_history)[0].split(TITLE_SEPARATOR)
+        dropped = len(history) - len(kept)
+        assert tuple(kept) == history[dropped:], "the newest titles are kept, in order"
+        assert tokens_with(dropped) <= budget < tokens_with(dropped - 1), "the longest history that fits"
+        assert len(calls) <= 2 + 10, "log2(1000) tokenizations, not one per dropped title"
+
+
 def test_supervised_example_masks_the_prompt_and_ends_with_eos(tokenizer):
     prompt = "A listener played: Muse. Answer:"
     example = supervised_example(tokenizer, prompt, "Genesis P-Orridge")

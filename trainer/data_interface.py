@@ -180,14 +180,31 @@ class PromptBuilder:
             # Every template ends with the answer cue; the hint goes right before it.
             template = template[: -len(ANSWER_CUE)] + hint.replace("{", "{{").replace("}", "}}") + ANSWER_CUE
         candidates = TITLE_SEPARATOR.join(record.candidates)
-        for start in range(len(record.history) + 1):
-            prompt = template.format(history=TITLE_SEPARATOR.join(record.history[start:]), candidates=candidates)
-            if self.max_prompt_tokens is None or self._count_tokens(prompt) <= self.max_prompt_tokens:
-                return prompt
-        raise InputError(
-            f"record {example_index}: the prompt needs {self._count_tokens(prompt)} tokens without any history, "
-            f"over --max_prompt_tokens {self.max_prompt_tokens}; raise the budget"
-        )
+
+        def prompt_from(start: int) -> str:
+            return template.format(history=TITLE_SEPARATOR.join(record.history[start:]), candidates=candidates)
+
+        if self.max_prompt_tokens is None or self._fits(prompt_from(0)):
+            return prompt_from(0)
+        without_history = len(record.history)
+        if not self._fits(prompt_from(without_history)):
+            raise InputError(
+                f"record {example_index}: the prompt needs {self._count_tokens(prompt_from(without_history))} tokens "
+                f"without any history, over --max_prompt_tokens {self.max_prompt_tokens}; raise the budget"
+            )
+        # Fewer old titles, fewer tokens: bisect for the fewest to drop, a few tokenizations however
+        # long the history (one per dropped title would be quadratic in its length).
+        fewest, most = 1, without_history
+        while fewest < most:
+            middle = (fewest + most) // 2
+            if self._fits(prompt_from(middle)):
+                most = middle
+            else:
+                fewest = middle + 1
+        return prompt_from(fewest)
+
+    def _fits(self, prompt: str) -> bool:
+        return self._count_tokens(prompt) <= self.max_prompt_tokens
 
     def _count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text).input_ids)
