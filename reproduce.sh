@@ -34,12 +34,12 @@
 #                                               keeps the paper's text-only prompts
 #   SELECT_BEST          False   False   True   keep each stage's adapter with the lowest validation loss, the
 #                                               authors' cadence: 5 evaluations in SFT, 10 in each preference stage
+#   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
+#   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 # The gpu profile is the cpu profile's recipe (chosen on the validation split, docs/levers.md) on all
 # 47,872 SFT prompts, 4,096 per preference stage and all 2,495 test prompts, in large batches, sized
 # for the device script (scripts/device.sh) to run within one 10-minute call; its sizes are not yet
 # measured on a GPU.
-#   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
-#   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh

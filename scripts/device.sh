@@ -86,15 +86,20 @@ prepare() {
         "$(realpath --relative-to=. "$DEVICE_DIR/model.part-2"), timeout_s 600"
 }
 
-# The carried wheels shadow the image's own packages; a `python` for the scripts where only python3 exists.
+# The carried wheels shadow the image's own packages; `python` and `accelerate` commands for the
+# scripts where the image has only python3 on its PATH.
 use_carried_packages() {
     if [[ -d $DEVICE_DIR/site ]]; then
         export PYTHONPATH=$DEVICE_DIR/site${PYTHONPATH:+:$PYTHONPATH}
     fi
+    mkdir -p "$DEVICE_DIR/bin"
+    export PATH=$PATH:$DEVICE_DIR/bin
     if ! command -v python > /dev/null; then
-        mkdir -p "$DEVICE_DIR/bin"
         ln -sf "$(command -v python3)" "$DEVICE_DIR/bin/python"
-        export PATH=$DEVICE_DIR/bin:$PATH
+    fi
+    if ! command -v accelerate > /dev/null; then
+        printf '#!/bin/sh\nexec python -m accelerate.commands.accelerate_cli "$@"\n' > "$DEVICE_DIR/bin/accelerate"
+        chmod +x "$DEVICE_DIR/bin/accelerate"
     fi
 }
 
