@@ -147,7 +147,7 @@ def test_flex_attention_block_mask_gives_the_packed_pattern_and_values(tiny_mode
     batch_size, length = batch["segments"].shape
     dense = create_mask(block_mask.mask_mod, batch_size, 1, length, length, device="cpu")
     assert torch.equal(dense[:, 0], packed_attention(batch["segments"]))
-    # FlexAttention has no backward on a CPU: the values here, the gradients on a GPU (bench/device_run.sh).
+    # FlexAttention has no backward on a CPU: the values here, the gradients on a GPU (bench/attention_kernels.py).
     with torch.no_grad():
         flex = packed_completion_logps(model, batch, 4)
         model.base_model.model.config._attn_implementation = "sdpa"
