@@ -38,9 +38,10 @@ from trainer.cli import run  # noqa: E402
 
 PARTS = ("data", "collate", "policy", "reference", "backward", "optimizer", "metrics", "log")
 # Settings: (name, extra flags of train_preference).
+# The reference's setting is named in each, as its default changed (precomputed since 2026-11-28).
 SETTINGS = (
-    ("defaults: log every step, reference per step", {}),
-    ("log every 10 steps", {"logging_steps": 10}),
+    ("log every step, reference per step", {"precompute_ref_log_probs": False}),
+    ("log every 10 steps, reference per step", {"logging_steps": 10, "precompute_ref_log_probs": False}),
     ("reference precomputed", {"precompute_ref_log_probs": True}),
     ("log every 10 + reference precomputed", {"logging_steps": 10, "precompute_ref_log_probs": True}),
 )
