@@ -184,13 +184,15 @@ class PromptBuilder:
         def prompt_from(start: int) -> str:
             return template.format(history=TITLE_SEPARATOR.join(record.history[start:]), candidates=candidates)
 
-        if self.max_prompt_tokens is None or self._fits(prompt_from(0)):
-            return prompt_from(0)
+        prompt = prompt_from(0)
+        if self.max_prompt_tokens is None or self._fits(prompt):
+            return prompt
         without_history = len(record.history)
-        if not self._fits(prompt_from(without_history)):
+        shortest = self._count_tokens(prompt_from(without_history))
+        if shortest > self.max_prompt_tokens:
             raise InputError(
-                f"record {example_index}: the prompt needs {self._count_tokens(prompt_from(without_history))} tokens "
-                f"without any history, over --max_prompt_tokens {self.max_prompt_tokens}; raise the budget"
+                f"record {example_index}: the prompt needs {shortest} tokens without any history, "
+                f"over --max_prompt_tokens {self.max_prompt_tokens}; raise the budget"
             )
         # Fewer old titles, fewer tokens: bisect for the fewest to drop, a few tokenizations however
         # long the history (one per dropped title would be quadratic in its length).
