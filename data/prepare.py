@@ -43,7 +43,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer.cli import run, stage_json_list  # noqa: E402
-from trainer.data_interface import HISTORY_SEPARATOR  # noqa: E402
+from trainer.data_interface import HISTORY_SEPARATOR, prompt_safe_title, prompt_safety_problem  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 
 # Each split's file names, as LLaRA's loaders spell them (LastFM lower case, MovieLens and Steam capitalised).
@@ -140,12 +140,29 @@ def distinct_titles(titles: dict[int, str], source_name: str) -> dict[int, str]:
     return distinct
 
 
+def prompt_safe_titles(titles: dict[int, str], source_name: str) -> dict[int, str]:
+    """Rewrites the titles a prompt could not list unambiguously (trainer.data_interface.prompt_safe_title).
+
+    Raw catalogues hold such titles: 8 of hetrec-lastfm-2k's 17,632 artists contain '; ', the
+    separator of a prompt's title lists ("Per Gessle; Roxette" becomes "Per Gessle, Roxette").
+    """
+    unsafe = {item_id: title for item_id, title in titles.items() if prompt_safety_problem(title)}
+    if unsafe:
+        examples = ", ".join(repr(title) for title in list(unsafe.values())[:3])
+        logger.warning("%s: %d titles hold '; ' or a line break, which a prompt's title list cannot; they are "
+                       "rewritten ('; ' as ', ', line breaks as spaces), e.g. %s", source_name, len(unsafe), examples)
+    return {item_id: prompt_safe_title(title) if item_id in unsafe else title for item_id, title in titles.items()}
+
+
 def load_item_titles(source: str) -> tuple[dict[int, str], str]:
-    """The titles of a LLaRA-layout folder: id2name.txt, else MovieLens' u.item. Returns (titles, path)."""
+    """The titles of a LLaRA-layout folder: id2name.txt, else MovieLens' u.item. Returns (titles, path).
+
+    Titles are made prompt-safe first, then distinct, so a rewritten title never equals another one.
+    """
     for file_name, reader in zip(TITLE_FILES, (read_item_titles, read_movielens_titles)):
         path = os.path.join(source, file_name)
         if os.path.isfile(path):
-            return distinct_titles(reader(path), path), path
+            return distinct_titles(prompt_safe_titles(reader(path), path), path), path
     raise InputError(f"{source}: no item titles: expected {' or '.join(TITLE_FILES)}")
 
 

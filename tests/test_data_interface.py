@@ -39,6 +39,10 @@ def test_load_records_reads_history_as_string_or_list(tmp_path):
         ({"itemList": ["X", "Y", "X"], "trueSelection": "X"}, "record 1: field 'itemList': duplicate candidate 'X'"),
         ({"historyList": 7}, "record 1: field 'historyList'"),
         ({"itemList": ["X", ""], "trueSelection": "X"}, "record 1: field 'itemList'"),
+        ({"itemList": ["Per Gessle; Roxette", "Y"], "trueSelection": "Y"},
+         "record 1: field 'itemList': title 'Per Gessle; Roxette' contains '; ', which separates the titles"),
+        ({"historyList": ["A", "Line\nbreak"]}, "record 1: field 'historyList': title 'Line\\nbreak' contains a line break"),
+        ({"historyList": "A::Para\u2029graph"}, "record 1: field 'historyList': title 'Para\\u2029graph' contains a line break"),
     ],
 )
 def test_bad_records_name_file_record_and_field(tmp_path, change, message):
@@ -46,6 +50,13 @@ def test_bad_records_name_file_record_and_field(tmp_path, change, message):
     with pytest.raises(InputError) as error:
         load_records(path)
     assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_an_unlistable_title_error_says_what_the_converter_writes_instead(tmp_path):
+    path = write_records(tmp_path / "bad.json", [make_record(0) | {"itemList": ["Per Gessle; Roxette", "Y"],
+                                                                  "trueSelection": "Y"}])
+    with pytest.raises(InputError, match="rename it \\(data/prepare.py writes 'Per Gessle, Roxette'\\)"):
+        load_records(path)
 
 
 def test_missing_field_and_bad_files(tmp_path):

@@ -174,6 +174,14 @@ def test_a_title_holding_the_history_separator_keeps_the_history_a_list(tmp_path
     assert parse_record(records[0], "train.json", 0).history == ("A", "Mix::Tape", "C")
 
 
+def test_titles_a_prompt_cannot_list_are_rewritten_and_stay_distinct(tmp_path):
+    titles = ("Per Gessle; Roxette", "Per Gessle, Roxette", "Line\u2028break", "D", "E")
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)], titles=titles)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    record = load_records(str(tmp_path / "out" / "train.json"))[0]
+    assert record.history == ("Per Gessle, Roxette", "Per Gessle, Roxette (2)", "Line break")
+
+
 def test_records_are_written_as_json_dumps_writes_them(tmp_path):
     titles = ('Say "Hi"', "Back\\slash", "Tab\there", "Émilie Simon", "Mix::Tape", "Plain")
     write_llara(tmp_path / "src", [([0, 1, 2, 6], 3, 3), ([0, 1, 3, 4], 4, 5)], titles=titles)

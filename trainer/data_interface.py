@@ -75,9 +75,32 @@ class Record:
     target: str  # the true next title, one of the candidates
 
 
+def prompt_safety_problem(title: str) -> str | None:
+    """Why `title` cannot be listed in a prompt unambiguously, or None when it can.
+
+    A prompt lists titles joined by TITLE_SEPARATOR on one line: a title holding the separator
+    would read as two titles, and a line break would split the list.
+    """
+    if TITLE_SEPARATOR in title:
+        return f"contains {TITLE_SEPARATOR!r}, which separates the titles listed in a prompt"
+    if "".join(title.splitlines()) != title:
+        return "contains a line break; a prompt lists its titles on one line"
+    return None
+
+
+def prompt_safe_title(title: str) -> str:
+    """`title` rewritten so that a prompt can list it: line breaks become spaces, the separator ', '."""
+    return " ".join(title.splitlines()).replace(TITLE_SEPARATOR, ", ")
+
+
 def _titles(value, path: str, index: int, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(title, str) and title.strip() for title in value):
         raise InputError(f"{path}: record {index}: field '{field}': expected a list of non-empty title strings")
+    for title in value:
+        problem = prompt_safety_problem(title)
+        if problem:
+            raise InputError(f"{path}: record {index}: field '{field}': title {title!r} {problem}; rename it "
+                             f"(data/prepare.py writes {prompt_safe_title(title)!r})")
     return tuple(value)
 
 
