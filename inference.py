@@ -9,11 +9,11 @@ import time
 
 from accelerate import PartialState
 
-from trainer.cli import check_output_dir, run, save_run_config
+from trainer.cli import check_output_dir, run, start_run
 from trainer.collaborative import load_hints
 from trainer.data_interface import EVAL_TEMPLATE_INDEX, PromptBuilder, load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import answer_and_score_shared, score_answers, write_evaluation
+from trainer.evaluation import METRICS_FILE, answer_and_score_shared, score_answers, write_evaluation
 from trainer.modeling import (EMBEDDED_MODEL_NAME, load_model_for_evaluation, load_tokenizer, resolve_dtype,
                               resolve_model_path)
 
@@ -83,6 +83,8 @@ def inference(
                             hints=load_hints(hint_file, hint_size, test_file))
     prompts = [builder.build(record, index) for record, index in zip(records, indices)]
 
+    if state.is_main_process:
+        start_run(config | {"resolved_model_path": model_path, "resolved_adapter": adapter}, output_dir, METRICS_FILE)
     logger.info("Evaluating %d prompts from %s on %s%s", len(prompts), test_file, model_path,
                 f" + {adapter}" if adapter else "")
     started = time.perf_counter()
@@ -95,7 +97,6 @@ def inference(
     metrics["seconds"] = round(seconds, 1)
     metrics["prompts_per_second"] = round(len(prompts) / seconds, 3)
 
-    save_run_config(config | {"resolved_model_path": model_path, "resolved_adapter": adapter}, output_dir)
     write_evaluation(output_dir, predictions, metrics)
     print(json.dumps(metrics))
 

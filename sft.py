@@ -11,9 +11,10 @@ from accelerate import PartialState
 from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from transformers import set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from trl import SFTConfig
 
-from trainer.cli import check_output_dir, is_main_process, run, save_run_config, write_json_atomically
+from trainer.cli import check_output_dir, is_main_process, run, start_run, write_json_atomically
 from trainer.collaborative import load_hints
 from trainer.data_interface import (
     EVAL_TEMPLATE_INDEX,
@@ -35,8 +36,8 @@ from trainer.modeling import (
 )
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
 from trainer.sft_trainer import CACHE_INDEX_COLUMN, AnswerCollator, AnswerOnlySFTTrainer
-from trainer.training import (LearningCurveCallback, batch_layout, best_checkpoint_results, checkpoint_to_resume,
-                              kept_weights, token_throughput, trainer_arguments)
+from trainer.training import (TRAIN_RESULTS_FILE, LearningCurveCallback, batch_layout, best_checkpoint_results,
+                              checkpoint_to_resume, kept_weights, token_throughput, trainer_arguments)
 
 logger = logging.getLogger("sft")
 
@@ -150,7 +151,7 @@ def sft(
 
     trainer_checkpoint = None
     if resume_from_checkpoint:
-        if os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json")):
+        if os.path.isfile(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)):
             trainer_checkpoint = resume_from_checkpoint
         elif not is_adapter_folder(resume_from_checkpoint):
             raise InputError(f"--resume_from_checkpoint {resume_from_checkpoint!r}: "
@@ -214,7 +215,7 @@ def sft(
     if trainer_checkpoint and is_main_process():
         logger.info("Continuing from %s", trainer_checkpoint)
     if is_main_process():
-        save_run_config(resolved_config, output_dir)
+        start_run(resolved_config, output_dir, TRAIN_RESULTS_FILE)
     train_result = trainer.train(resume_from_checkpoint=trainer_checkpoint)
     example_tokens = [len(input_ids) for input_ids in train_dataset["input_ids"]]
     results = (dict(train_result.metrics) | token_throughput(train_result.metrics, example_tokens)
@@ -225,7 +226,7 @@ def sft(
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         trainer.save_state()
-        write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
+        write_json_atomically(results, os.path.join(output_dir, TRAIN_RESULTS_FILE))
         logger.info("Saved the adapter to %s (%s)%s", output_dir, kept_weights(results),
                     f"; validation loss {results['eval_loss']:.4f}" if validates else "")
 

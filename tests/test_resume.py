@@ -1,18 +1,21 @@
-"""A training stage killed (SIGKILL) between checkpoints and run again continues to the same adapter."""
+"""A stage killed (SIGKILL) midway: run again, it continues to the same adapter; meanwhile its folder never passes for complete."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+import transformers
 from conftest import REPO_ROOT, lora_model
 from safetensors.torch import load_file
 
+from inference import inference
 from sft import sft
 from trainer.errors import InputError
-from trainer.preference import train_preference
+from trainer.preference import check_start_adapter, train_preference
 
 # Runs an entry script with a callback that kills the process with SIGKILL at the end of step
 # KILL_AT_STEP: after that step's update, before anything of it is saved.
@@ -107,3 +110,63 @@ def test_checkpoints_without_their_flags_are_not_continued(tiny_model_dir, small
     with pytest.raises(InputError, match="holds checkpoint-3 but no run_config.json"):
         sft(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
             valid_file=f"{small_data_dir}/valid.json", output_dir=str(tmp_path / "out"), max_steps=1)
+
+
+def fail_when_training_starts(*args, **kwargs):
+    raise RuntimeError("killed")
+
+
+@pytest.mark.parametrize("stage", ["sft", "preference"])
+def test_a_run_killed_in_the_folder_of_a_finished_one_leaves_it_incomplete(stage, tiny_model_dir, small_data_dir,
+                                                                           tmp_path, monkeypatch):
+    # reproduce.sh takes train_results.json, written last, as the mark of a finished stage.
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / "train_results.json").write_text('{"train_loss": 0.1}')
+    monkeypatch.setattr(transformers.Trainer, "train", fail_when_training_starts)
+    flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json", max_steps=1,
+                 valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), learning_rate=0.03)
+    with pytest.raises(RuntimeError, match="killed"):
+        sft(**flags) if stage == "sft" else train_preference(neg_num=2, **flags)
+    assert not (output_dir / "train_results.json").exists()
+    assert json.loads((output_dir / "run_config.json").read_text())["learning_rate"] == 0.03
+
+
+def test_an_evaluation_killed_in_the_folder_of_a_finished_one_leaves_no_metrics(tiny_model_dir, small_data_dir,
+                                                                                tmp_path, monkeypatch):
+    output_dir = tmp_path / "eval"
+    output_dir.mkdir()
+    (output_dir / "metrics.json").write_text('{"hit_ratio_at_1": 0.9}')
+    monkeypatch.setattr("inference.answer_and_score_shared", fail_when_training_starts)
+    with pytest.raises(RuntimeError, match="killed"):
+        inference(test_file=f"{small_data_dir}/test.json", output_dir=str(output_dir), model_name=tiny_model_dir,
+                  max_samples=2)
+    assert not (output_dir / "metrics.json").exists()
+    assert (output_dir / "run_config.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["sft_adapter", "resume_from_checkpoint"])
+def test_an_adapter_the_preference_run_would_misread_or_overwrite_is_refused(flag, tmp_path):
+    def adapter(folder, trainer_state=False, reference=False):
+        (folder / "ref" if reference else folder).mkdir(parents=True)
+        for inner in ([folder, folder / "ref"] if reference else [folder]):
+            (inner / "adapter_config.json").write_text("{}")
+        if trainer_state:
+            (folder / "trainer_state.json").write_text("{}")
+        return str(folder)
+
+    output_dir = str(tmp_path / "out")
+    cases = [
+        (str(tmp_path / "empty"), "not a LoRA adapter folder"),
+        (adapter(tmp_path / "out" / "checkpoint-4", trainer_state=True, reference=True),
+         "lies in --output_dir .*, which this run overwrites; to continue a killed run, run its command again"),
+        (adapter(tmp_path / "old" / "checkpoint-4", trainer_state=True, reference=True),
+         "a checkpoint of a preference run, not an adapter to start from"),
+    ]
+    for path, message in cases:
+        separator = " " if "lies" in message else ": "
+        with pytest.raises(InputError, match=f"^--{flag} '{re.escape(path)}'{separator}{message}"):
+            train_preference(output_dir=output_dir, **{flag: path})
+    # An SFT checkpoint (no reference adapter inside) is an adapter to start from.
+    check_start_adapter(adapter(tmp_path / "sft" / "checkpoint-4", trainer_state=True), f"--{flag}", output_dir)
+    assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-4"], "nothing written"

@@ -197,3 +197,17 @@ def check_output_dir(output_dir: str) -> None:
 def save_run_config(config: dict, output_dir: str) -> None:
     """The resolved flags of a run, next to its outputs, so the run can be repeated."""
     write_json_atomically(config, os.path.join(output_dir, RUN_CONFIG_FILE))
+
+
+def start_run(config: dict, output_dir: str, completion_file: str) -> None:
+    """Saves a run's flags as its first write, after taking back an earlier run's claim to be complete.
+
+    A finished run writes `completion_file` last (train_results.json, metrics.json: reproduce.sh skips
+    a stage that has it). A run started in the folder of a finished one removes that file first, so
+    if it is killed midway the folder never passes for complete with the earlier run's figures.
+    """
+    try:
+        os.remove(os.path.join(output_dir, completion_file))
+    except FileNotFoundError:
+        pass
+    save_run_config(config, output_dir)

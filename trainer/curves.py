@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from trainer.cli import run, write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE  # noqa: E402
+from trainer.training import TRAIN_RESULTS_FILE  # noqa: E402
 
 METRICS = (("hit_ratio_at_1", "HR@1 (generated answer)"), ("ranking_hit_ratio_at_1", "ranked HR@1"))
 
@@ -59,7 +60,7 @@ def _final_progress(run_dir: str) -> tuple[int, float]:
         return _progress(run_dir)
     except InputError:
         # A run trained before LearningCurveCallback existed: its epochs over its examples, its training time.
-        results = _read(os.path.join(run_dir, "train_results.json"))
+        results = _read(os.path.join(run_dir, TRAIN_RESULTS_FILE))
         config = _read(os.path.join(run_dir, "run_config.json"))
         if config.get("max_steps", -1) > 0:
             raise

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from datasets import Dataset
 from peft import PeftModel
 from transformers import set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
-from trainer.cli import check_output_dir, is_main_process, save_run_config, write_json_atomically
+from trainer.cli import check_output_dir, is_main_process, start_run, write_json_atomically
 from trainer.collaborative import load_hints
 from trainer.data_interface import (
     EVAL_TEMPLATE_INDEX,
@@ -40,10 +41,11 @@ from trainer.modeling import (
     resolve_model_path,
 )
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
-from trainer.preference_trainer import LENGTH_COLUMN, MultiNegativeDPOConfig, MultiNegativeDPOTrainer
+from trainer.preference_trainer import (LENGTH_COLUMN, REFERENCE_ADAPTER_NAME, MultiNegativeDPOConfig,
+                                        MultiNegativeDPOTrainer)
 from trainer.rules import target_counts
-from trainer.training import (LearningCurveCallback, batch_layout, best_checkpoint_results, checkpoint_to_resume,
-                              kept_weights, token_throughput, trainer_arguments)
+from trainer.training import (TRAIN_RESULTS_FILE, LearningCurveCallback, batch_layout, best_checkpoint_results,
+                              checkpoint_to_resume, kept_weights, token_throughput, trainer_arguments)
 
 logger = logging.getLogger("preference")
 
@@ -71,6 +73,28 @@ def preference_dataset(examples: list[tuple[int, Record]], seed: int, builder: P
                                    scores[position] if scores is not None else None)
         rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected))
     return Dataset.from_list(rows)
+
+
+def check_start_adapter(path: str, flag: str, output_dir: str) -> None:
+    """Refuse, before any work, an adapter to start from that this stage would misread or overwrite.
+
+    A checkpoint of a preference run (a Trainer checkpoint holding DPOTrainer's frozen "ref" copy)
+    is not an adapter to start from: taken as one, the run would start at step 0 with that
+    checkpoint as its reference. A preference run continues from its own checkpoints when its
+    command is run again (trainer.training.checkpoint_to_resume).
+    """
+    if not is_adapter_folder(path):
+        raise InputError(f"{flag} {path!r}: not a LoRA adapter folder (no adapter_config.json); sft.py writes one")
+    continue_instead = ("to continue a killed run, run its command again unchanged: it resumes from the last "
+                        "checkpoint in its --output_dir")
+    inside_output = os.path.commonpath([os.path.abspath(path), os.path.abspath(output_dir)]) == os.path.abspath(output_dir)
+    if inside_output:
+        raise InputError(f"{flag} {path!r} lies in --output_dir {output_dir!r}, which this run overwrites; "
+                         f"{continue_instead}")
+    is_trainer_checkpoint = os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
+    if is_trainer_checkpoint and is_adapter_folder(os.path.join(path, REFERENCE_ADAPTER_NAME)):
+        raise InputError(f"{flag} {path!r}: a checkpoint of a preference run, not an adapter to start from; "
+                         f"{continue_instead}")
 
 
 def train_preference(
@@ -124,7 +148,7 @@ def train_preference(
         output_dir: Folder for the adapter, tokenizer, run_config.json and training logs.
         model_name: Base model: 'embedded-smollm2' (the bundled SmolLM2-135M-Instruct), a local folder or a hub id.
         sft_adapter: LoRA adapter folder from sft.py to start from; it also serves, frozen, as the reference policy. Without one a fresh adapter is trained against the base model.
-        resume_from_checkpoint: The S-DPO authors' name for --sft_adapter.
+        resume_from_checkpoint: The S-DPO authors' name for --sft_adapter (not a checkpoint of a preference run: a killed run continues from its last checkpoint when its command is run again).
         loss_type: sdpo (softmax DPO), dpo (pairwise DPO, averaged over the negatives) or dmpo.
         neg_num: Rejected titles per prompt (k), drawn from the other candidates, seeded by --seed and the example index.
         negatives: random (drawn uniformly from the other candidates, the paper's), popular (drawn in proportion to 1 + how often each was the true item of a training record), hinted (needs --hint_file: the k other candidates that the training counts rank highest, the ones a model following the hint would name wrongly) or hard (the k other candidates the SFT adapter scores highest, scored once before training and cached in its folder).
@@ -165,9 +189,8 @@ def train_preference(
     if sft_adapter and resume_from_checkpoint and sft_adapter != resume_from_checkpoint:
         raise InputError("--sft_adapter and --resume_from_checkpoint name the same thing; give one of them")
     start_adapter = sft_adapter or resume_from_checkpoint
-    if start_adapter and not is_adapter_folder(start_adapter):
-        raise InputError(f"--sft_adapter {start_adapter!r}: not a LoRA adapter folder (no adapter_config.json); "
-                         "sft.py writes one")
+    if start_adapter:
+        check_start_adapter(start_adapter, "--sft_adapter" if sft_adapter else "--resume_from_checkpoint", output_dir)
     if loss_type not in LOSS_TYPES:
         raise InputError(f"--loss_type: expected one of {list(LOSS_TYPES)}, got {loss_type!r}")
     if neg_num < 1:
@@ -247,7 +270,7 @@ def train_preference(
     if is_main_process():
         if checkpoint:
             logger.info("Continuing from %s", checkpoint)
-        save_run_config(resolved_config, output_dir)
+        start_run(resolved_config, output_dir, TRAIN_RESULTS_FILE)
     metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
     results = (dict(metrics) | token_throughput(metrics, trainer.train_dataset[LENGTH_COLUMN])
                | best_checkpoint_results(trainer.state))
@@ -260,5 +283,5 @@ def train_preference(
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output_dir, selected_adapters=["default"])
         tokenizer.save_pretrained(output_dir)
         trainer.save_state()
-        write_json_atomically(results, os.path.join(output_dir, "train_results.json"))
+        write_json_atomically(results, os.path.join(output_dir, TRAIN_RESULTS_FILE))
         logger.info("Saved the adapter to %s (%s)", output_dir, kept_weights(results))

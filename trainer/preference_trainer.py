@@ -30,6 +30,8 @@ from trainer.logprobs import (
 from trainer.losses import LOSS_TYPES, preference_loss, rewards
 from trainer.training import SameOrderForAnyProcessCount
 
+# DPOTrainer's name for the frozen copy of the adapter a run starts from (saved in every checkpoint).
+REFERENCE_ADAPTER_NAME = "ref"
 PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
 # Added by precompute_ref_log_probs: the reference log-probs of an example's 1 + k completions.
 REFERENCE_COLUMN = "ref_logps"

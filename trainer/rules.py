@@ -17,11 +17,11 @@ a model has learned what the data rewards (trainer.results).
 import collections
 import json
 
-from trainer.cli import run, save_run_config
+from trainer.cli import run, start_run
 from trainer.collaborative import ItemStatistics, counts_own_records
 from trainer.data_interface import Record, load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import score_answers, write_evaluation
+from trainer.evaluation import METRICS_FILE, score_answers, write_evaluation
 
 RULES = ("popularity", "transitions")
 
@@ -74,7 +74,7 @@ def rules(rule: str = "popularity", train_file: str = "data/lastfm/train.json",
     exclude_own = counts_own_records(train_file, test_file)
     answers = [rule_answer(rule, statistics, record, exclude_own) for record in records]
     predictions, metrics = score_answers(indices, records, answers)
-    save_run_config(config, output_dir)
+    start_run(config, output_dir, METRICS_FILE)
     write_evaluation(output_dir, predictions, metrics)
     print(json.dumps(metrics))
 

@@ -13,6 +13,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from trainer.cli import RUN_CONFIG_FILE
 from trainer.errors import InputError
 
+# A training stage's figures, written last: the stage finished (reproduce.sh's completion marker).
+TRAIN_RESULTS_FILE = "train_results.json"
+
 
 def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_training: bool) -> dict:
     """Keyword arguments for a transformers/TRL training config, read from an entry script's flags.
