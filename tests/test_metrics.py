@@ -64,6 +64,9 @@ def test_wilson_interval_matches_hand_computed_values():
     # 0/10: [0, z^2/(n+z^2)] = [0, 3.8415/13.8415].
     low, high = wilson_interval(0, 10)
     assert low == 0.0 and high == pytest.approx(0.27753, abs=1e-4)
+    # 10/10 mirrors it, the upper bound exactly 1 (a bar's error above 1.0 must not come out negative).
+    low, high = wilson_interval(10, 10)
+    assert low == pytest.approx(1 - 0.27753, abs=1e-4) and high == 1.0
 
 
 def test_summarize_divides_by_all_rows():

@@ -7,7 +7,8 @@ import pytest
 
 from trainer.errors import InputError
 from trainer.rules import popularity_rank
-from trainer.results import bootstrap_interval, curves, paired_bootstrap_interval, results
+from trainer.metrics import wilson_interval
+from trainer.results import curves, paired_bootstrap_interval, results
 
 
 def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=None, first_index: int = 0):
@@ -26,12 +27,15 @@ def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=
         (run_dir / stage / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": history}))
 
 
-def test_bootstrap_interval_brackets_the_mean_and_repeats():
-    flags = [True] * 30 + [False] * 70
-    low, high = bootstrap_interval(flags, seed=0)
-    assert low < 0.3 < high and high - low < 0.25
-    assert bootstrap_interval(flags, seed=0) == [low, high]
-    assert bootstrap_interval([True] * 10, seed=0) == [1.0, 1.0]
+def test_a_stages_intervals_are_the_wilson_intervals_metrics_json_holds(tmp_path):
+    write_stage(tmp_path, "sft", [True] * 3 + [False] * 7, trained=True)
+    results(run_dir=str(tmp_path), stages="sft")
+    row = json.loads((tmp_path / "results.json").read_text())["stages"][0]
+    # Wilson, 3 of 10, z = 1.96: centre (0.3 + 0.19208) / 1.38415 = 0.35551, half-width
+    # 1.96 * sqrt(0.021 + 0.009604) / 1.38415 = 0.24772.
+    assert row["hit_ratio_at_1_ci95"] == pytest.approx([0.10779, 0.60323], abs=1e-5)
+    assert row["valid_ratio_ci95"] == pytest.approx([0.72247, 1.0], abs=1e-5)
+    assert "| sft | 0.300 [0.108, 0.603] |" in (tmp_path / "results.md").read_text()
 
 
 def test_paired_bootstrap_interval_by_hand():
@@ -40,7 +44,8 @@ def test_paired_bootstrap_interval_by_hand():
     # Agreement on every prompt cancels however the rows vary, where unpaired intervals stay wide.
     varied = [True, False] * 20
     assert paired_bootstrap_interval(varied, varied, seed=0) == [0.0, 0.0]
-    assert bootstrap_interval(varied, seed=0)[1] - bootstrap_interval(varied, seed=0)[0] > 0.2
+    low, high = wilson_interval(sum(varied), len(varied))
+    assert high - low > 0.2
     # Two prompts with differences 1 and 0: a resample's mean is 0 (p 1/4), 0.5 (1/2) or 1 (1/4), so
     # 1000 resamples put the 2.5% point at 0 and the 97.5% point at 1.
     assert paired_bootstrap_interval([True, True], [False, True], seed=0) == [0.0, 1.0]
@@ -86,7 +91,7 @@ def test_results_writes_json_markdown_and_picture(tmp_path):
     assert [row["stage"] for row in rows] == ["base", "softmax_dpo"]
     assert rows[1]["hit_ratio_at_1"] == 0.75 and rows[1]["evaluated_prompts"] == 4
     assert rows[1]["train_steps"] == 2 and rows[1]["train_examples"] == 8 and "train_steps" not in rows[0]
-    assert rows[0]["hit_ratio_at_1_ci95"] == [0.0, 0.0]
+    assert rows[0]["hit_ratio_at_1_ci95"] == [0.0, pytest.approx(3.8415 / 7.8415, abs=1e-4)]  # Wilson at 0 of 4
     table = (tmp_path / "results.md").read_text()
     assert "| softmax_dpo | 0.750 [" in table
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
@@ -98,7 +103,8 @@ def test_results_without_candidate_scoring_leave_the_ranking_out(tmp_path):
     results(run_dir=str(tmp_path), stages="base,sft")
     rows = json.loads((tmp_path / "results.json").read_text())["stages"]
     assert not any(name.startswith("ranking_") for row in rows for name in row)
-    assert "| sft | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] |  |  |  | 2 |" in (tmp_path / "results.md").read_text()
+    # Wilson at 2 of 2: [1 - 3.8415 / 5.8415, 1] = [0.342, 1].
+    assert "| sft | 1.000 [0.342, 1.000] | 1.000 [0.342, 1.000] |  |  |  | 2 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
 
 

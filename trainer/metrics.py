@@ -65,7 +65,10 @@ def wilson_interval(successes: int, total: int, confidence_z: float = 1.959964) 
     half_width = (
         confidence_z * math.sqrt(proportion * (1 - proportion) / total + confidence_z**2 / (4 * total**2))
     ) / denominator
-    return (max(0.0, centre - half_width), min(1.0, centre + half_width))
+    # At 0 or all successes the bound is exactly 0 or 1; rounding would leave it a hair inside.
+    low = 0.0 if successes == 0 else max(0.0, centre - half_width)
+    high = 1.0 if successes == total else min(1.0, centre + half_width)
+    return (low, high)
 
 
 def summarize(hits: list[bool], valid: list[bool]) -> dict:

@@ -2,8 +2,8 @@
 
 A run folder holds one folder per stage: the stage's training outputs (adapter, train_results.json,
 trainer_state.json; none for the base model) and, in its `eval/` subfolder, what inference.py wrote
-(metrics.json, predictions.jsonl). For each stage this reports HR@1 and ValidRatio with 95%
-bootstrap intervals (rows resampled with replacement, seeded), the ranking metrics when present,
+(metrics.json, predictions.jsonl). For each stage this reports HR@1 and ValidRatio with the 95%
+Wilson intervals inference.py writes in metrics.json (trainer.metrics), the ranking metrics when present,
 the number of evaluated prompts, training examples and steps, and wall times; the picture shows
 the metrics with their intervals and every trained stage's learning curves (training loss against
 examples seen and against seconds; the preference stages' reward margin). Stages evaluated on
@@ -29,21 +29,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from trainer.cli import run, write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
+from trainer.metrics import summarize  # noqa: E402
 from trainer.rules import popularity_rank, target_counts  # noqa: E402
+from trainer.training import TRAIN_RESULTS_FILE  # noqa: E402
 
 EVAL_FOLDER = "eval"
 BOOTSTRAP_SAMPLES = 1000
 # Logged by the trainers (LearningCurveCallback adds examples and seconds to each entry); drawn as curves.
 # The preference stages also log the reward margin, beta * (r_chosen - r_rejected) averaged over negatives.
 CURVE_KEYS = ("examples_seen", "elapsed_seconds", "loss", "rewards/margins")
-
-
-def bootstrap_interval(flags: list[bool], seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
-    """95% percentile bootstrap interval of the mean of `flags`."""
-    generator = random.Random(seed)
-    total = len(flags)
-    means = sorted(sum(flags[generator.randrange(total)] for _ in range(total)) / total for _ in range(samples))
-    return [means[int(0.025 * samples)], means[int(0.975 * samples) - 1]]
 
 
 def paired_bootstrap_interval(first: list[bool], second: list[bool], seed: int,
@@ -80,18 +74,17 @@ def read_predictions(run_dir: str, stage: str) -> list[dict]:
         raise InputError(f"{path}: missing; has this stage finished?") from None
 
 
-def stage_summary(run_dir: str, stage: str, seed: int, counts=None) -> dict:
+def stage_summary(run_dir: str, stage: str, counts=None) -> dict:
     """One stage's row of results.json; with training counts, the mean popularity rank of the named
     candidates (valid answers) and of the true items."""
     stage_dir = os.path.join(run_dir, stage)
     metrics = read_json(os.path.join(stage_dir, EVAL_FOLDER, METRICS_FILE))
     predictions = read_predictions(run_dir, stage)
     row = {"stage": stage, "evaluated_prompts": len(predictions)}
-    for name in ("hit", "valid"):
-        metric = "hit_ratio_at_1" if name == "hit" else "valid_ratio"
-        flags = [prediction[name] for prediction in predictions]
-        row[metric] = sum(flags) / len(flags)
-        row[f"{metric}_ci95"] = bootstrap_interval(flags, seed)
+    # From the predictions, by the function that wrote metrics.json: the same values and intervals.
+    summary = summarize([prediction["hit"] for prediction in predictions],
+                        [prediction["valid"] for prediction in predictions])
+    row |= {name: value for name, value in summary.items() if name != "n"}
     row |= {name: value for name, value in metrics.items() if name.startswith("ranking_")}
     if counts is not None:
         named = [popularity_rank(prediction["matched_candidate"], prediction["candidates"], counts)
@@ -103,7 +96,7 @@ def stage_summary(run_dir: str, stage: str, seed: int, counts=None) -> dict:
         chance = [(len(prediction["candidates"]) + 1) / 2 for prediction in predictions]
         row["random_pick_popularity_rank"] = round(sum(chance) / len(chance), 2)
     row["eval_seconds"] = metrics.get("seconds")
-    train_results = os.path.join(stage_dir, "train_results.json")
+    train_results = os.path.join(stage_dir, TRAIN_RESULTS_FILE)
     if os.path.isfile(train_results):
         training = read_json(train_results)
         state = read_json(os.path.join(stage_dir, "trainer_state.json"))
@@ -203,7 +196,7 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
         errors = [[value - row[f"{metric}_ci95"][0] for value, row in zip(values, rows)],
                   [row[f"{metric}_ci95"][1] - value for value, row in zip(values, rows)]]
         axis.bar(names, values, yerr=errors, capsize=4, color="tab:blue")
-        axis.set_title(f"{title} (95% bootstrap interval)")
+        axis.set_title(f"{title} (95% Wilson interval)")
         axis.tick_params(axis="x", rotation=30)
     if any("ranking_hit_ratio_at_1" in row for row in rows):
         ranked = [row.get("ranking_hit_ratio_at_1", float("nan")) for row in rows]
@@ -242,13 +235,13 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
         run_dir: The run folder; each stage is a subfolder with its evaluation in eval/.
         stages: Comma-separated stage folders, in the order to report them.
         title: What the run was (data, sizes, profile), written above the table and into results.json.
-        seed: Seeds the bootstrap resampling.
+        seed: Seeds the paired bootstrap resampling of the differences.
         train_file: Training records; with them, each stage also gets the mean popularity rank of its answers.
         pairs: Comma-separated 'first:second' stage pairs to compare on the same prompts (first minus second); by default each stage with the one listed before it.
     """
     names = stages.split(",") if isinstance(stages, str) else list(stages)
     counts = target_counts(train_file) if train_file else None
-    rows = [stage_summary(run_dir, stage, seed, counts) for stage in names]
+    rows = [stage_summary(run_dir, stage, counts) for stage in names]
     comparisons = [paired_comparison(run_dir, better, worse, seed) for better, worse in parse_pairs(pairs, names)]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
     table = (f"{title}\n\n" if title else "") + markdown_table(rows, comparisons)
