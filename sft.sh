@@ -46,25 +46,4 @@ if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     exit 0
 fi
 
-ensure_lastfm_data "$DATA_DIR"
-set_hint_flags
-set_batch_layout
-sample_flag=()
-if [[ -n $MAX_TRAIN_SAMPLES ]]; then
-    sample_flag=(--max_train_samples "$MAX_TRAIN_SAMPLES")
-fi
-launch sft.py \
-    --model_name "$MODEL_NAME" \
-    --train_file "$DATA_DIR/train.json" \
-    --valid_file "$DATA_DIR/valid.json" \
-    --output_dir "$OUTPUT_DIR" \
-    "${sample_flag[@]}" \
-    --max_valid_samples "$MAX_VALID_SAMPLES" \
-    --num_train_epochs "$EPOCHS" \
-    --batch_size "$BATCH_SIZE" \
-    --gradient_accumulation_steps "$GRAD_ACCUM" \
-    --learning_rate "$LEARNING_RATE" \
-    --lora_dropout "$LORA_DROPOUT" \
-    --seed "$SEED" \
-    "${hint_flags[@]}" \
-    "$@"
+launch_training_stage sft.py --lora_dropout "$LORA_DROPOUT" "$@"

@@ -60,4 +60,10 @@ if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     exit 0
 fi
 
-launch_preference_stage "$PREFERENCE_SCRIPT" "$@"
+launch_training_stage "$PREFERENCE_SCRIPT" \
+    --sft_adapter "$SFT_ADAPTER" \
+    --loss_type "$LOSS_TYPE" \
+    --neg_num "$NEG_NUM" \
+    --negatives "$NEGATIVES" \
+    --beta "$BETA" \
+    "$@"

@@ -96,9 +96,11 @@ set_hint_flags() {
     esac
 }
 
-# Runs a preference stage (dpo.py or softmax_dpo.py) with the settings its .sh script defined above
-# (MODEL_NAME, SFT_ADAPTER, DATA_DIR, OUTPUT_DIR, LOSS_TYPE, NEG_NUM, NEGATIVES, BETA, MAX_TRAIN_SAMPLES, ...).
-launch_preference_stage() {
+# Runs a training stage (sft.py, dpo.py or softmax_dpo.py) with the settings every stage script
+# defines (MODEL_NAME, DATA_DIR, OUTPUT_DIR, MAX_TRAIN_SAMPLES, MAX_VALID_SAMPLES, EPOCHS,
+# EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, SEED, HINTS), then the stage's own flags and the
+# user's, which come last and so override: launch_training_stage script [flag ...]
+launch_training_stage() {
     local python_script=$1
     shift
     ensure_lastfm_data "$DATA_DIR"
@@ -110,14 +112,9 @@ launch_preference_stage() {
     fi
     launch "$python_script" \
         --model_name "$MODEL_NAME" \
-        --sft_adapter "$SFT_ADAPTER" \
         --train_file "$DATA_DIR/train.json" \
         --valid_file "$DATA_DIR/valid.json" \
         --output_dir "$OUTPUT_DIR" \
-        --loss_type "$LOSS_TYPE" \
-        --neg_num "$NEG_NUM" \
-        --negatives "$NEGATIVES" \
-        --beta "$BETA" \
         "${sample_flag[@]}" \
         --max_valid_samples "$MAX_VALID_SAMPLES" \
         --num_train_epochs "$EPOCHS" \
