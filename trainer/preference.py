@@ -87,8 +87,8 @@ def check_start_adapter(path: str, flag: str, output_dir: str) -> None:
         raise InputError(f"{flag} {path!r}: not a LoRA adapter folder (no adapter_config.json); sft.py writes one")
     continue_instead = ("to continue a killed run, run its command again unchanged: it resumes from the last "
                         "checkpoint in its --output_dir")
-    inside_output = os.path.commonpath([os.path.abspath(path), os.path.abspath(output_dir)]) == os.path.abspath(output_dir)
-    if inside_output:
+    output_folder = os.path.abspath(output_dir)
+    if os.path.commonpath([os.path.abspath(path), output_folder]) == output_folder:
         raise InputError(f"{flag} {path!r} lies in --output_dir {output_dir!r}, which this run overwrites; "
                          f"{continue_instead}")
     is_trainer_checkpoint = os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
