@@ -35,7 +35,7 @@ SCORE_CANDIDATES=${SCORE_CANDIDATES:-True}
 HINTS=${HINTS:-False}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-    show_help "$0" inference.py
+    show_help "$(basename "$0")" inference.py
     exit 0
 fi
 

@@ -42,7 +42,7 @@ SEED=${SEED:-42}
 HINTS=${HINTS:-False}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-    show_help "$0" sft.py
+    show_help "$(basename "$0")" sft.py
     exit 0
 fi
 

@@ -56,7 +56,7 @@ HINTS=${HINTS:-False}
 PREFERENCE_SCRIPT=${PREFERENCE_SCRIPT:-softmax_dpo.py}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-    show_help "$0" "$PREFERENCE_SCRIPT"
+    show_help "$(basename "$0")" "$PREFERENCE_SCRIPT"
     exit 0
 fi
 

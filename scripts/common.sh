@@ -4,9 +4,14 @@
 # Prints the calling script's header comment, then the Python script's own --help.
 show_help() {
     local stage_script=$1 python_script=$2
-    sed -n '2,/^set /p' "$stage_script" | sed '$d' | sed 's/^# \{0,1\}//'
-    echo
+    print_header "$stage_script"
     python "$python_script" --help
+}
+
+# Prints a script's header comment (from line 2 to its `set` line), then a blank line.
+print_header() {
+    sed -n '2,/^set /p' "$1" | sed '$d' | sed 's/^# \{0,1\}//'
+    echo
 }
 
 # Converts the LastFM data (LLaRA layout) into DATA_DIR once; a later run reuses the JSON files.
