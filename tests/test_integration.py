@@ -52,6 +52,8 @@ def test_stage_scripts_answer_help(script, flag):
     result = run_script(script, {}, "--help")
     assert result.returncode == 0
     assert "NUM_PROCESSES" in result.stdout and flag in result.stdout
+    if script == "dpo.sh":
+        assert result.stdout.startswith("Pairwise DPO"), "dpo.sh's own header comes first"
 
 
 # The gpu profile through the device script (scripts/device.sh run), with two processes (gloo on this
