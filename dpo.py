@@ -4,16 +4,22 @@ The same stage as softmax_dpo.py with --loss_type dpo and --neg_num 1 as default
 S-DPO and DPO are the same loss. See trainer/preference.py for what is written to --output_dir.
 """
 
-from trainer.cli import run, with_defaults
-from trainer.preference import train_preference
+import dataclasses
 
-dpo = with_defaults(
-    train_preference,
-    "Pairwise DPO of a LoRA adapter: the true title against one other candidate (--neg_num 1).",
-    loss_type="dpo",
-    neg_num=1,
-    output_dir="output/dpo",
-)
+from trainer.cli import run
+from trainer.flags import command
+from trainer.preference import PreferenceFlags, train_preference
+
+
+@dataclasses.dataclass
+class DPOFlags(PreferenceFlags):
+    output_dir: str = "output/dpo"
+    loss_type: str = "dpo"
+    neg_num: int = 1
+
+
+dpo = command(DPOFlags, "Pairwise DPO of a LoRA adapter: the true title against one other candidate "
+                        "(--neg_num 1).")(train_preference)
 
 if __name__ == "__main__":
     run(dpo)

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Evaluates a model, with or without a LoRA adapter, on the LastFM test split: HitRatio@1 and
-# ValidRatio, written to OUTPUT_DIR/metrics.json with predictions.jsonl.
+# ValidRatio, written to OUTPUT_DIR/metrics.json with predictions.jsonl; an evaluation of
+# `bash reproduce.sh`, sized by PROFILE (cpu unless set; the profiles are in reproduce.sh --help).
 # Settings are variables, each overridable from the environment; extra flags go to inference.py:
 #   ADAPTER= bash inference.sh                      # the base model alone
 #   MAX_SAMPLES= bash inference.sh                  # the whole test split
+# Defaults in parentheses: the profile's setting of that name, then the cpu profile's value.
 #
+#   PROFILE        cpu, gpu or paper (cpu)
 #   NUM_PROCESSES  processes, each evaluating its share of the prompts: one per GPU, or processes
 #                  sharing the CPUs where there is no GPU (1)
 #   ACCELERATE_CONFIG  an accelerate configuration (configs/accelerate/) or a file; unset: plain processes
@@ -12,27 +15,25 @@
 #   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
 #   DATA_DIR       folder holding test.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
 #   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
-#   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (500: ~8 min on 2 CPU cores)
+#   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (EVAL_SAMPLES: 500,
+#                  about 4.5 minutes on 2 CPU cores)
 #   SAMPLE_SEED    seed of that sample (0)
-#   BATCH_SIZE     prompts generated (and their candidates scored) together by one process (16)
-#   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (True; about 2.3x
-#                  the evaluation time of a trained model on a CPU)
+#   BATCH_SIZE     prompts generated (and their candidates scored) together by one process
+#                  (EVAL_BATCH_SIZE: 16)
+#   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (SCORE_CANDIDATES:
+#                  False; about 2.3x the evaluation time of a trained model on a CPU)
 #   HINTS          True: every prompt names the candidates that most often followed its history in
-#                  DATA_DIR/train.json, as for a model trained with HINTS=True (False)
+#                  DATA_DIR/train.json, as for a model trained with HINTS=True (True)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-NUM_PROCESSES=${NUM_PROCESSES:-1}
-MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
+set_shared_settings
 ADAPTER=${ADAPTER-output/sft}
-DATA_DIR=${DATA_DIR:-data/lastfm}
 OUTPUT_DIR=${OUTPUT_DIR:-output/eval}
-MAX_SAMPLES=${MAX_SAMPLES-500}
+MAX_SAMPLES=${MAX_SAMPLES-$EVAL_SAMPLES}
 SAMPLE_SEED=${SAMPLE_SEED:-0}
-BATCH_SIZE=${BATCH_SIZE:-16}
-SCORE_CANDIDATES=${SCORE_CANDIDATES:-True}
-HINTS=${HINTS:-False}
+BATCH_SIZE=${BATCH_SIZE:-$EVAL_BATCH_SIZE}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     show_help "$(basename "$0")" inference.py
@@ -55,7 +56,7 @@ launch inference.py \
     --test_file "$DATA_DIR/test.json" \
     --output_dir "$OUTPUT_DIR" \
     "${sample_flag[@]}" \
-    --sample_seed "$SAMPLE_SEED" \
+    --seed "$SAMPLE_SEED" \
     --batch_size "$BATCH_SIZE" \
     --score_candidates "$SCORE_CANDIDATES" \
     "${hint_flags[@]}" \

@@ -10,7 +10,8 @@
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
 #   bash reproduce.sh --force            # redo every stage
 #
-# Settings are variables, each overridable from the environment; the profile sets their defaults:
+# Settings are variables, each overridable from the environment; the profile sets their defaults
+# (scripts/common.sh, set_profile_defaults; the stage scripts take theirs from the same table):
 #                        cpu     gpu     paper
 #   SFT_SAMPLES          256     all     all    SFT training prompts, a seeded sample (empty: all)
 #   SFT_EPOCHS           1       1       5
@@ -44,48 +45,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-PROFILE=${PROFILE:-cpu}
-NUM_PROCESSES=${NUM_PROCESSES:-1}
-MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
-DATA_DIR=${DATA_DIR:-data/lastfm}
+set_shared_settings
 RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
-case $PROFILE in
-    cpu)
-        defaults=(256 1 3e-4 4 4 100 0 128 1 1e-4 8 2 32 500 16 False True False) ;;
-    gpu)
-        defaults=("" 1 3e-4 64 64 500 0 4096 1 1e-4 32 32 500 "" 64 True True False) ;;
-    paper)
-        defaults=("" 5 1e-5 128 4 500 0.1 "" 3 1e-5 128 4 500 "" 16 True False True) ;;
-    *)
-        echo "error: PROFILE must be cpu, gpu or paper, got '$PROFILE'" >&2
-        exit 2 ;;
-esac
-SFT_SAMPLES=${SFT_SAMPLES-${defaults[0]}}
-SFT_EPOCHS=${SFT_EPOCHS:-${defaults[1]}}
-SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-${defaults[2]}}
-SFT_EFFECTIVE_BATCH=${SFT_EFFECTIVE_BATCH:-${defaults[3]}}
-SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-${defaults[4]}}
-SFT_VALID_SAMPLES=${SFT_VALID_SAMPLES:-${defaults[5]}}
-SFT_LORA_DROPOUT=${SFT_LORA_DROPOUT:-${defaults[6]}}
-PREF_SAMPLES=${PREF_SAMPLES-${defaults[7]}}
-PREF_EPOCHS=${PREF_EPOCHS:-${defaults[8]}}
-PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[9]}}
-PREF_EFFECTIVE_BATCH=${PREF_EFFECTIVE_BATCH:-${defaults[10]}}
-PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[11]}}
-PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
-EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
-EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-${defaults[14]}}
-SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[15]}}
-HINTS=${HINTS:-${defaults[16]}}
-SELECT_BEST=${SELECT_BEST:-${defaults[17]}}
-if [[ $SELECT_BEST != True && $SELECT_BEST != False ]]; then
-    echo "error: SELECT_BEST must be True or False, got '$SELECT_BEST'" >&2
-    exit 2
-fi
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BETA=${BETA:-1.0}
 NEG_NUM=${NEG_NUM:-3}
-SEED=${SEED:-42}
 
 force=false
 case ${1:-} in
@@ -95,7 +59,7 @@ case ${1:-} in
     *) echo "error: unknown argument '$1' (use --force or --help)" >&2; exit 2 ;;
 esac
 
-export NUM_PROCESSES MODEL_NAME DATA_DIR SEED HINTS
+export PROFILE NUM_PROCESSES MODEL_NAME DATA_DIR SEED HINTS
 ensure_lastfm_data "$DATA_DIR"
 mkdir -p "$RUN_DIR"
 echo "profile $PROFILE: SFT on ${SFT_SAMPLES:-all} prompts, preferences on ${PREF_SAMPLES:-all}," \
@@ -129,7 +93,7 @@ set_best_flags() {
 # Trains a preference stage from the SFT adapter: name, script, loss type, negatives.
 train_preference() {
     set_best_flags 0.1
-    OUTPUT_DIR=$RUN_DIR/$1 SFT_ADAPTER=$RUN_DIR/sft LOSS_TYPE=$3 NEG_NUM=$4 BETA=$BETA \
+    OUTPUT_DIR=$RUN_DIR/$1 ADAPTER=$RUN_DIR/sft LOSS_TYPE=$3 NEG_NUM=$4 BETA=$BETA \
         MAX_TRAIN_SAMPLES=$PREF_SAMPLES MAX_VALID_SAMPLES=$PREF_VALID_SAMPLES EPOCHS=$PREF_EPOCHS \
         EFFECTIVE_BATCH_SIZE=$PREF_EFFECTIVE_BATCH BATCH_SIZE=$PREF_BATCH_SIZE LEARNING_RATE=$PREF_LEARNING_RATE \
         bash "$2" "${best_flags[@]}"
@@ -148,7 +112,7 @@ score_rule() {
         sample_flag=(--max_samples "$EVAL_SAMPLES")
     fi
     python -m trainer.rules --rule "$1" --train_file "$DATA_DIR/train.json" --test_file "$DATA_DIR/test.json" \
-        --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --sample_seed "$SAMPLE_SEED"
+        --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED"
 }
 
 for rule in popularity transitions; do

@@ -1,45 +1,45 @@
 #!/usr/bin/env bash
-# Supervised fine-tuning (LoRA) of the embedded model on the LastFM data, sized for a 2-core CPU:
-# a seeded sample of MAX_TRAIN_SAMPLES training records, about 13 minutes here (2 CPU cores).
+# Supervised fine-tuning (LoRA) of the embedded model on the LastFM data: the SFT stage of
+# `bash reproduce.sh`, sized by PROFILE (cpu unless set: a seeded sample of 256 training records with
+# collaborative hints, about 7 minutes on 2 CPU cores; the profiles are in reproduce.sh --help).
 # Settings are variables, each overridable from the environment; extra flags go to sft.py:
 #   MAX_TRAIN_SAMPLES= bash sft.sh                  # every training record
+#   PROFILE=paper bash sft.sh                       # the S-DPO authors' settings
 #   bash sft.sh --load_in_4bit True                 # QLoRA
+# Defaults in parentheses: the profile's setting of that name, then the cpu profile's value.
 #
+#   PROFILE            cpu, gpu or paper (cpu)
 #   NUM_PROCESSES      processes: one per GPU, or processes sharing the CPUs where there is no GPU (1)
 #   ACCELERATE_CONFIG  an accelerate configuration: ddp, zero2, zero3, fsdp, multinode (configs/accelerate/)
 #                      or a file; unset: plain data parallelism over NUM_PROCESSES
 #   MODEL_NAME         base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
 #   DATA_DIR           folder with train.json and valid.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
 #   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/sft)
-#   MAX_TRAIN_SAMPLES  training records, a seeded sample; empty for all (720)
-#   MAX_VALID_SAMPLES  validation records for the validation loss; 0 for none (200)
-#   EPOCHS             passes over the training sample (1)
-#   EFFECTIVE_BATCH_SIZE  examples per optimizer step, all processes together (4)
+#   MAX_TRAIN_SAMPLES  training records, a seeded sample; empty for all (SFT_SAMPLES: 256)
+#   MAX_VALID_SAMPLES  validation records for the validation loss; 0 for none (SFT_VALID_SAMPLES: 100)
+#   EPOCHS             passes over the training sample (SFT_EPOCHS: 1)
+#   EFFECTIVE_BATCH_SIZE  examples per optimizer step, all processes together (SFT_EFFECTIVE_BATCH: 4)
 #   BATCH_SIZE         most examples per forward pass of one process; passes are accumulated to
-#                      EFFECTIVE_BATCH_SIZE / NUM_PROCESSES (4)
-#   LEARNING_RATE      peak learning rate, cosine schedule (3e-4)
-#   LORA_DROPOUT       dropout on the LoRA input; off, as one pass over unseen prompts has little to
-#                      overfit and dropout costs a third of a CPU step (0; the paper's 0.1 is sft.py's default)
+#                      EFFECTIVE_BATCH_SIZE / NUM_PROCESSES (SFT_BATCH_SIZE: 4)
+#   LEARNING_RATE      peak learning rate, cosine schedule (SFT_LEARNING_RATE: 3e-4)
+#   LORA_DROPOUT       dropout on the LoRA input; off on a CPU, as one pass over unseen prompts has
+#                      little to overfit and dropout costs a third of a CPU step (SFT_LORA_DROPOUT: 0)
 #   HINTS              True: every prompt names the candidates that most often followed its history
-#                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (False)
+#                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (True)
 #   SEED               seeds sampling, templates, initialisation and data order (42)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-NUM_PROCESSES=${NUM_PROCESSES:-1}
-MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
-DATA_DIR=${DATA_DIR:-data/lastfm}
+set_shared_settings
 OUTPUT_DIR=${OUTPUT_DIR:-output/sft}
-MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-720}
-MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-200}
-EPOCHS=${EPOCHS:-1}
-EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-4}
-BATCH_SIZE=${BATCH_SIZE:-4}
-LEARNING_RATE=${LEARNING_RATE:-3e-4}
-LORA_DROPOUT=${LORA_DROPOUT:-0}
-SEED=${SEED:-42}
-HINTS=${HINTS:-False}
+MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-$SFT_SAMPLES}
+MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-$SFT_VALID_SAMPLES}
+EPOCHS=${EPOCHS:-$SFT_EPOCHS}
+EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-$SFT_EFFECTIVE_BATCH}
+BATCH_SIZE=${BATCH_SIZE:-$SFT_BATCH_SIZE}
+LEARNING_RATE=${LEARNING_RATE:-$SFT_LEARNING_RATE}
+LORA_DROPOUT=${LORA_DROPOUT:-$SFT_LORA_DROPOUT}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     show_help "$(basename "$0")" sft.py

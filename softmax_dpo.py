@@ -5,7 +5,10 @@ trainer/preference.py for what is written to --output_dir.
 """
 
 from trainer.cli import run
-from trainer.preference import train_preference
+from trainer.flags import command
+from trainer.preference import PreferenceFlags, train_preference
+
+softmax_dpo = command(PreferenceFlags)(train_preference)
 
 if __name__ == "__main__":
-    run(train_preference)
+    run(softmax_dpo)

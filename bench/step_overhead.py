@@ -3,7 +3,7 @@
 A narrow random LLaMA with the embedded model's depth (30 layers, hidden size 64, the embedded
 tokenizer: every module and LoRA adapter of the real model, so the same number of operations, at a
 sliver of their arithmetic) trains S-DPO on LastFM training prompts through the real stage
-(trainer.preference.train_preference) under torch.profiler. Whatever the profile shows here is paid
+(softmax_dpo.py) under torch.profiler. Whatever the profile shows here is paid
 again on every step of a real model on a GPU, on top of its arithmetic. Each step's parts are timed as
 profiler ranges (the bench wraps the trainer's methods; the stage's code is unchanged):
   data       the data loader's next batch, collation included (torch.profiler's own range)
@@ -37,7 +37,7 @@ sys.path.insert(0, REPO_ROOT)
 from trainer.cli import run  # noqa: E402
 
 PARTS = ("data", "collate", "policy", "reference", "backward", "optimizer", "metrics", "log")
-# Settings: (name, extra flags of train_preference).
+# Settings: (name, extra flags of softmax_dpo).
 # The reference's setting is named in each, as its default changed (precomputed since 2026-11-28).
 SETTINGS = (
     ("log every step, reference per step", {"precompute_ref_log_probs": False}),
@@ -87,7 +87,7 @@ def measure(model_dir: str, train_file: str, output_dir: str, steps: int, warmup
     from transformers import TrainerCallback
 
     from trainer import preference_trainer
-    from trainer.preference import train_preference
+    from softmax_dpo import softmax_dpo
 
     trainer_class = preference_trainer.MultiNegativeDPOTrainer
     ranged(preference_trainer.MultiNegativeCollator, "__call__", "collate")
@@ -139,10 +139,10 @@ def measure(model_dir: str, train_file: str, output_dir: str, steps: int, warmup
         self.add_callback(callback)
 
     trainer_class.__init__ = init_with_callback
-    train_preference(model_name=model_dir, train_file=train_file, output_dir=output_dir, sft_adapter=None,
-                     max_train_samples=batch_size * (warmup + steps), max_valid_samples=0, batch_size=batch_size,
-                     gradient_accumulation_steps=1, max_steps=warmup + steps, learning_rate=1e-4, lora_dropout=0.0,
-                     neg_num=3, **flags)
+    softmax_dpo(model_name=model_dir, train_file=train_file, output_dir=output_dir, adapter=None,
+                max_train_samples=batch_size * (warmup + steps), max_valid_samples=0, batch_size=batch_size,
+                gradient_accumulation_steps=1, max_steps=warmup + steps, learning_rate=1e-4, lora_dropout=0.0,
+                neg_num=3, **flags)
     totals = {}
     for event in profiler.key_averages():
         if event.key in PARTS:

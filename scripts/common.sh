@@ -14,6 +14,59 @@ print_header() {
     echo
 }
 
+# Sets every profile setting the environment leaves unset to the value of profile $1 (cpu, gpu or
+# paper; `bash reproduce.sh --help` shows the table). reproduce.sh reads them all; sft.sh,
+# softmax_dpo.sh and inference.sh take their defaults from their own stage's settings (PROFILE=cpu
+# unless set), so a stage script run alone runs that stage of `bash reproduce.sh`. The one place
+# these sizes are written.
+set_profile_defaults() {
+    local defaults
+    case $1 in
+        cpu) defaults=(256 1 3e-4 4 4 100 0 128 1 1e-4 8 2 32 500 16 False True False) ;;
+        gpu) defaults=("" 1 3e-4 64 64 500 0 4096 1 1e-4 32 32 500 "" 64 True True False) ;;
+        paper) defaults=("" 5 1e-5 128 4 500 0.1 "" 3 1e-5 128 4 500 "" 16 True False True) ;;
+        *) echo "error: PROFILE must be cpu, gpu or paper, got '$1'" >&2; exit 2 ;;
+    esac
+    # `-` keeps a setting set to empty (all records); `:-` fills an empty one.
+    SFT_SAMPLES=${SFT_SAMPLES-${defaults[0]}}
+    SFT_EPOCHS=${SFT_EPOCHS:-${defaults[1]}}
+    SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-${defaults[2]}}
+    SFT_EFFECTIVE_BATCH=${SFT_EFFECTIVE_BATCH:-${defaults[3]}}
+    SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-${defaults[4]}}
+    SFT_VALID_SAMPLES=${SFT_VALID_SAMPLES:-${defaults[5]}}
+    SFT_LORA_DROPOUT=${SFT_LORA_DROPOUT:-${defaults[6]}}
+    PREF_SAMPLES=${PREF_SAMPLES-${defaults[7]}}
+    PREF_EPOCHS=${PREF_EPOCHS:-${defaults[8]}}
+    PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[9]}}
+    PREF_EFFECTIVE_BATCH=${PREF_EFFECTIVE_BATCH:-${defaults[10]}}
+    PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[11]}}
+    PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
+    EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
+    EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-${defaults[14]}}
+    SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[15]}}
+    HINTS=${HINTS:-${defaults[16]}}
+    SELECT_BEST=${SELECT_BEST:-${defaults[17]}}
+    local setting
+    for setting in SCORE_CANDIDATES HINTS SELECT_BEST; do
+        if [[ ${!setting} != True && ${!setting} != False ]]; then
+            echo "error: $setting must be True or False, got '${!setting}'" >&2
+            exit 2
+        fi
+    done
+}
+
+# Sets the settings every stage script and reproduce.sh share, each kept where the environment sets
+# it: PROFILE (cpu) and its defaults, NUM_PROCESSES (1), MODEL_NAME (embedded-smollm2), DATA_DIR
+# (data/lastfm) and SEED (42).
+set_shared_settings() {
+    PROFILE=${PROFILE:-cpu}
+    set_profile_defaults "$PROFILE"
+    NUM_PROCESSES=${NUM_PROCESSES:-1}
+    MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
+    DATA_DIR=${DATA_DIR:-data/lastfm}
+    SEED=${SEED:-42}
+}
+
 # Converts the LastFM data (LLaRA layout) into DATA_DIR once; a later run reuses the JSON files.
 # The source is LASTFM_SOURCE, by default $SHARED_DATA_DIR/lastfm (SHARED_DATA_DIR: ../shared/data).
 ensure_lastfm_data() {
@@ -94,11 +147,10 @@ set_batch_layout() {
 # with the same history titles chose next most often in DATA_DIR/train.json (trainer/collaborative.py).
 # A model trained with hints is evaluated with hints.
 set_hint_flags() {
-    case ${HINTS:-False} in
-        True) hint_flags=(--hint_file "$DATA_DIR/train.json") ;;
-        False) hint_flags=() ;;
-        *) echo "error: HINTS must be True or False, got '$HINTS'" >&2; exit 2 ;;
-    esac
+    hint_flags=()
+    if [[ $HINTS == True ]]; then
+        hint_flags=(--hint_file "$DATA_DIR/train.json")
+    fi
 }
 
 # Runs a training stage (sft.py, dpo.py or softmax_dpo.py) with the settings every stage script

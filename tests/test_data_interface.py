@@ -77,9 +77,8 @@ def test_missing_field_and_bad_files(tmp_path):
         parse_record(["not", "a", "dict"], "x.json", 3)
 
 
-def test_select_indices_prefix_or_seeded_sample():
-    assert select_indices(10, None, None) == list(range(10))
-    assert select_indices(10, 3, None) == [0, 1, 2]
+def test_select_indices_all_or_seeded_sample():
+    assert select_indices(10, None, 3) == list(range(10))
     sample = select_indices(100, 5, seed=7)
     assert sample == select_indices(100, 5, seed=7) == sorted(sample)
     assert sample != select_indices(100, 5, seed=8)

@@ -20,7 +20,7 @@ from transformers.models.llama import modeling_llama
 
 from inference import inference
 from sft import sft
-from trainer.preference import train_preference
+from softmax_dpo import softmax_dpo
 
 CONFIG_FOLDER = os.path.join(REPO_ROOT, "configs", "accelerate")
 # Same sums in another order, and gloo's all-reduce: float32 rounding, nothing more.
@@ -67,7 +67,7 @@ def sft_runs(tiny_model_dir, data_dir, tmp_path_factory):
         output_dir=str(runs[1]), max_valid_samples=4, batch_size=1, gradient_accumulation_steps=4, **training)
     run_stage("sft.sh", 2, {"MODEL_NAME": tiny_model_dir, "DATA_DIR": str(data_dir), "OUTPUT_DIR": str(runs[2]),
                             "MAX_TRAIN_SAMPLES": "", "MAX_VALID_SAMPLES": "4", "EFFECTIVE_BATCH_SIZE": "4",
-                            "BATCH_SIZE": "1", "ACCELERATE_CONFIG": "ddp"},
+                            "BATCH_SIZE": "1", "ACCELERATE_CONFIG": "ddp", "HINTS": "False"},
               *(f"--{name}={value}" for name, value in training.items()))
     return runs
 
@@ -93,12 +93,13 @@ def test_two_processes_train_a_preference_stage_as_one_and_share_the_reference_p
     runs = {processes: tmp_path / f"processes-{processes}" for processes in (1, 2)}
     training = {"max_steps": 3, "logging_steps": 1, "learning_rate": 1e-2, "lora_dropout": 0,
                 "precompute_ref_log_probs": True}
-    train_preference(model_name=tiny_model_dir, sft_adapter=str(sft_runs[1]), train_file=str(data_dir / "train.json"),
-                     valid_file=str(data_dir / "valid.json"), output_dir=str(runs[1]), max_valid_samples=4,
-                     batch_size=1, gradient_accumulation_steps=4, **training)
+    softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_runs[1]), train_file=str(data_dir / "train.json"),
+                valid_file=str(data_dir / "valid.json"), output_dir=str(runs[1]), max_valid_samples=4,
+                batch_size=1, gradient_accumulation_steps=4, **training)
     run_stage("softmax_dpo.sh", 2, {"MODEL_NAME": tiny_model_dir, "DATA_DIR": str(data_dir),
-                                    "SFT_ADAPTER": str(sft_runs[1]), "OUTPUT_DIR": str(runs[2]), "MAX_TRAIN_SAMPLES": "",
-                                    "MAX_VALID_SAMPLES": "4", "EFFECTIVE_BATCH_SIZE": "4", "BATCH_SIZE": "1"},
+                                    "ADAPTER": str(sft_runs[1]), "OUTPUT_DIR": str(runs[2]), "MAX_TRAIN_SAMPLES": "",
+                                    "MAX_VALID_SAMPLES": "4", "EFFECTIVE_BATCH_SIZE": "4", "BATCH_SIZE": "1",
+                                    "HINTS": "False"},
               *(f"--{name}={value}" for name, value in training.items()))
     one, two = runs[1], runs[2]
     assert json.loads((two / "run_config.json").read_text())["gradient_accumulation_steps"] == 2
@@ -113,7 +114,8 @@ def test_two_processes_evaluate_every_prompt_once_in_order(sft_runs, tiny_model_
     inference(model_name=tiny_model_dir, adapter=str(sft_runs[2]), test_file=str(data_dir / "test.json"),
               output_dir=str(outputs[1]), batch_size=2, max_new_tokens=6)
     run_stage("inference.sh", 2, {"MODEL_NAME": tiny_model_dir, "DATA_DIR": str(data_dir), "ADAPTER": str(sft_runs[2]),
-                                  "OUTPUT_DIR": str(outputs[2]), "MAX_SAMPLES": "", "BATCH_SIZE": "2"},
+                                  "OUTPUT_DIR": str(outputs[2]), "MAX_SAMPLES": "", "BATCH_SIZE": "2", "HINTS": "False",
+                                  "SCORE_CANDIDATES": "True"},
               "--max_new_tokens", "6")
     predictions = {processes: (folder / "predictions.jsonl").read_text() for processes, folder in outputs.items()}
     assert len(predictions[1].splitlines()) == 7 and predictions[1] == predictions[2]

@@ -25,7 +25,7 @@ from trainer.rules import rules
 def test_inference_writes_metrics_and_predictions(tiny_model_dir, small_data_dir, tmp_path):
     output_dir = str(tmp_path / "eval")
     inference(test_file=f"{small_data_dir}/test.json", output_dir=output_dir, model_name=tiny_model_dir,
-              max_samples=3, sample_seed=0, batch_size=2, max_new_tokens=4)
+              max_samples=3, seed=0, batch_size=2, max_new_tokens=4)
     with open(os.path.join(output_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
     assert metrics["n"] == 3

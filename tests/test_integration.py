@@ -27,7 +27,7 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(share
     state = json.loads((sft_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
 
-    sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "SFT_ADAPTER": str(sft_dir),
+    sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sft_dir),
                                          "OUTPUT_DIR": str(sdpo_dir), "MAX_TRAIN_SAMPLES": "4",
                                          "MAX_VALID_SAMPLES": "2", "EFFECTIVE_BATCH_SIZE": "2", "BATCH_SIZE": "2"},
                       "--max_steps", "1")
@@ -40,7 +40,7 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(share
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["n"] == 4 and 0 <= metrics["hit_ratio_at_1"] <= metrics["valid_ratio"] <= 1
-    assert json.loads((eval_dir / "run_config.json").read_text())["resolved_adapter"] == str(sdpo_dir)
+    assert json.loads((eval_dir / "run_config.json").read_text())["adapter"] == str(sdpo_dir)
     lines = (eval_dir / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 4
 

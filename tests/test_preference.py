@@ -19,6 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 
 from dpo import dpo
+from softmax_dpo import softmax_dpo
 from trainer.data_interface import (PromptBuilder, answer_text, parse_record, preference_example, sample_negatives,
                                     sample_popular_negatives)
 from trainer.errors import InputError
@@ -28,7 +29,7 @@ from trainer.evaluation import answer_and_score
 from trainer.modeling import load_tokenizer
 from trainer.collaborative import load_hints
 from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others
-from trainer.preference import preference_dataset, sample_records, train_preference
+from trainer.preference import preference_dataset, sample_records
 from trainer.rules import target_counts
 from trainer.training import token_throughput
 from trainer.preference_trainer import (
@@ -159,20 +160,20 @@ def test_flex_attention_block_mask_gives_the_packed_pattern_and_values(tiny_mode
 def test_a_beta_that_cannot_train_is_refused(tiny_model_dir, tmp_path, beta):
     train_file = write_records(tmp_path / "train.json", [make_record(0)])
     with pytest.raises(InputError, match=f"--beta must be above 0, got {beta}"):
-        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
-                         beta=beta, max_valid_samples=0)
+        softmax_dpo(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                    beta=beta, max_valid_samples=0)
     assert not (tmp_path / "out").exists()
 
 
 def test_attention_kernel_is_checked_before_any_work(tiny_model_dir, tmp_path):
     train_file = write_records(tmp_path / "train.json", [make_record(0)])
     with pytest.raises(InputError, match="--attn_implementation: expected one of"):
-        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
-                         attn_implementation="flash", max_valid_samples=0)
+        softmax_dpo(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                    attn_implementation="flash", max_valid_samples=0)
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="flex_attention needs a GPU"):
-            train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
-                             attn_implementation="flex_attention", max_valid_samples=0)
+            softmax_dpo(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                        attn_implementation="flex_attention", max_valid_samples=0)
     assert not (tmp_path / "out").exists()
 
 
@@ -291,10 +292,10 @@ def test_precomputing_the_reference_keeps_the_training_order_and_losses(tiny_mod
     logged = {}
     for precompute in (False, True):
         output_dir = tmp_path / str(precompute)
-        train_preference(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
-                         valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), neg_num=3, batch_size=2,
-                         max_steps=3, learning_rate=1e-2, warmup_ratio=0.0, logging_steps=1, max_valid_samples=4,
-                         precompute_ref_log_probs=precompute)
+        softmax_dpo(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                    valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), neg_num=3, batch_size=2,
+                    max_steps=3, learning_rate=1e-2, warmup_ratio=0.0, logging_steps=1, max_valid_samples=4,
+                    precompute_ref_log_probs=precompute)
         history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
         logged[precompute] = [(entry["loss"], entry["logps/chosen"]) for entry in history if "loss" in entry]
     assert len(logged[True]) == 3
@@ -329,21 +330,21 @@ def save_sft_adapter(tiny_model_dir, folder) -> str:
 
 
 @pytest.mark.parametrize("loss_type, packed_forward", [("sdpo", True), ("dmpo", False)])
-def test_train_preference_writes_a_trained_adapter(tiny_model_dir, small_data_dir, tmp_path, loss_type,
+def test_softmax_dpo_writes_a_trained_adapter(tiny_model_dir, small_data_dir, tmp_path, loss_type,
                                                    packed_forward):
     sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
     output_dir = tmp_path / "out"
-    train_preference(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
-                     valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir),
-                     resume_from_checkpoint=sft_dir, loss_type=loss_type, packed_forward=packed_forward,
-                     neg_num=3, max_steps=2, batch_size=2,
-                     gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0)
+    softmax_dpo(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir),
+                adapter=sft_dir, loss_type=loss_type, packed_forward=packed_forward,
+                neg_num=3, max_steps=2, batch_size=2,
+                gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0)
     assert not os.path.exists(output_dir / "ref"), "the frozen reference copy is not saved"
     trained, start = load_file(output_dir / "adapter_model.safetensors"), load_file(f"{sft_dir}/adapter_model.safetensors")
     assert trained.keys() == start.keys()
     assert any(not torch.equal(trained[name], start[name]) for name in trained)
     config = json.loads((output_dir / "run_config.json").read_text())
-    assert config["loss_type"] == loss_type and config["resolved_sft_adapter"] == sft_dir
+    assert config["loss_type"] == loss_type and config["adapter"] == sft_dir
     results = json.loads((output_dir / "train_results.json").read_text())
     assert "eval_rewards/accuracies" in results and results["valid_examples"] == 4
     assert results["train_tokens_per_second"] == pytest.approx(
@@ -365,7 +366,7 @@ def test_dpo_script_is_the_preference_stage_with_one_negative(tiny_model_dir, sm
     dpo(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json", output_dir=str(output_dir),
         max_valid_samples=0, max_steps=1, batch_size=2, gradient_accumulation_steps=1)
     config = json.loads((output_dir / "run_config.json").read_text())
-    assert (config["loss_type"], config["neg_num"], config["sft_adapter"]) == ("dpo", 1, None)
+    assert (config["loss_type"], config["neg_num"], config["adapter"]) == ("dpo", 1, None)
     assert os.path.isfile(output_dir / "adapter_model.safetensors")
 
 
@@ -373,8 +374,8 @@ def test_too_many_negatives_fail_at_start_up_naming_the_record(tiny_model_dir, t
     train_file = write_records(tmp_path / "train.json", [make_record(0), make_record(1, num_candidates=3)])
     output_dir = tmp_path / "out"
     with pytest.raises(InputError, match=r"train\.json: record 1: field 'itemList': 2 negatives available"):
-        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(output_dir),
-                         neg_num=3, max_valid_samples=0)
+        softmax_dpo(model_name=tiny_model_dir, train_file=train_file, output_dir=str(output_dir),
+                    neg_num=3, max_valid_samples=0)
     assert not output_dir.exists()
 
 
@@ -391,11 +392,11 @@ def test_hinted_negatives_come_from_the_hint_counts(tiny_model_dir, tokenizer, t
     # Then the first listed candidate without counts: "Band 0-0" is the answer, its own count left out.
     assert rejected == [" Band 0-5", " Band 0-1"]
     with pytest.raises(InputError, match="--negatives hinted ranks the candidates by the counts of --hint_file"):
-        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
-                         negatives="hinted", max_valid_samples=0)
+        softmax_dpo(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                    negatives="hinted", max_valid_samples=0)
     with pytest.raises(InputError, match="--negatives: expected one of"):
-        train_preference(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
-                         negatives="easy", max_valid_samples=0)
+        softmax_dpo(model_name=tiny_model_dir, train_file=train_file, output_dir=str(tmp_path / "out"),
+                    negatives="easy", max_valid_samples=0)
     assert not (tmp_path / "out").exists()
 
 
@@ -428,9 +429,9 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
     sft_dir = tmp_path / "sft"
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
     train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(3)])
-    run = dict(model_name=tiny_model_dir, sft_adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
+    run = dict(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
                negatives="hard", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5)
-    train_preference(output_dir=str(tmp_path / "first"), **run)
+    softmax_dpo(output_dir=str(tmp_path / "first"), **run)
     cached = list((sft_dir / SCORE_CACHE_FOLDER).iterdir())
     assert len(cached) == 1
     scores = json.loads(cached[0].read_text())
@@ -449,12 +450,7 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
         assert rejected == highest_scored_others(record, row, 2)
     # A second stage from the same adapter reads the cache instead of scoring again.
     monkeypatch.setattr("trainer.evaluation.answer_and_score", lambda *args, **kwargs: pytest.fail("scored twice"))
-    train_preference(output_dir=str(tmp_path / "second"), **run)
-
-
-def test_conflicting_adapter_flags_are_refused(tmp_path):
-    with pytest.raises(InputError, match="--sft_adapter and --resume_from_checkpoint"):
-        train_preference(sft_adapter=str(tmp_path / "a"), resume_from_checkpoint=str(tmp_path / "b"))
+    softmax_dpo(output_dir=str(tmp_path / "second"), **run)
 
 
 def test_qlora_preference_training_runs_in_4bit(tokenizer, small_data_dir, tmp_path):
@@ -467,10 +463,10 @@ def test_qlora_preference_training_runs_in_4bit(tokenizer, small_data_dir, tmp_p
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     output_dir = tmp_path / "qlora"
-    train_preference(model_name=model_dir, train_file=f"{small_data_dir}/train.json",
-                     valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), load_in_4bit=True,
-                     neg_num=2, max_steps=2, batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
-                     warmup_ratio=0.0)
+    softmax_dpo(model_name=model_dir, train_file=f"{small_data_dir}/train.json",
+                valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), load_in_4bit=True,
+                neg_num=2, max_steps=2, batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
+                warmup_ratio=0.0)
     results = json.loads((output_dir / "train_results.json").read_text())
     assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
     assert os.path.isfile(output_dir / "adapter_model.safetensors")
@@ -481,15 +477,15 @@ def test_select_best_keeps_the_preference_adapter_of_the_lowest_validation_loss(
     sft_dir = save_sft_adapter(tiny_model_dir, tmp_path / "sft")
     output_dir = tmp_path / "out"
     common = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
-                  valid_file=f"{small_data_dir}/valid.json", sft_adapter=sft_dir, neg_num=3, batch_size=2,
+                  valid_file=f"{small_data_dir}/valid.json", adapter=sft_dir, neg_num=3, batch_size=2,
                   gradient_accumulation_steps=1, warmup_ratio=0.0, select_best=True)
     with pytest.raises(InputError, match="--select_best keeps the checkpoint with the lowest validation loss"):
-        train_preference(output_dir=str(output_dir), eval_steps=1, max_valid_samples=0, **common)
+        softmax_dpo(output_dir=str(output_dir), eval_steps=1, max_valid_samples=0, **common)
     assert not output_dir.exists()
     # A step this large overshoots on the second (validation loss 1.50, then 1.58): the last weights
     # are not the best ones, so keeping them would fail below.
-    train_preference(output_dir=str(output_dir), max_steps=2, eval_steps=1, learning_rate=3.0,
-                     lr_scheduler_type="constant", **common)
+    softmax_dpo(output_dir=str(output_dir), max_steps=2, eval_steps=1, learning_rate=3.0,
+                lr_scheduler_type="constant", **common)
     losses = evaluated_losses(output_dir / "checkpoint-2")
     best = min(losses, key=losses.get)
     assert sorted(losses) == [1, 2] and best == 1, losses

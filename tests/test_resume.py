@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from inference import inference
 from sft import sft
+from softmax_dpo import softmax_dpo
 from trainer.errors import InputError
-from trainer.preference import check_start_adapter, train_preference
+from trainer.preference import check_start_adapter
 
 # Runs an entry script with a callback that kills the process with SIGKILL at the end of step
 # KILL_AT_STEP: after that step's update, before anything of it is saved.
@@ -99,10 +100,10 @@ def test_preference_stage_killed_between_checkpoints_continues_to_the_same_adapt
     # From an SFT adapter, which is also the frozen reference: the checkpoint must restore the trained copy only.
     sft_dir = tmp_path / "sft"
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
-    flags = dict(model_name=tiny_model_dir, sft_adapter=str(sft_dir), train_file=f"{small_data_dir}/train.json",
+    flags = dict(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=f"{small_data_dir}/train.json",
                  valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2,
                  gradient_accumulation_steps=1, max_steps=5, save_steps=2, learning_rate=0.01, neg_num=3, seed=3)
-    killed_and_continued(train_preference, "softmax_dpo.py", flags, tmp_path)
+    killed_and_continued(softmax_dpo, "softmax_dpo.py", flags, tmp_path)
 
 
 def test_checkpoints_without_their_flags_are_not_continued(tiny_model_dir, small_data_dir, tmp_path):
@@ -127,7 +128,7 @@ def test_a_run_killed_in_the_folder_of_a_finished_one_leaves_it_incomplete(stage
     flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json", max_steps=1,
                  valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), learning_rate=0.03)
     with pytest.raises(RuntimeError, match="killed"):
-        sft(**flags) if stage == "sft" else train_preference(neg_num=2, **flags)
+        sft(**flags) if stage == "sft" else softmax_dpo(neg_num=2, **flags)
     assert not (output_dir / "train_results.json").exists()
     assert json.loads((output_dir / "run_config.json").read_text())["learning_rate"] == 0.03
 
@@ -145,8 +146,7 @@ def test_an_evaluation_killed_in_the_folder_of_a_finished_one_leaves_no_metrics(
     assert (output_dir / "run_config.json").exists()
 
 
-@pytest.mark.parametrize("flag", ["sft_adapter", "resume_from_checkpoint"])
-def test_an_adapter_the_preference_run_would_misread_or_overwrite_is_refused(flag, tmp_path):
+def test_an_adapter_the_preference_run_would_misread_or_overwrite_is_refused(tmp_path):
     def adapter(folder, trainer_state=False, reference=False):
         (folder / "ref" if reference else folder).mkdir(parents=True)
         for inner in ([folder, folder / "ref"] if reference else [folder]):
@@ -165,8 +165,8 @@ def test_an_adapter_the_preference_run_would_misread_or_overwrite_is_refused(fla
     ]
     for path, message in cases:
         separator = " " if "lies" in message else ": "
-        with pytest.raises(InputError, match=f"^--{flag} '{re.escape(path)}'{separator}{message}"):
-            train_preference(output_dir=output_dir, **{flag: path})
+        with pytest.raises(InputError, match=f"^--adapter '{re.escape(path)}'{separator}{message}"):
+            softmax_dpo(output_dir=output_dir, adapter=path)
     # An SFT checkpoint (no reference adapter inside) is an adapter to start from.
-    check_start_adapter(adapter(tmp_path / "sft" / "checkpoint-4", trainer_state=True), f"--{flag}", output_dir)
+    check_start_adapter(adapter(tmp_path / "sft" / "checkpoint-4", trainer_state=True), output_dir)
     assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-4"], "nothing written"

@@ -90,7 +90,7 @@ def test_sft_trains_saves_and_resumes(tiny_model_dir, small_data_dir, tmp_path):
     assert trained and all(tensor.abs().sum() > 0 for tensor in trained.values())
 
     resumed_dir = str(tmp_path / "resumed")
-    sft(output_dir=resumed_dir, max_steps=1, resume_from_checkpoint=output_dir, **common)
+    sft(output_dir=resumed_dir, max_steps=1, adapter=output_dir, **common)
     resumed = lora_b_weights(resumed_dir)
     assert resumed.keys() == trained.keys()
     assert any(not torch.equal(resumed[name], trained[name]) for name in trained)

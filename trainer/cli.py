@@ -1,4 +1,6 @@
-"""What every entry script shares: flag checking, rank-0 logging, and writing outputs safely."""
+"""What every entry script shares: flag checking, rank-0 logging, and writing outputs safely.
+
+The stages' flags, with their help and their own checks, are defined in trainer/flags.py."""
 
 import contextlib
 import difflib
@@ -45,11 +47,12 @@ def setup_logging() -> None:
     )
 
 
-def _accepts(annotation, value) -> bool:
+def accepts(annotation, value) -> bool:
+    """Whether a flag's value, as fire parsed it, has the type its annotation declares."""
     if annotation is inspect.Parameter.empty or annotation is typing.Any:
         return True
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return any(_accepts(option, value) for option in typing.get_args(annotation))
+        return any(accepts(option, value) for option in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if annotation is float:
@@ -63,7 +66,7 @@ def _accepts(annotation, value) -> bool:
 def check_flags(entry, values: dict) -> None:
     """Fire passes a flag through as a string when it cannot parse it; name the flag instead."""
     for name, parameter in inspect.signature(entry).parameters.items():
-        if name in values and not _accepts(parameter.annotation, values[name]):
+        if name in values and not accepts(parameter.annotation, values[name]):
             expected = getattr(parameter.annotation, "__name__", str(parameter.annotation))
             raise InputError(f"--{name}: expected {expected}, got {values[name]!r}")
 
@@ -87,27 +90,6 @@ def check_flag_names(entry, arguments: list[str]) -> None:
         close = difflib.get_close_matches(name, names, n=1)
         suggestion = f"; did you mean --{close[0]}?" if close else ""
         raise InputError(f"--{name}: no such flag{suggestion} (--help lists them)")
-
-
-def with_defaults(entry, summary: str, **defaults):
-    """`entry` under a new one-line summary and other flag defaults, for a script that is a preset of another."""
-    signature = inspect.signature(entry)
-    unknown = set(defaults) - set(signature.parameters)
-    if unknown:
-        raise ValueError(f"{entry.__name__} has no flags {sorted(unknown)}")
-
-    @functools.wraps(entry)
-    def preset(*args, **kwargs):
-        bound = preset.__signature__.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return entry(**bound.arguments)
-
-    preset.__signature__ = signature.replace(parameters=[
-        parameter.replace(default=defaults.get(name, parameter.default))
-        for name, parameter in signature.parameters.items()
-    ])
-    preset.__doc__ = summary + "\n" + entry.__doc__.split("\n", 1)[1]
-    return preset
 
 
 def run(entry) -> None:

@@ -26,6 +26,11 @@ ANSWER_CUE = "Answer:"
 # Evaluation uses one fixed template: inference's default, and the validation prompts of training.
 EVAL_TEMPLATE_INDEX = 0
 
+
+def evaluation_template(template_index: int | None) -> int:
+    """The template of validation and test prompts: the one given, else EVAL_TEMPLATE_INDEX."""
+    return EVAL_TEMPLATE_INDEX if template_index is None else template_index
+
 # Per-domain vocabulary that fills the shared sentence patterns below.
 DOMAINS = {
     "music": {"noun": "artist", "nouns": "artists", "person": "listener", "past": "listened to", "verb": "listen to"},
@@ -147,14 +152,13 @@ def load_records(path: str) -> list[Record]:
     return [parse_record(raw, path, index) for index, raw in enumerate(raw_records)]
 
 
-def select_indices(total: int, max_samples: int | None, seed: int | None) -> list[int]:
-    """Which records a run uses: all, the first `max_samples`, or a seeded sample of that size (sorted)."""
+def select_indices(total: int, max_samples: int | None, seed: int) -> list[int]:
+    """Which records a run uses, in file order: all of them, or a sample of `max_samples` seeded by `seed`
+    (the one sampling scheme of every stage: the same seed and size give the same records)."""
     if max_samples is None or max_samples >= total:
         return list(range(total))
     if max_samples < 1:
-        raise InputError(f"--max_samples must be at least 1, got {max_samples}")
-    if seed is None:
-        return list(range(max_samples))
+        raise ValueError(f"a sample of {max_samples} records")
     return sorted(random.Random(seed).sample(range(total), max_samples))
 
 

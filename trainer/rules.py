@@ -8,13 +8,14 @@ counts the prompt hints (--hint_file) name. The answers are scored exactly as a 
 (trainer.evaluation), so the metrics compare with inference.py's and trainer.results reads them:
 
     python -m trainer.rules --rule transitions --train_file data/lastfm/train.json \
-        --test_file data/lastfm/test.json --max_samples 500 --sample_seed 0 --output_dir output/eval_transitions
+        --test_file data/lastfm/test.json --max_samples 500 --seed 0 --output_dir output/eval_transitions
 
 popularity_rank places any answer among its candidates by training popularity, which shows whether
 a model has learned what the data rewards (trainer.results).
 """
 
 import collections
+import dataclasses
 import json
 
 from trainer.cli import run, start_run
@@ -22,6 +23,7 @@ from trainer.collaborative import ItemStatistics, counts_own_records
 from trainer.data_interface import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import METRICS_FILE, score_answers, write_evaluation
+from trainer.flags import EvaluationDataFlags, OutputFlags, command, flag
 
 RULES = ("popularity", "transitions")
 
@@ -50,32 +52,32 @@ def rule_answer(rule: str, statistics: ItemStatistics, record: Record, exclude_o
     return statistics.ranked_by_transitions(record, exclude_own)[0][0]
 
 
-def rules(rule: str = "popularity", train_file: str = "data/lastfm/train.json",
-          test_file: str = "data/lastfm/test.json", output_dir: str = "output/eval_popularity",
-          max_samples: int | None = None, sample_seed: int | None = None):
-    """Answer every test prompt by a rule over the training records: no model.
+@dataclasses.dataclass
+class RulesFlags(EvaluationDataFlags, OutputFlags):
+    output_dir: str = "output/eval_popularity"
+    rule: str = flag("popularity", "popularity (the candidate most often true in training) or transitions (the "
+                                   "candidate that most often came next after the history's titles in training).")
+    train_file: str = flag("data/lastfm/train.json", "JSON records whose true items and histories are counted.")
 
-    Args:
-        rule: popularity (the candidate most often true in training) or transitions (the candidate that most often came next after the history's titles in training).
-        train_file: JSON records whose true items and histories are counted.
-        test_file: JSON records to evaluate.
-        output_dir: Folder for metrics.json, predictions.jsonl and run_config.json.
-        max_samples: Evaluate only this many records: the first ones, or a seeded sample with --sample_seed.
-        sample_seed: With --max_samples, draw the same seeded sample inference.py draws with this seed.
-    """
-    config = dict(locals())
-    if rule not in RULES:
-        raise InputError(f"--rule: expected one of {list(RULES)}, got {rule!r}")
-    statistics = ItemStatistics(load_records(train_file))
-    records = load_records(test_file)
-    indices = select_indices(len(records), max_samples, sample_seed)
+    def check(self) -> None:
+        super().check()
+        if self.rule not in RULES:
+            raise InputError(f"--rule: expected one of {list(RULES)}, got {self.rule!r}")
+
+
+@command(RulesFlags)
+def rules(flags: RulesFlags) -> None:
+    """Answer every test prompt by a rule over the training records: no model."""
+    statistics = ItemStatistics(load_records(flags.train_file))
+    records = load_records(flags.test_file)
+    indices = select_indices(len(records), flags.max_samples, flags.seed)
     records = [records[index] for index in indices]
     # Scoring the counted file itself leaves each record out of its own counts.
-    exclude_own = counts_own_records(train_file, test_file)
-    answers = [rule_answer(rule, statistics, record, exclude_own) for record in records]
+    exclude_own = counts_own_records(flags.train_file, flags.test_file)
+    answers = [rule_answer(flags.rule, statistics, record, exclude_own) for record in records]
     predictions, metrics = score_answers(indices, records, answers)
-    start_run(config, output_dir, METRICS_FILE)
-    write_evaluation(output_dir, predictions, metrics)
+    start_run(dataclasses.asdict(flags), flags.output_dir, METRICS_FILE)
+    write_evaluation(flags.output_dir, predictions, metrics)
     print(json.dumps(metrics))
 
 

@@ -1,8 +1,11 @@
 """Trainer settings that SFT and the preference stages share, from their identically named flags."""
 
+import dataclasses
 import json
+import logging
 import os
 import time
+from typing import NamedTuple
 
 import torch
 from accelerate import PartialState
@@ -10,11 +13,35 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.cli import RUN_CONFIG_FILE
+from trainer.cli import RUN_CONFIG_FILE, check_output_dir, is_main_process, start_run
 from trainer.errors import InputError
+from trainer.modeling import load_tokenizer, resolve_dtype, resolve_model_path
+
+logger = logging.getLogger("training")
 
 # A training stage's figures, written last: the stage finished (reproduce.sh's completion marker).
 TRAIN_RESULTS_FILE = "train_results.json"
+
+
+class StageStart(NamedTuple):
+    """What a training stage knows once its flags are resolved, before it reads any data."""
+
+    config: dict  # the flags, as run_config.json records them
+    torch_dtype: torch.dtype
+    training_arguments: dict  # for the stage's transformers/TRL config
+    model_path: str
+    tokenizer: object  # left-padded, as generation and the collators expect
+
+
+def start_training_stage(flags) -> StageStart:
+    """The first steps of SFT and the preference stages alike: the output folder checked (nothing
+    written), dtype and trainer settings resolved, the model found and its tokenizer loaded."""
+    config = dataclasses.asdict(flags)
+    check_output_dir(flags.output_dir)
+    torch_dtype = resolve_dtype(flags.dtype)
+    arguments = trainer_arguments(config, torch_dtype, evaluates_during_training=flags.validates)
+    model_path = resolve_model_path(flags.model_name)
+    return StageStart(config, torch_dtype, arguments, model_path, load_tokenizer(model_path, padding_side="left"))
 
 
 def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_training: bool) -> dict:
@@ -139,6 +166,17 @@ def batch_layout(flags: dict) -> dict:
     processes = PartialState().num_processes
     return {"num_processes": processes,
             "effective_batch_size": flags["batch_size"] * flags["gradient_accumulation_steps"] * processes}
+
+
+def train_or_continue(trainer, output_dir: str, run_config: dict):
+    """trainer.train() from the last checkpoint a killed run of the same flags left in `output_dir`, or
+    from the start; the run's flags are written first, and an earlier run's completion file removed."""
+    checkpoint = checkpoint_to_resume(output_dir, run_config)
+    if is_main_process():
+        if checkpoint:
+            logger.info("Continuing from %s", checkpoint)
+        start_run(run_config, output_dir, TRAIN_RESULTS_FILE)
+    return trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def checkpoint_to_resume(output_dir: str, run_config: dict) -> str | None:

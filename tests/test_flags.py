@@ -1,0 +1,127 @@
+"""The stages' flags: defined once in groups, one vocabulary, every value checked before any work."""
+
+import dataclasses
+import inspect
+
+import pytest
+
+from dpo import DPOFlags, dpo
+from inference import InferenceFlags, inference
+from sft import SFTFlags, sft
+from softmax_dpo import softmax_dpo
+from trainer.errors import InputError
+from trainer.flags import (CheckpointFlags, EvaluationDataFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags,
+                           PromptFlags, TrainingDataFlags, command, flag, flag_help)
+from trainer.preference import PreferenceFlags
+from trainer.rules import RulesFlags, rules
+
+STAGES = {sft: SFTFlags, softmax_dpo: PreferenceFlags, dpo: DPOFlags, inference: InferenceFlags, rules: RulesFlags}
+GROUPS = (OutputFlags, TrainingDataFlags, EvaluationDataFlags, PromptFlags, ModelFlags, LoraFlags, OptimizationFlags,
+          CheckpointFlags)
+
+
+def documented_flags(entry) -> dict[str, str]:
+    """flag -> help line, as fire reads them from the entry's docstring."""
+    args = entry.__doc__.split("Args:\n", 1)[1]
+    return dict(line.strip().split(": ", 1) for line in args.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("entry", STAGES, ids=lambda entry: entry.__name__)
+def test_every_flag_of_every_stage_has_its_default_and_help(entry):
+    flags_class = STAGES[entry]
+    parameters = inspect.signature(entry).parameters
+    fields = {field.name: field for field in dataclasses.fields(flags_class)}
+    assert list(parameters) == list(fields)
+    assert {name: parameter.default for name, parameter in parameters.items()} == {
+        name: field.default for name, field in fields.items()}
+    assert documented_flags(entry) == {name: flag_help(flags_class, name) for name in fields}
+    assert all(help_text.endswith(".") for help_text in documented_flags(entry).values())
+
+
+def test_shared_flags_are_defined_once_and_read_alike_in_every_stage():
+    for group in GROUPS:
+        users = [flags_class for flags_class in STAGES.values() if issubclass(flags_class, group)]
+        assert len(users) >= 2, f"{group.__name__} is shared"
+        for field in dataclasses.fields(group):
+            # The help a stage shows is the group's: a stage may change a default, never the meaning.
+            assert {flag_help(flags_class, field.name) for flags_class in users} == {field.metadata["help"]}
+
+
+def test_one_vocabulary_across_stages():
+    for entry in STAGES:
+        names = set(inspect.signature(entry).parameters)
+        assert not names & {"sft_adapter", "resume_from_checkpoint", "sample_seed", "num_negatives"}, entry.__name__
+    for entry in (sft, softmax_dpo, dpo, inference):
+        assert "adapter" in inspect.signature(entry).parameters
+    # Groups come first, data before the model, each stage's own flags last.
+    assert list(inspect.signature(sft).parameters)[:3] == ["output_dir", "train_file", "valid_file"]
+    assert list(inspect.signature(softmax_dpo).parameters)[-8:-6] == ["adapter", "loss_type"]
+
+
+def test_stages_change_defaults_not_help():
+    assert (SFTFlags.learning_rate, PreferenceFlags.learning_rate) == (1e-4, 1e-5)
+    assert (PreferenceFlags.gradient_accumulation_steps, PreferenceFlags.num_train_epochs) == (8, 3.0)
+    assert (DPOFlags.loss_type, DPOFlags.neg_num, DPOFlags.output_dir) == ("dpo", 1, "output/dpo")
+    assert flag_help(DPOFlags, "neg_num") == flag_help(PreferenceFlags, "neg_num")
+    assert dpo.__doc__.startswith("Pairwise DPO") and softmax_dpo.__doc__.startswith("Preference-train")
+
+
+@pytest.mark.parametrize("entry, flags, message", [
+    (softmax_dpo, {"neg_num": "3x"}, "--neg_num: expected int, got '3x'"),
+    (softmax_dpo, {"beta": 0.0}, "--beta must be above 0"),
+    (softmax_dpo, {"neg_num": 0}, "--neg_num must be at least 1"),
+    (softmax_dpo, {"loss_type": "ipo"}, "--loss_type: expected one of"),
+    (softmax_dpo, {"negatives": "hinted"}, "--negatives hinted ranks the candidates by the counts of --hint_file"),
+    (dpo, {"max_valid_samples": -1}, "--max_valid_samples must be 0 or more"),
+    (sft, {"max_train_samples": 0}, "--max_train_samples must be at least 1"),
+    (sft, {"eval_steps": -1}, "--eval_steps and --save_steps must be 0 or more"),
+    (sft, {"learning_rate": "fast"}, "--learning_rate: expected float"),
+    (sft, {"adapter": "no/such/folder"}, "--adapter 'no/such/folder': not a LoRA adapter folder"),
+    (inference, {"max_samples": 0}, "--max_samples must be at least 1"),
+    (inference, {"max_new_tokens": 0}, "--max_new_tokens must be at least 1"),
+    (rules, {"rule": "recency"}, "--rule: expected one of"),
+])
+def test_a_bad_value_is_refused_before_any_work(entry, flags, message, tmp_path):
+    output_dir = tmp_path / "out"
+    # Data files that do not exist: the flags are refused before anything is read, loaded or written.
+    with pytest.raises(InputError, match=message):
+        entry(output_dir=str(output_dir), **flags)
+    assert not output_dir.exists()
+
+
+def test_command_builds_a_checked_flags_object_from_keyword_flags():
+    @dataclasses.dataclass
+    class ToyFlags(OutputFlags):
+        output_dir: str = "output/toy"
+        steps: int = flag(2, "How many steps.")
+
+        def check(self):
+            super().check()
+            if self.steps > 9:
+                raise InputError("--steps must be at most 9")
+
+    @command(ToyFlags)
+    def toy(flags: ToyFlags):
+        """Do a toy thing.
+
+        A second paragraph that --help does not show.
+        """
+        return flags
+
+    assert toy(steps=3) == ToyFlags(output_dir="output/toy", steps=3)
+    assert toy() == ToyFlags()
+    assert toy.__doc__.startswith("Do a toy thing.\n\nArgs:\n")
+    assert documented_flags(toy) == {"output_dir": flag_help(OutputFlags, "output_dir"), "steps": "How many steps."}
+    with pytest.raises(InputError, match="--steps must be at most 9"):
+        toy(steps=10)
+    with pytest.raises(InputError, match="--steps: expected int, got True"):
+        toy(steps=True)
+    with pytest.raises(TypeError):
+        toy(stpes=3)
+
+    @dataclasses.dataclass
+    class Undocumented(OutputFlags):
+        quiet: bool = False
+
+    with pytest.raises(ValueError, match="Undocumented.quiet has no help text"):
+        command(Undocumented)(toy)

@@ -1,0 +1,203 @@
+"""Every stage's command-line flags, in groups defined once with their help text.
+
+A stage's flags are a dataclass made of the groups it uses plus its own fields; `command` turns a
+stage function that takes one such object into a function of keyword flags, which fire runs as a
+command line and tests call directly. Building the object checks every flag (types, ranges, flags
+that need each other) before the stage does any work.
+
+Help text lives in each field's metadata; a stage that only changes a default redeclares the field
+with the plain value and keeps the group's help. Dataclasses collect fields from the last base
+class to the first, so stages list their groups last-shown first.
+"""
+
+import dataclasses
+import functools
+import inspect
+
+from trainer.cli import accepts
+from trainer.data_interface import EVAL_TEMPLATE_INDEX
+from trainer.errors import InputError
+from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS
+
+
+def flag(default, help: str):
+    """A flag with its default and the sentence --help shows for it."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def flag_help(flags_class: type, name: str) -> str:
+    """The help of flag `name`: from the nearest class that declared it with help."""
+    for klass in flags_class.__mro__:
+        field = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if field is not None and "help" in field.metadata:
+            return field.metadata["help"]
+    raise ValueError(f"{flags_class.__name__}.{name} has no help text")
+
+
+@dataclasses.dataclass
+class Flags:
+    """Base of every stage's flags: checks them all when built."""
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            # fire passes a value it cannot parse through as a string: name the flag instead.
+            if not accepts(field.type, value):
+                expected = getattr(field.type, "__name__", str(field.type))
+                raise InputError(f"--{field.name}: expected {expected}, got {value!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Raise InputError for a value out of range or flags that contradict each other; runs after
+        the type checks. Groups and stages extend it, each calling super().check() first."""
+
+
+@dataclasses.dataclass
+class OutputFlags(Flags):
+    output_dir: str = flag("output", "Folder for this stage's outputs (README, \"The stage scripts\") and "
+                                     "run_config.json, the flags it ran with.")
+
+
+@dataclasses.dataclass
+class TrainingDataFlags(Flags):
+    train_file: str = flag("data/lastfm/train.json", "JSON training records (see data/README.md).")
+    valid_file: str = flag("data/lastfm/valid.json",
+                           "JSON validation records; their loss is reported during and after training.")
+    max_train_samples: int | None = flag(
+        None, "Train on a seeded random sample of this many records (seeded by --seed; all when unset).")
+    max_valid_samples: int | None = flag(
+        500, "Validate on a seeded random sample of this many records (all when unset; 0 skips validation).")
+
+    def check(self) -> None:
+        super().check()
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise InputError(f"--max_train_samples must be at least 1 (unset for all), got {self.max_train_samples}")
+        if self.max_valid_samples is not None and self.max_valid_samples < 0:
+            raise InputError(f"--max_valid_samples must be 0 or more, got {self.max_valid_samples}")
+
+    @property
+    def validates(self) -> bool:
+        return self.max_valid_samples != 0
+
+
+@dataclasses.dataclass
+class EvaluationDataFlags(Flags):
+    test_file: str = flag("data/lastfm/test.json", "JSON records to evaluate (see data/README.md).")
+    max_samples: int | None = flag(
+        None, "Evaluate a seeded random sample of this many records (seeded by --seed; all when unset).")
+    seed: int = flag(0, "Seeds the sample of --max_samples: the same seed and size draw the same records for "
+                        "every model and rule.")
+
+    def check(self) -> None:
+        super().check()
+        if self.max_samples is not None and self.max_samples < 1:
+            raise InputError(f"--max_samples must be at least 1 (unset for all), got {self.max_samples}")
+
+
+@dataclasses.dataclass
+class PromptFlags(Flags):
+    domain: str = flag("music", "Prompt wording: music, movie, book or game.")
+    template_index: int | None = flag(
+        None, "Use this one template (0-4) for every prompt. Unset: each training prompt draws one, seeded by "
+              f"--seed and its index; validation and evaluation use template {EVAL_TEMPLATE_INDEX}.")
+    max_prompt_tokens: int = flag(512, "Token budget of a prompt; longer prompts drop their oldest history titles.")
+    hint_file: str | None = flag(
+        None, "Training records whose counts add a hint to every prompt: the candidates that other users with "
+              "the same history titles chose next most often (trainer.collaborative); pass the same file when "
+              "training and evaluating. Unset: the text-only prompts of the paper.")
+    hint_size: int = flag(3, "Most candidates a hint names.")
+
+
+@dataclasses.dataclass
+class ModelFlags(Flags):
+    model_name: str = flag(
+        EMBEDDED_MODEL_NAME,
+        f"Base model: '{EMBEDDED_MODEL_NAME}' (the bundled SmolLM2-135M-Instruct), a local folder or a hub id.")
+    dtype: str = flag("auto", "auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; "
+                              "bf16 also turns on bf16 autocast in training.")
+    load_in_4bit: bool = flag(False, "QLoRA: load the base model in 4-bit NF4 through bitsandbytes.")
+
+
+@dataclasses.dataclass
+class LoraFlags(Flags):
+    lora_r: int = flag(8, "LoRA rank of a fresh adapter (one given with --adapter keeps its own settings).")
+    lora_alpha: int = flag(32, "LoRA scaling numerator of a fresh adapter (the update is scaled by alpha / r).")
+    lora_dropout: float = flag(
+        0.1, "Dropout on the LoRA input of a fresh adapter (the S-DPO authors' 0.1). On a CPU it costs about a "
+             "third of an SFT step; the preference stages turn it off while training.")
+    lora_target_modules: str | tuple[str, ...] = flag(
+        ",".join(LLAMA_PROJECTIONS),
+        "Comma-separated module names that get a fresh adapter (default: every attention and MLP projection).")
+
+
+@dataclasses.dataclass
+class OptimizationFlags(Flags):
+    seed: int = flag(42, "Seeds the samples, the templates, the negatives, LoRA initialisation and the data order.")
+    num_train_epochs: float = flag(1.0, "Passes over the training sample (ignored when --max_steps is positive).")
+    max_steps: int = flag(-1, "Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = flag(4, "Prompts per device per forward pass (a preference prompt brings 1 + neg_num "
+                              "answers).")
+    gradient_accumulation_steps: int = flag(1, "Forward passes per optimizer step.")
+    learning_rate: float = flag(1e-4, "Peak learning rate of AdamW.")
+    lr_scheduler_type: str = flag("cosine", "Learning rate schedule after warm-up (a transformers scheduler "
+                                            "name, e.g. cosine, linear, constant).")
+    warmup_ratio: float = flag(0.05, "Fraction of the steps spent warming the learning rate up from 0.")
+    weight_decay: float = flag(0.0, "AdamW weight decay.")
+    max_grad_norm: float = flag(0.3, "Gradient clipping norm (the S-DPO authors' 0.3).")
+    gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass to save memory "
+                                               "(slower).")
+
+
+@dataclasses.dataclass
+class CheckpointFlags(Flags):
+    logging_steps: int = flag(10, "Log the training loss (and a preference stage's rewards) every this many "
+                                  "optimizer steps.")
+    eval_steps: float = flag(
+        0, "Validate every this many optimizer steps, or, below 1, every this fraction of the run, as well as "
+           "at the end (0: only at the end).")
+    save_steps: float = flag(
+        0, "Save a checkpoint every this many optimizer steps, or, below 1, every this fraction of the run (0: "
+           "only the final adapter); a run killed and started again with the same flags continues from the "
+           "last one.")
+    select_best: bool = flag(
+        False, "Keep the adapter of the validation with the lowest loss (SFT: the answer loss; preference "
+               "stages: the preference loss) instead of the last weights, as the S-DPO authors do; needs "
+               "--eval_steps, and saves a checkpoint at every validation.")
+
+    def check(self) -> None:
+        super().check()
+        if self.eval_steps < 0 or self.save_steps < 0:
+            raise InputError(f"--eval_steps and --save_steps must be 0 or more, got {self.eval_steps} and "
+                             f"{self.save_steps}")
+
+
+def _docstring(summary: str, flags_class: type) -> str:
+    """A Google-style docstring, which fire shows as --help."""
+    lines = [summary, "", "Args:"]
+    lines += [f"    {field.name}: {flag_help(flags_class, field.name)}" for field in dataclasses.fields(flags_class)]
+    return "\n".join(lines) + "\n"
+
+
+def command(flags_class: type, summary: str | None = None):
+    """Decorator: a stage function of one `flags_class` object becomes a function of keyword flags.
+
+    The result's signature is the flags with their defaults (what fire reads) and its docstring the
+    stage's first line (or `summary`) with every flag's help; calling it builds and checks the flags
+    object, then runs the stage.
+    """
+    parameters = [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=field.default,
+                                    annotation=field.type)
+                  for field in dataclasses.fields(flags_class)]
+
+    def decorate(stage):
+        @functools.wraps(stage)
+        def entry(*args, **kwargs):
+            bound = entry.__signature__.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return stage(flags_class(**bound.arguments))
+
+        entry.__signature__ = inspect.Signature(parameters)
+        entry.__doc__ = _docstring(summary or stage.__doc__.strip().split("\n", 1)[0], flags_class)
+        return entry
+
+    return decorate
