@@ -22,7 +22,7 @@
 #   SFT_LORA_DROPOUT     0       0       0.1    dropout on the LoRA input (a third of a CPU step; one pass has little to overfit)
 #   PREF_SAMPLES         128     4096    all    training prompts of DPO, S-DPO and DMPO (the same for the three)
 #   PREF_EPOCHS          1       1       3
-#   PREF_LEARNING_RATE   1e-4    1e-4    1e-5
+#   PREF_LEARNING_RATE   3e-4    3e-4    1e-5
 #   PREF_EFFECTIVE_BATCH 8       32      128
 #   PREF_BATCH_SIZE      2       32      4
 #   PREF_VALID_SAMPLES   32      500     500    validation prompts for the preference loss and reward accuracy

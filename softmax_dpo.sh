@@ -30,7 +30,7 @@
 #   EFFECTIVE_BATCH_SIZE  prompts per optimizer step, all processes together (PREF_EFFECTIVE_BATCH: 8)
 #   BATCH_SIZE         most prompts per forward pass of one process; passes are accumulated to
 #                      EFFECTIVE_BATCH_SIZE / NUM_PROCESSES (PREF_BATCH_SIZE: 2)
-#   LEARNING_RATE      peak learning rate, cosine schedule (PREF_LEARNING_RATE: 1e-4)
+#   LEARNING_RATE      peak learning rate, cosine schedule (PREF_LEARNING_RATE: 3e-4)
 #   HINTS              True: every prompt names the candidates that most often followed its history
 #                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (True)
 #   SEED               seeds sampling, negatives, templates and data order (42)
