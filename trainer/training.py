@@ -47,13 +47,12 @@ def start_training_stage(flags) -> StageStart:
 def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_training: bool) -> dict:
     """Keyword arguments for a transformers/TRL training config, read from an entry script's flags.
 
-    `flags` holds the entry's resolved flags: output_dir, seed, num_train_epochs, max_steps,
-    batch_size, gradient_accumulation_steps, learning_rate, lr_scheduler_type, warmup_ratio,
-    weight_decay, max_grad_norm, logging_steps, eval_steps, save_steps and select_best.
+    `flags` holds the entry's resolved flags, each already checked by trainer.flags: output_dir, seed,
+    num_train_epochs, max_steps, batch_size, gradient_accumulation_steps, learning_rate,
+    lr_scheduler_type, warmup_ratio, weight_decay, max_grad_norm, logging_steps, eval_steps,
+    save_steps and select_best. Refuses --select_best without validations to select from.
     """
     eval_steps, save_steps, select_best = flags["eval_steps"], flags["save_steps"], flags["select_best"]
-    if eval_steps < 0 or save_steps < 0:
-        raise InputError(f"--eval_steps and --save_steps must be 0 or more, got {eval_steps} and {save_steps}")
     periodic_eval = evaluates_during_training and eval_steps > 0
     if select_best:
         if not periodic_eval:
