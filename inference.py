@@ -15,9 +15,9 @@ from trainer.collaborative import load_hints
 from trainer.data_interface import PromptBuilder, evaluation_template, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import METRICS_FILE, answer_and_score_shared, score_answers, write_evaluation
-from trainer.flags import EvaluationDataFlags, ModelFlags, OutputFlags, PromptFlags, command, flag
-from trainer.modeling import (is_adapter_folder, load_model_for_evaluation, load_tokenizer, resolve_dtype,
-                              resolve_model_path)
+from trainer.flags import (EvaluationDataFlags, ModelFlags, OutputFlags, PromptFlags, check_adapter_folder, command,
+                           flag)
+from trainer.modeling import load_model_for_evaluation, load_tokenizer, resolve_dtype, resolve_model_path
 
 logger = logging.getLogger("inference")
 
@@ -38,8 +38,8 @@ class InferenceFlags(ModelFlags, PromptFlags, EvaluationDataFlags, OutputFlags):
         super().check()
         if self.max_new_tokens < 1:
             raise InputError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.adapter and not is_adapter_folder(self.adapter):
-            raise InputError(f"--adapter {self.adapter!r}: not a LoRA adapter folder (no adapter_config.json)")
+        if self.adapter:
+            check_adapter_folder(self.adapter)
 
 
 @command(InferenceFlags)

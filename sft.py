@@ -20,8 +20,8 @@ from trainer.data_interface import (PromptBuilder, evaluation_template, load_rec
                                     supervised_example)
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
-                           TrainingDataFlags, command, flag)
-from trainer.modeling import is_adapter_folder, load_model_for_training, lora_config
+                           TrainingDataFlags, check_adapter_folder, command, flag)
+from trainer.modeling import load_model_for_training, lora_config
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
 from trainer.sft_trainer import CACHE_INDEX_COLUMN, AnswerCollator, AnswerOnlySFTTrainer
 from trainer.training import (TRAIN_RESULTS_FILE, LearningCurveCallback, batch_layout, best_checkpoint_results,
@@ -57,8 +57,8 @@ class SFTFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags, Prompt
 
     def check(self) -> None:
         super().check()
-        if self.adapter and not is_adapter_folder(self.adapter):
-            raise InputError(f"--adapter {self.adapter!r}: not a LoRA adapter folder (no adapter_config.json)")
+        if self.adapter:
+            check_adapter_folder(self.adapter)
 
 
 @command(SFTFlags)

@@ -17,12 +17,18 @@ import inspect
 from trainer.cli import accepts
 from trainer.data_interface import EVAL_TEMPLATE_INDEX
 from trainer.errors import InputError
-from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS
+from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
 
 
 def flag(default, help: str):
     """A flag with its default and the sentence --help shows for it."""
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def check_adapter_folder(path: str) -> None:
+    """Refuse an --adapter that is not a LoRA adapter folder, the one check every stage makes of it."""
+    if not is_adapter_folder(path):
+        raise InputError(f"--adapter {path!r}: not a LoRA adapter folder (no adapter_config.json); sft.py writes one")
 
 
 def flag_help(flags_class: type, name: str) -> str:

@@ -24,7 +24,7 @@ from trainer.data_interface import (PromptBuilder, Record, evaluation_template, 
                                     select_indices)
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
-                           TrainingDataFlags, flag)
+                           TrainingDataFlags, check_adapter_folder, flag)
 from trainer.losses import LOSS_TYPES
 from trainer.modeling import check_attn_implementation, is_adapter_folder, load_model_for_training, lora_config
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
@@ -70,8 +70,7 @@ def check_start_adapter(path: str, output_dir: str) -> None:
     checkpoint as its reference. A preference run continues from its own checkpoints when its
     command is run again (trainer.training.checkpoint_to_resume).
     """
-    if not is_adapter_folder(path):
-        raise InputError(f"--adapter {path!r}: not a LoRA adapter folder (no adapter_config.json); sft.py writes one")
+    check_adapter_folder(path)
     continue_instead = ("to continue a killed run, run its command again unchanged: it resumes from the last "
                         "checkpoint in its --output_dir")
     output_folder = os.path.abspath(output_dir)
