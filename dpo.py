@@ -1,14 +1,14 @@
 """Pairwise DPO: teach an SFT adapter to prefer the true title over one sampled candidate.
 
 The same stage as softmax_dpo.py with --loss_type dpo and --neg_num 1 as defaults; with k = 1,
-S-DPO and DPO are the same loss. See trainer/preference.py for what is written to --output_dir.
+S-DPO and DPO are the same loss. See trainer/preference_stage.py for what is written to --output_dir.
 """
 
 import dataclasses
 
 from trainer.cli import run
 from trainer.flags import command
-from trainer.preference import PreferenceFlags, train_preference
+from trainer.preference_stage import PreferenceFlags, train_preference
 
 
 @dataclasses.dataclass

@@ -10,14 +10,15 @@ import time
 
 from accelerate import PartialState
 
-from trainer.cli import check_output_dir, run, start_run
+from trainer.cli import run
 from trainer.collaborative import load_hints
-from trainer.data_interface import PromptBuilder, evaluation_template, load_records, select_indices
+from trainer.data import load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import METRICS_FILE, answer_and_score_shared, score_answers, write_evaluation
-from trainer.flags import (EvaluationDataFlags, ModelFlags, OutputFlags, PromptFlags, check_adapter_folder, command,
-                           flag)
+from trainer.flags import EvaluationDataFlags, ModelFlags, OutputFlags, PromptFlags, check_adapter_folder, command, flag
 from trainer.modeling import load_model_for_evaluation, load_tokenizer, resolve_dtype, resolve_model_path
+from trainer.outputs import check_output_dir, start_run
+from trainer.prompts import PromptBuilder, evaluation_template
 
 logger = logging.getLogger("inference")
 

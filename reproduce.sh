@@ -3,7 +3,7 @@
 # DMPO from the same SFT adapter, each evaluated on the same test prompts; RUN_DIR/results.md,
 # results.json and results.png collect them. A rerun skips every stage whose outputs are complete
 # (and says so); --force redoes them all. Two rules without a model, the most popular candidate and
-# the candidate that most often followed the history in training (trainer/rules.py), are scored on
+# the candidate that most often followed the history in training (trainer/baselines.py), are scored on
 # the same prompts as reference points.
 #   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
 #   PROFILE=gpu bash reproduce.sh        # the cpu recipe on all training (SFT) and test prompts, one GPU, large batches
@@ -111,7 +111,7 @@ score_rule() {
     if [[ -n $EVAL_SAMPLES ]]; then
         sample_flag=(--max_samples "$EVAL_SAMPLES")
     fi
-    python -m trainer.rules --rule "$1" --train_file "$DATA_DIR/train.json" --test_file "$DATA_DIR/test.json" \
+    python -m trainer.baselines --rule "$1" --train_file "$DATA_DIR/train.json" --test_file "$DATA_DIR/test.json" \
         --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED"
 }
 

@@ -14,17 +14,18 @@ from peft import PeftModel, get_peft_model
 from transformers import set_seed
 from trl import SFTConfig
 
-from trainer.cli import is_main_process, run, write_json_atomically
+from trainer.cli import is_main_process, run
 from trainer.collaborative import load_hints
-from trainer.data_interface import (PromptBuilder, evaluation_template, load_records, select_indices,
-                                    supervised_example)
+from trainer.data import load_records, select_indices
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
                            TrainingDataFlags, check_adapter_folder, command, flag)
-from trainer.modeling import load_model_for_training, lora_config
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
-from trainer.sft_trainer import CACHE_INDEX_COLUMN, AnswerCollator, AnswerOnlySFTTrainer
-from trainer.training import (TRAIN_RESULTS_FILE, LearningCurveCallback, batch_layout, best_checkpoint_results,
+from trainer.modeling import load_model_for_training, lora_config
+from trainer.outputs import write_json_atomically
+from trainer.prompts import PromptBuilder, evaluation_template, supervised_example
+from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer, CACHE_INDEX_COLUMN
+from trainer.training import (LearningCurveCallback, TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
                               kept_weights, start_training_stage, token_throughput, train_or_continue)
 
 logger = logging.getLogger("sft")

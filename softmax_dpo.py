@@ -1,12 +1,12 @@
 """S-DPO: teach an SFT adapter to rank the true title above --neg_num sampled candidates at once.
 
 --loss_type dpo or dmpo trains the same examples with pairwise DPO or DMPO instead. See
-trainer/preference.py for what is written to --output_dir.
+trainer/preference_stage.py for what is written to --output_dir.
 """
 
 from trainer.cli import run
 from trainer.flags import command
-from trainer.preference import PreferenceFlags, train_preference
+from trainer.preference_stage import PreferenceFlags, train_preference
 
 softmax_dpo = command(PreferenceFlags)(train_preference)
 

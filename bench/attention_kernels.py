@@ -15,22 +15,18 @@ FlexAttention has no backward on a CPU: there flex_attention is measured forward
 """
 
 import json
-import os
 import random
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from peft import get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
 
-import torch  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-
-from trainer.cli import run  # noqa: E402
-from trainer.errors import InputError  # noqa: E402
-from trainer.logprobs import collate_packed, pack_example, packed_completion_logps  # noqa: E402
-from trainer.modeling import lora_config, resolve_dtype  # noqa: E402
+from trainer.cli import run
+from trainer.errors import InputError
+from trainer.logprobs import collate_packed, pack_example, packed_completion_logps
+from trainer.modeling import lora_config, resolve_dtype
 
 KERNELS = ("sdpa", "flex_attention")
 

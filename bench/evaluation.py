@@ -12,20 +12,15 @@ evaluates. Prints seconds per prompt and the ratio of each to the floor.
     python bench/evaluation.py --adapter output/sft --dtype bfloat16 --device cuda
 """
 
-import os
-import statistics
-import sys
-import time
+import torch
+from timing import median_seconds
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
-
-from trainer.cli import run  # noqa: E402
-from trainer.data_interface import PromptBuilder, load_records, select_indices  # noqa: E402
-from trainer.evaluation import answer_and_score  # noqa: E402
-from trainer.modeling import (EMBEDDED_MODEL_NAME, load_model_for_evaluation, load_tokenizer,  # noqa: E402
-                              resolve_dtype, resolve_model_path)
+from trainer.cli import run
+from trainer.data import load_records, select_indices
+from trainer.evaluation import answer_and_score
+from trainer.modeling import (EMBEDDED_MODEL_NAME, load_model_for_evaluation, load_tokenizer, resolve_dtype,
+                              resolve_model_path)
+from trainer.prompts import PromptBuilder
 
 
 @torch.no_grad()
@@ -36,18 +31,6 @@ def prompt_forward(model, tokenizer, prompts: list[str], batch_size: int) -> Non
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
         model(**inputs, logits_to_keep=1, use_cache=False)
-
-
-def timed(function, device: str, repeats: int) -> float:
-    """Median wall time of `repeats` calls: single timings on a shared CPU vary by 10-20%."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
@@ -77,24 +60,23 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, adapter: str | None = None,
     prompts = [builder.build(record, index) for record, index in zip(records, indices)]
 
     prompt_forward(model, tokenizer, prompts[:batch_size], batch_size)  # warm-up
+    def evaluation(model, new_tokens: int, score_candidates: bool):
+        return lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, new_tokens,
+                                        score_candidates=score_candidates)
+
     seconds = {
-        "prompt forward (floor)": timed(lambda: prompt_forward(model, tokenizer, prompts, batch_size), device, repeats),
-        "generation": timed(lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens,
-                                                     score_candidates=False), device, repeats),
-        "candidate scoring": timed(lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, 0,
-                                                            score_candidates=True), device, repeats),
-        "both (inference.py)": timed(lambda: answer_and_score(model, tokenizer, prompts, records, batch_size,
-                                                              max_new_tokens, score_candidates=True), device, repeats),
+        "prompt forward (floor)": median_seconds(lambda: prompt_forward(model, tokenizer, prompts, batch_size),
+                                                 device, repeats),
+        "generation": median_seconds(evaluation(model, max_new_tokens, False), device, repeats),
+        "candidate scoring": median_seconds(evaluation(model, 0, True), device, repeats),
+        "both (inference.py)": median_seconds(evaluation(model, max_new_tokens, True), device, repeats),
     }
     if adapter:
         # What inference.py runs: the adapter folded into the base weights, the same answers up to rounding.
-        model = model.merge_and_unload()
-        seconds["generation, adapter merged"] = timed(
-            lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens,
-                                     score_candidates=False), device, repeats)
-        seconds["both, adapter merged"] = timed(
-            lambda: answer_and_score(model, tokenizer, prompts, records, batch_size, max_new_tokens,
-                                     score_candidates=True), device, repeats)
+        merged = model.merge_and_unload()
+        seconds["generation, adapter merged"] = median_seconds(evaluation(merged, max_new_tokens, False), device,
+                                                               repeats)
+        seconds["both, adapter merged"] = median_seconds(evaluation(merged, max_new_tokens, True), device, repeats)
     floor = seconds["prompt forward (floor)"]
     print(f"{len(prompts)} prompts, batches of {batch_size}, {dtype} on {device}, median of {repeats} runs"
           f"{' with ' + adapter if adapter else ''}")

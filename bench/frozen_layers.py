@@ -10,42 +10,21 @@ example, and the step time of a run of E epochs is (cache + E x step) / E per st
     python bench/frozen_layers.py --top_layers 8 --device cuda --dtype bfloat16
 """
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from peft import get_peft_model
+from timing import median_seconds
 
-import torch  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-
-from bench.evaluation import timed  # noqa: E402
-from trainer.cli import run  # noqa: E402
-from trainer.collaborative import load_hints  # noqa: E402
-from trainer.data_interface import PromptBuilder, load_records, select_indices, supervised_example  # noqa: E402
-from trainer.frozen_layers import (  # noqa: E402
-    completion_logps_from_frozen,
-    frozen_hidden_states,
-    pad_hidden_left,
-    top_lora_layers,
-)
-from trainer.logprobs import completion_logps  # noqa: E402
-from trainer.modeling import (  # noqa: E402
-    EMBEDDED_MODEL_NAME,
-    LLAMA_PROJECTIONS,
-    load_model,
-    load_tokenizer,
-    lora_config,
-    resolve_dtype,
-    resolve_model_path,
-)
-from trainer.sft_trainer import IGNORED_LABEL, AnswerCollator  # noqa: E402
-
-
-def median_seconds(function, device: str, repeats: int) -> float:
-    """Median wall time of `repeats` calls (bench/evaluation.py's timing) after one warm-up call."""
-    function()
-    return timed(function, device, repeats)
+from trainer.cli import run
+from trainer.collaborative import load_hints
+from trainer.data import load_records, select_indices
+from trainer.frozen_layers import completion_logps_from_frozen, frozen_hidden_states, pad_hidden_left, top_lora_layers
+from trainer.logprobs import completion_logps
+from trainer.modeling import (EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, load_model, load_tokenizer, lora_config,
+                              resolve_dtype, resolve_model_path)
+from trainer.prompts import PromptBuilder, supervised_example
+from trainer.sft_trainer import AnswerCollator, IGNORED_LABEL
 
 
 def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/train.json",
@@ -96,9 +75,9 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/
         batch = batches[index]
         return completion_logps(model, batch["input_ids"], batch["attention_mask"], answer_mask)
 
-    every_layer = median_seconds(steps(model_with_lora("all"), full), device, repeats) / len(batches)
+    every_layer = median_seconds(steps(model_with_lora("all"), full), device, repeats, warmup=1) / len(batches)
     top_model = model_with_lora("top")
-    top_only = median_seconds(steps(top_model, full), device, repeats) / len(batches)
+    top_only = median_seconds(steps(top_model, full), device, repeats, warmup=1) / len(batches)
     first = len(top_model.get_base_model().model.layers) - top_layers
     started = time.perf_counter()
     cache = frozen_hidden_states(top_model, [row["input_ids"] for row in rows], first, tokenizer.pad_token_id)
@@ -110,7 +89,7 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/
         return completion_logps_from_frozen(model, hidden[index], first, batch["input_ids"], batch["attention_mask"],
                                             answer_mask)
 
-    cached_step = median_seconds(steps(top_model, cached), device, repeats) / len(batches)
+    cached_step = median_seconds(steps(top_model, cached), device, repeats, warmup=1) / len(batches)
     print(f"{len(rows)} prompts in steps of {batch_size}, {dtype} on {device}, LoRA r 8 on {top_layers} top layers "
           f"of {first + top_layers}")
     print("| way | s / step | vs every layer |")

@@ -28,24 +28,17 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from trainer.cli import run  # noqa: E402
-from trainer.data_interface import PromptBuilder, load_records, preference_example, sample_negatives  # noqa: E402
-from trainer.errors import InputError  # noqa: E402
-from trainer.logprobs import completion_logps, packed_completion_logps  # noqa: E402
-from trainer.modeling import (  # noqa: E402
-    EMBEDDED_MODEL_NAME,
-    LLAMA_PROJECTIONS,
-    load_model_for_training,
-    load_tokenizer,
-    lora_config,
-    resolve_dtype,
-    resolve_model_path,
-)
-from trainer.preference_trainer import MultiNegativeCollator, packed_length  # noqa: E402
+from trainer.cli import run
+from trainer.data import load_records
+from trainer.errors import InputError
+from trainer.logprobs import completion_logps, packed_completion_logps
+from trainer.modeling import (EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, load_model_for_training, load_tokenizer,
+                              lora_config, resolve_dtype, resolve_model_path)
+from trainer.negatives import sample_negatives
+from trainer.preference_trainer import MultiNegativeCollator, packed_length
+from trainer.prompts import PromptBuilder, preference_example
 
 
 def current_memory_bytes(device: str) -> int:

@@ -21,9 +21,7 @@ import numpy as np
 import pandas as pd
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from trainer.cli import run  # noqa: E402
+from trainer.cli import run
 
 TARGET_SECONDS = 60
 

@@ -32,9 +32,7 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from trainer.cli import run  # noqa: E402
+from trainer.cli import run
 
 PARTS = ("data", "collate", "policy", "reference", "backward", "optimizer", "metrics", "log")
 # Settings: (name, extra flags of softmax_dpo).

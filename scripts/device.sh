@@ -86,12 +86,14 @@ prepare() {
         "$(realpath --relative-to=. "$DEVICE_DIR/model.part-2"), timeout_s 600"
 }
 
-# The carried wheels shadow the image's own packages; `python` and `accelerate` commands for the
-# scripts where the image has only python3 on its PATH.
+# The carried wheels shadow the image's own packages; the checkout's package `trainer` is found
+# through PYTHONPATH rather than `pip install -e .` (no package index there to build it from);
+# `python` and `accelerate` commands for the scripts where the image has only python3 on its PATH.
 use_carried_packages() {
     if [[ -d $DEVICE_DIR/site ]]; then
         export PYTHONPATH=$DEVICE_DIR/site${PYTHONPATH:+:$PYTHONPATH}
     fi
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
     mkdir -p "$DEVICE_DIR/bin"
     export PATH=$PATH:$DEVICE_DIR/bin
     if ! command -v python > /dev/null; then

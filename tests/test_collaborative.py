@@ -5,10 +5,11 @@ import json
 import pytest
 
 from tests.conftest import write_records
+from trainer.baselines import rules
 from trainer.collaborative import CollaborativeHints, ItemStatistics, load_hints
-from trainer.data_interface import ANSWER_CUE, PromptBuilder, Record
+from trainer.data import Record
 from trainer.errors import InputError
-from trainer.rules import rules
+from trainer.prompts import ANSWER_CUE, PromptBuilder
 
 CANDIDATES = ("A", "B", "C", "D")
 # History titles X, Y, Z. Counts by hand:

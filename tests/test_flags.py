@@ -9,11 +9,11 @@ from dpo import DPOFlags, dpo
 from inference import InferenceFlags, inference
 from sft import SFTFlags, sft
 from softmax_dpo import softmax_dpo
+from trainer.baselines import RulesFlags, rules
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, EvaluationDataFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags,
                            PromptFlags, TrainingDataFlags, command, flag, flag_help)
-from trainer.preference import PreferenceFlags
-from trainer.rules import RulesFlags, rules
+from trainer.preference_stage import PreferenceFlags
 
 STAGES = {sft: SFTFlags, softmax_dpo: PreferenceFlags, dpo: DPOFlags, inference: InferenceFlags, rules: RulesFlags}
 GROUPS = (OutputFlags, TrainingDataFlags, EvaluationDataFlags, PromptFlags, ModelFlags, LoraFlags, OptimizationFlags,

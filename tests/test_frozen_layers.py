@@ -11,18 +11,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from sft import sft
-from trainer.data_interface import PromptBuilder, parse_record, supervised_example
+from trainer.data import parse_record
 from trainer.errors import InputError
-from trainer.frozen_layers import (
-    completion_logps_from_frozen,
-    first_trainable_layer,
-    frozen_hidden_states,
-    pad_hidden_left,
-    top_lora_layers,
-)
+from trainer.frozen_layers import (completion_logps_from_frozen, first_trainable_layer, frozen_hidden_states,
+                                   pad_hidden_left, top_lora_layers)
 from trainer.logprobs import completion_logps
 from trainer.modeling import LLAMA_PROJECTIONS
-from trainer.sft_trainer import IGNORED_LABEL, AnswerCollator
+from trainer.prompts import PromptBuilder, supervised_example
+from trainer.sft_trainer import AnswerCollator, IGNORED_LABEL
 
 
 def top_lora_model(model_dir, top_layers: int):

@@ -14,12 +14,14 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from inference import inference
-from trainer.cli import check_flag_names, check_output_dir, stage_json_list, write_json_atomically
-from trainer.data_interface import PromptBuilder, encode_answer, encode_prompt, parse_record
+from trainer.baselines import rules
+from trainer.cli import check_flag_names
+from trainer.data import parse_record
 from trainer.errors import InputError
 from trainer.evaluation import answer_and_score, score_answers
 from trainer.modeling import load_model, load_model_for_evaluation, load_tokenizer
-from trainer.rules import rules
+from trainer.outputs import check_output_dir, stage_json_list, write_json_atomically
+from trainer.prompts import PromptBuilder, encode_answer, encode_prompt
 
 
 def test_inference_writes_metrics_and_predictions(tiny_model_dir, small_data_dir, tmp_path):

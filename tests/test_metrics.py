@@ -2,14 +2,7 @@
 
 import pytest
 
-from trainer.metrics import (
-    match_answer,
-    named_candidates,
-    summarize,
-    summarize_ranks,
-    true_item_rank,
-    wilson_interval,
-)
+from trainer.metrics import match_answer, named_candidates, summarize, summarize_ranks, true_item_rank, wilson_interval
 
 CANDIDATES = ["Genesis", "Genesis P-Orridge", "Hope", "Sunn O)))", "Harry Connick, Jr.", "Yes", "Muse"]
 

@@ -20,25 +20,20 @@ from trl import DPOConfig, DPOTrainer
 
 from dpo import dpo
 from softmax_dpo import softmax_dpo
-from trainer.data_interface import (PromptBuilder, answer_text, parse_record, preference_example, sample_negatives,
-                                    sample_popular_negatives)
+from trainer.baselines import target_counts
+from trainer.collaborative import load_hints
+from trainer.data import parse_record
 from trainer.errors import InputError
+from trainer.evaluation import answer_and_score
 from trainer.logprobs import (collate_packed, completion_logps, pack_example, packed_attention, packed_attention_mask,
                               packed_completion_logps)
-from trainer.evaluation import answer_and_score
 from trainer.modeling import load_tokenizer
-from trainer.collaborative import load_hints
-from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others
-from trainer.preference import preference_dataset, sample_records
-from trainer.rules import target_counts
+from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others, sample_negatives, sample_popular_negatives
+from trainer.preference_stage import preference_dataset, sample_records
+from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeCollator, MultiNegativeDPOConfig,
+                                        MultiNegativeDPOTrainer, REFERENCE_COLUMN)
+from trainer.prompts import PromptBuilder, answer_text, preference_example
 from trainer.training import token_throughput
-from trainer.preference_trainer import (
-    LENGTH_COLUMN,
-    REFERENCE_COLUMN,
-    MultiNegativeCollator,
-    MultiNegativeDPOConfig,
-    MultiNegativeDPOTrainer,
-)
 
 
 def examples(tokenizer, count: int, neg_num: int) -> list[dict]:

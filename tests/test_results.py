@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from trainer.baselines import popularity_rank
 from trainer.errors import InputError
-from trainer.rules import popularity_rank
 from trainer.metrics import wilson_interval
 from trainer.results import curves, paired_bootstrap_interval, results
 

@@ -16,7 +16,7 @@ from inference import inference
 from sft import sft
 from softmax_dpo import softmax_dpo
 from trainer.errors import InputError
-from trainer.preference import check_start_adapter
+from trainer.preference_stage import check_start_adapter
 
 # Runs an entry script with a callback that kills the process with SIGKILL at the end of step
 # KILL_AT_STEP: after that step's update, before anything of it is saved.

@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig
 
 from sft import sft
-from trainer.data_interface import PromptBuilder, encode_prompt, parse_record, supervised_example
+from trainer.data import parse_record
 from trainer.errors import InputError
+from trainer.prompts import PromptBuilder, encode_prompt, supervised_example
 from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer
 
 

@@ -2,7 +2,7 @@
 (popularity) and how often it came next after each history title (transitions).
 
 Two uses share these counts:
-- rules that answer without a model (trainer.rules): the most popular candidate, or the
+- rules that answer without a model (trainer.baselines): the most popular candidate, or the
   candidate that most often followed the titles of the user's history;
 - hints in the prompt (`--hint_file`, PromptBuilder): the candidates that most often followed the
   history, named in one sentence before the answer cue. This hands the language model the
@@ -19,7 +19,7 @@ import collections
 import functools
 import os
 
-from trainer.data_interface import Record, load_records
+from trainer.data import Record, load_records
 from trainer.errors import InputError
 
 

@@ -14,7 +14,7 @@ Evaluate every checkpoint on the same validation sample, e.g.
     python -m trainer.curves --runs text=output/sft --output_dir output/curves
 
 Writes curves.json, curves.md and curves.png (HR@1 and ranked HR@1 against examples and against
-seconds, one line per run; --references adds evaluated folders, e.g. the rules of trainer.rules, as
+seconds, one line per run; --references adds evaluated folders, e.g. the rules of trainer.baselines, as
 dashed horizontal lines) into --output_dir.
 """
 
@@ -28,9 +28,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trainer.cli import run, write_json_atomically, write_text_atomically  # noqa: E402
+from trainer.cli import run  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE  # noqa: E402
+from trainer.outputs import write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.training import TRAIN_RESULTS_FILE  # noqa: E402
 
 METRICS = (("hit_ratio_at_1", "HR@1 (generated answer)"), ("ranking_hit_ratio_at_1", "ranked HR@1"))

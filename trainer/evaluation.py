@@ -13,10 +13,12 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from trainer.cli import is_main_process, write_json_atomically, write_jsonl_atomically
-from trainer.data_interface import Record, encode_answer, encode_prompt
+from trainer.cli import is_main_process
+from trainer.data import Record
 from trainer.logprobs import collate_packed, pack_example, packed_completion_logps, pad_left
 from trainer.metrics import match_answer, summarize, summarize_ranks, true_item_rank
+from trainer.outputs import write_json_atomically, write_jsonl_atomically
+from trainer.prompts import encode_answer, encode_prompt
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -15,9 +15,9 @@ import functools
 import inspect
 
 from trainer.cli import accepts
-from trainer.data_interface import EVAL_TEMPLATE_INDEX
 from trainer.errors import InputError
 from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
+from trainer.prompts import EVAL_TEMPLATE_INDEX
 
 
 def flag(default, help: str):

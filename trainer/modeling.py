@@ -19,8 +19,8 @@ import torch
 from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from trainer.cli import readable_as_if_created
 from trainer.errors import InputError
+from trainer.outputs import readable_as_if_created
 
 logger = logging.getLogger(__name__)
 

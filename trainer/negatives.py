@@ -13,17 +13,43 @@ import hashlib
 import json
 import logging
 import os
+import random
 from collections.abc import Mapping
 
-from trainer.cli import is_main_process, write_json_atomically
-from trainer.data_interface import Record, sample_negatives, sample_popular_negatives
+from trainer.cli import is_main_process
+from trainer.data import Record
 from trainer.evaluation import answer_and_score_shared
+from trainer.outputs import write_json_atomically
 
 NEGATIVE_SAMPLING = ("random", "popular", "hinted", "hard")
 # Where the starting model's candidate scores are kept, inside the SFT adapter folder.
 SCORE_CACHE_FOLDER = "candidate_scores"
 
 logger = logging.getLogger("negatives")
+
+
+def sample_negatives(record: Record, num_negatives: int, seed: int, example_index: int) -> list[str]:
+    """`num_negatives` candidates other than the true one, without replacement, seeded by run and example."""
+    others = [title for title in record.candidates if title != record.target]
+    if not 1 <= num_negatives <= len(others):
+        raise ValueError(f"cannot draw {num_negatives} negatives from {len(others)}")
+    return random.Random(f"{seed}:{example_index}:negatives").sample(others, num_negatives)
+
+
+def sample_popular_negatives(record: Record, num_negatives: int, seed: int, example_index: int,
+                             target_counts: Mapping[str, int]) -> list[str]:
+    """`num_negatives` candidates other than the true one, without replacement, each drawn with
+    probability proportional to 1 + the number of training records it is the true item of.
+
+    Weighted sampling without replacement by Efraimidis and Spirakis' keys (u ** (1 / weight), the
+    largest keys win), seeded by run and example as `sample_negatives` is.
+    """
+    others = [title for title in record.candidates if title != record.target]
+    if not 1 <= num_negatives <= len(others):
+        raise ValueError(f"cannot draw {num_negatives} negatives from {len(others)}")
+    rng = random.Random(f"{seed}:{example_index}:popular-negatives")
+    keys = {title: rng.random() ** (1.0 / (1 + target_counts.get(title, 0))) for title in others}
+    return sorted(others, key=keys.__getitem__, reverse=True)[:num_negatives]
 
 
 def highest_scored_others(record: Record, scores: list[float], count: int) -> list[str]:

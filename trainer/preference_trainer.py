@@ -20,13 +20,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from trainer.logprobs import (
-    collate_packed,
-    completion_logps,
-    pack_example,
-    packed_completion_logps,
-    pad_left,
-)
+from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps, pad_left
 from trainer.losses import LOSS_TYPES, preference_loss, rewards
 from trainer.training import SameOrderForAnyProcessCount
 
@@ -138,7 +132,7 @@ class MultiNegativeDPOTrainer(SameOrderForAnyProcessCount, DPOTrainer):
         self._pending_metrics = {"train": [], "eval": []}
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        # Examples come tokenized by trainer.data_interface.preference_example; check their shape once here.
+        # Examples come tokenized by trainer.prompts.preference_example; check their shape once here.
         missing = [column for column in PREFERENCE_COLUMNS if column not in dataset.column_names]
         if missing:
             raise ValueError(f"the {dataset_name} dataset lacks the columns {missing}")

@@ -10,7 +10,7 @@ examples seen and against seconds; the preference stages' reward margin). Stages
 the same prompts are also compared in pairs (by default each stage with the one listed before it):
 the paired 95% bootstrap interval of their difference in HR@1 and in ranked HR@1, resampling
 prompts, so that what both got right or wrong on the same prompt cancels. Given the training file,
-it also reports where the named candidates sit by popularity (trainer.rules): whether a model has
+it also reports where the named candidates sit by popularity (trainer.baselines): whether a model has
 learned which candidates the data makes likely.
 
     python -m trainer.results --run_dir output/reproduce --stages base,sft,dpo,softmax_dpo,dmpo \
@@ -26,11 +26,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trainer.cli import run, write_json_atomically, write_text_atomically  # noqa: E402
+from trainer.baselines import popularity_rank, target_counts  # noqa: E402
+from trainer.cli import run  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
 from trainer.metrics import summarize  # noqa: E402
-from trainer.rules import popularity_rank, target_counts  # noqa: E402
+from trainer.outputs import write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.training import TRAIN_RESULTS_FILE  # noqa: E402
 
 EVAL_FOLDER = "eval"

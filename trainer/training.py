@@ -13,9 +13,10 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.cli import RUN_CONFIG_FILE, check_output_dir, is_main_process, start_run
+from trainer.cli import is_main_process
 from trainer.errors import InputError
 from trainer.modeling import load_tokenizer, resolve_dtype, resolve_model_path
+from trainer.outputs import RUN_CONFIG_FILE, check_output_dir, start_run
 
 logger = logging.getLogger("training")
 

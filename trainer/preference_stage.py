@@ -18,20 +18,21 @@ from peft import PeftModel
 from transformers import set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
-from trainer.cli import is_main_process, write_json_atomically
+from trainer.baselines import target_counts
+from trainer.cli import is_main_process
 from trainer.collaborative import load_hints
-from trainer.data_interface import (PromptBuilder, Record, evaluation_template, load_records, preference_example,
-                                    select_indices)
+from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
                            TrainingDataFlags, check_adapter_folder, flag)
 from trainer.losses import LOSS_TYPES
 from trainer.modeling import check_attn_implementation, is_adapter_folder, load_model_for_training, lora_config
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
-from trainer.preference_trainer import (LENGTH_COLUMN, REFERENCE_ADAPTER_NAME, MultiNegativeDPOConfig,
-                                        MultiNegativeDPOTrainer)
-from trainer.rules import target_counts
-from trainer.training import (TRAIN_RESULTS_FILE, LearningCurveCallback, batch_layout, best_checkpoint_results,
+from trainer.outputs import write_json_atomically
+from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeDPOConfig, MultiNegativeDPOTrainer,
+                                        REFERENCE_ADAPTER_NAME)
+from trainer.prompts import PromptBuilder, evaluation_template, preference_example
+from trainer.training import (LearningCurveCallback, TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
                               kept_weights, start_training_stage, token_throughput, train_or_continue)
 
 logger = logging.getLogger("preference")

@@ -7,7 +7,7 @@ Remaining ties go to the candidate listed first. Counts come from trainer.collab
 counts the prompt hints (--hint_file) name. The answers are scored exactly as a model's
 (trainer.evaluation), so the metrics compare with inference.py's and trainer.results reads them:
 
-    python -m trainer.rules --rule transitions --train_file data/lastfm/train.json \
+    python -m trainer.baselines --rule transitions --train_file data/lastfm/train.json \
         --test_file data/lastfm/test.json --max_samples 500 --seed 0 --output_dir output/eval_transitions
 
 popularity_rank places any answer among its candidates by training popularity, which shows whether
@@ -18,12 +18,13 @@ import collections
 import dataclasses
 import json
 
-from trainer.cli import run, start_run
+from trainer.cli import run
 from trainer.collaborative import ItemStatistics, counts_own_records
-from trainer.data_interface import Record, load_records, select_indices
+from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import METRICS_FILE, score_answers, write_evaluation
 from trainer.flags import EvaluationDataFlags, OutputFlags, command, flag
+from trainer.outputs import start_run
 
 RULES = ("popularity", "transitions")
 

@@ -1,4 +1,4 @@
-"""data/prepare_log.py: a raw log to records, on a hand-made MovieLens-style log and on the real HetRec Last.fm log."""
+"""trainer/interaction_log.py (data/prepare_log.py): a raw log to records, on a hand-made MovieLens-style log and on the real HetRec Last.fm log."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT
 
-from data.prepare_log import prepare_log, split_windows, windows
 from trainer.errors import InputError
+from trainer.interaction_log import prepare_log, split_windows, windows
 
 HETREC = "hetrec-lastfm-2k"
 

@@ -1,4 +1,4 @@
-"""data/prepare.py: the LLaRA conversion against the S-DPO authors' published file, and bad input."""
+"""trainer/llara_layout.py (data/prepare.py): the LLaRA conversion against the S-DPO authors' published file, and bad input."""
 
 import json
 import os
@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.prepare import (Catalogue, PoolWithout, fast_candidates, movielens_title, prepare, sample_candidates,
-                          splitmix64)
-from trainer.data_interface import load_records, parse_record
+from trainer.data import load_records, parse_record
 from trainer.errors import InputError
+from trainer.llara_layout import (Catalogue, PoolWithout, fast_candidates, movielens_title, prepare, sample_candidates,
+                                  splitmix64)
 
 
 def test_conversion_reproduces_the_golden_validation_file(shared_data_dir, tmp_path):
