@@ -67,6 +67,20 @@ set_shared_settings() {
     SEED=${SEED:-42}
 }
 
+# Sets the training settings sft.sh and softmax_dpo.sh share, each kept where the environment sets
+# it, from the profile settings of stage $1 (SFT or PREF): MAX_TRAIN_SAMPLES ($1_SAMPLES),
+# MAX_VALID_SAMPLES, EPOCHS, EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE.
+set_training_stage_settings() {
+    local samples=$1_SAMPLES valid=$1_VALID_SAMPLES epochs=$1_EPOCHS effective=$1_EFFECTIVE_BATCH
+    local batch=$1_BATCH_SIZE rate=$1_LEARNING_RATE
+    MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-${!samples}}
+    MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-${!valid}}
+    EPOCHS=${EPOCHS:-${!epochs}}
+    EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-${!effective}}
+    BATCH_SIZE=${BATCH_SIZE:-${!batch}}
+    LEARNING_RATE=${LEARNING_RATE:-${!rate}}
+}
+
 # Converts the LastFM data (LLaRA layout) into DATA_DIR once; a later run reuses the JSON files.
 # The source is LASTFM_SOURCE, by default $SHARED_DATA_DIR/lastfm (SHARED_DATA_DIR: ../shared/data).
 ensure_lastfm_data() {
