@@ -20,6 +20,7 @@ def evaluation_template(template_index: int | None) -> int:
     """The template of validation and test prompts: the one given, else EVAL_TEMPLATE_INDEX."""
     return EVAL_TEMPLATE_INDEX if template_index is None else template_index
 
+
 # Per-domain vocabulary that fills the shared sentence patterns below.
 DOMAINS = {
     "music": {"noun": "artist", "nouns": "artists", "person": "listener", "past": "listened to", "verb": "listen to"},
