@@ -20,6 +20,7 @@
 #   SFT_BATCH_SIZE       4       64      4      most prompts per forward pass of one process (passes accumulate)
 #   SFT_VALID_SAMPLES    100     500     500    validation prompts for the SFT validation loss
 #   SFT_LORA_DROPOUT     0       0       0.1    dropout on the LoRA input (a third of a CPU step; one pass has little to overfit)
+#   SFT_LORA_ALPHA       64      64      32     LoRA scaling numerator at rank 8 (64: validation split, docs/levers.md)
 #   PREF_SAMPLES         128     4096    all    training prompts of DPO, S-DPO and DMPO (the same for the three)
 #   PREF_EPOCHS          1       1       3
 #   PREF_LEARNING_RATE   3e-4    3e-4    1e-5
@@ -123,7 +124,7 @@ set_best_flags 0.2
 run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
     EFFECTIVE_BATCH_SIZE="$SFT_EFFECTIVE_BATCH" BATCH_SIZE="$SFT_BATCH_SIZE" LEARNING_RATE="$SFT_LEARNING_RATE" \
-    LORA_DROPOUT="$SFT_LORA_DROPOUT" bash sft.sh "${best_flags[@]}"
+    LORA_DROPOUT="$SFT_LORA_DROPOUT" LORA_ALPHA="$SFT_LORA_ALPHA" bash sft.sh "${best_flags[@]}"
 for stage in dpo:dpo.sh:dpo:1 softmax_dpo:softmax_dpo.sh:sdpo:$NEG_NUM dmpo:softmax_dpo.sh:dmpo:$NEG_NUM; do
     IFS=: read -r name script loss negatives <<< "$stage"
     run_stage "$name" "$RUN_DIR/$name/train_results.json" train_preference "$name" "$script" "$loss" "$negatives"

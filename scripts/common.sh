@@ -22,9 +22,9 @@ print_header() {
 set_profile_defaults() {
     local defaults
     case $1 in
-        cpu) defaults=(256 1 3e-4 4 4 100 0 128 1 3e-4 8 2 32 500 16 False True False) ;;
-        gpu) defaults=("" 1 3e-4 64 64 500 0 4096 1 3e-4 32 32 500 "" 64 True True False) ;;
-        paper) defaults=("" 5 1e-5 128 4 500 0.1 "" 3 1e-5 128 4 500 "" 16 True False True) ;;
+        cpu) defaults=(256 1 3e-4 4 4 100 0 64 128 1 3e-4 8 2 32 500 16 False True False) ;;
+        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False) ;;
+        paper) defaults=("" 5 1e-5 128 4 500 0.1 32 "" 3 1e-5 128 4 500 "" 16 True False True) ;;
         *) echo "error: PROFILE must be cpu, gpu or paper, got '$1'" >&2; exit 2 ;;
     esac
     # `-` keeps a setting set to empty (all records); `:-` fills an empty one.
@@ -35,17 +35,18 @@ set_profile_defaults() {
     SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-${defaults[4]}}
     SFT_VALID_SAMPLES=${SFT_VALID_SAMPLES:-${defaults[5]}}
     SFT_LORA_DROPOUT=${SFT_LORA_DROPOUT:-${defaults[6]}}
-    PREF_SAMPLES=${PREF_SAMPLES-${defaults[7]}}
-    PREF_EPOCHS=${PREF_EPOCHS:-${defaults[8]}}
-    PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[9]}}
-    PREF_EFFECTIVE_BATCH=${PREF_EFFECTIVE_BATCH:-${defaults[10]}}
-    PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[11]}}
-    PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[12]}}
-    EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[13]}}
-    EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-${defaults[14]}}
-    SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[15]}}
-    HINTS=${HINTS:-${defaults[16]}}
-    SELECT_BEST=${SELECT_BEST:-${defaults[17]}}
+    SFT_LORA_ALPHA=${SFT_LORA_ALPHA:-${defaults[7]}}
+    PREF_SAMPLES=${PREF_SAMPLES-${defaults[8]}}
+    PREF_EPOCHS=${PREF_EPOCHS:-${defaults[9]}}
+    PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[10]}}
+    PREF_EFFECTIVE_BATCH=${PREF_EFFECTIVE_BATCH:-${defaults[11]}}
+    PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[12]}}
+    PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[13]}}
+    EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[14]}}
+    EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-${defaults[15]}}
+    SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[16]}}
+    HINTS=${HINTS:-${defaults[17]}}
+    SELECT_BEST=${SELECT_BEST:-${defaults[18]}}
     local setting
     for setting in SCORE_CANDIDATES HINTS SELECT_BEST; do
         if [[ ${!setting} != True && ${!setting} != False ]]; then

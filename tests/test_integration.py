@@ -26,6 +26,7 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(share
     assert os.path.isfile(sft_dir / "adapter_model.safetensors")
     state = json.loads((sft_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
+    assert json.loads((sft_dir / "run_config.json").read_text())["lora_alpha"] == 64, "the cpu profile's SFT_LORA_ALPHA"
 
     sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sft_dir),
                                          "OUTPUT_DIR": str(sdpo_dir), "MAX_TRAIN_SAMPLES": "4",
@@ -101,6 +102,7 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
         assert config["hint_file"].endswith("train.json") and config["select_best"] is True
         assert config["num_processes"] == 2 and config["effective_batch_size"] == 2
         assert "best_checkpoint_step" in json.loads((run_dir / stage / "train_results.json").read_text())
+    assert json.loads((run_dir / "sft" / "run_config.json").read_text())["lora_alpha"] == 64, "the gpu profile's"
     table = (run_dir / "results.md").read_text()
     assert all(f"\n| {stage} | " in table for stage in (*RULES, *STAGES))
     assert all(f"\n| {pair} | " in table for pair in PAIRS)
