@@ -3,8 +3,10 @@
 import collections
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 
+from trainer import results as results_module
 from trainer.baselines import popularity_rank
 from trainer.errors import InputError
 from trainer.metrics import wilson_interval
@@ -157,3 +159,18 @@ def test_training_curves_against_examples_and_seconds(tmp_path):
     (tmp_path / "sft" / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 2.0}]}))
     assert curves(str(tmp_path), "sft") is None
     assert curves(str(tmp_path), "base") is None
+
+
+def test_a_stage_keeps_its_colour_in_every_curve_panel(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(results_module.plt, "close", figures.append)
+    curves_by_stage = {"sft": {"examples_seen": [4, 8], "elapsed_seconds": [1, 2], "loss": [1.0, 0.5]},
+                       "dpo": {"examples_seen": [4, 8], "elapsed_seconds": [1, 2], "loss": [0.7, 0.6],
+                               "rewards/margins": [0.1, 0.2]}}
+    results_module.draw([{"stage": "sft", "hit_ratio_at_1": 0.5, "hit_ratio_at_1_ci95": [0.4, 0.6],
+                          "valid_ratio": 1.0, "valid_ratio_ci95": [0.9, 1.0]}], curves_by_stage, str(tmp_path / "r.png"))
+    loss_axis, margin_axis = figures[0].axes[3], figures[0].axes[5]
+    colours = {line.get_label(): line.get_color() for line in loss_axis.get_lines()}
+    assert colours["sft"] != colours["dpo"]
+    assert [(line.get_label(), line.get_color()) for line in margin_axis.get_lines()] == [("dpo", colours["dpo"])]
+    plt.close("all")

@@ -212,10 +212,12 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
     panels = ((axes[1, 0], "examples_seen", "loss", "training loss against training examples"),
               (axes[1, 1], "elapsed_seconds", "loss", "training loss against seconds"),
               (axes[1, 2], "examples_seen", "rewards/margins", "preference stages: reward margin"))
+    # One colour per stage in every panel: the reward-margin panel lacks SFT, which would shift the cycle.
+    colours = {stage: f"C{index}" for index, stage in enumerate(stage_curves)}
     for axis, x_key, y_key, title in panels:
         for stage, values in stage_curves.items():
             if y_key in values:
-                axis.plot(values[x_key], values[y_key], label=stage)
+                axis.plot(values[x_key], values[y_key], label=stage, color=colours[stage])
         axis.set_title(title)
         axis.set_xlabel("seconds" if x_key == "elapsed_seconds" else "training examples")
         if axis.get_legend_handles_labels()[0]:
