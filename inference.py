@@ -11,7 +11,6 @@ import time
 from accelerate import PartialState
 
 from trainer.cli import run
-from trainer.collaborative import load_hints
 from trainer.data import load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import METRICS_FILE, answer_and_score_shared, score_answers, write_evaluation
@@ -61,7 +60,7 @@ def inference(flags: InferenceFlags) -> None:
 
     builder = PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens,
                             template_index=evaluation_template(flags.template_index),
-                            hints=load_hints(flags.hint_file, flags.hint_size, flags.test_file))
+                            hints=flags.hints_for(flags.test_file))
     prompts = [builder.build(record, index) for record, index in zip(records, indices)]
 
     if state.is_main_process:

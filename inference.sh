@@ -24,6 +24,7 @@
 #                  False; about 2.3x the evaluation time of a trained model on a CPU)
 #   HINTS          True: every prompt names the candidates that most often followed its history in
 #                  DATA_DIR/train.json, as for a model trained with HINTS=True (True)
+#   HINT_RECENCY   weight of a history title in the hint by recency, as the model was trained (1)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh

@@ -36,6 +36,8 @@
 #                                               keeps the paper's text-only prompts
 #   SELECT_BEST          False   False   True   keep each stage's adapter with the lowest validation loss, the
 #                                               authors' cadence: 5 evaluations in SFT, 10 in each preference stage
+#   HINT_RECENCY         1       1       1      weight of a history title in the hint (and the transitions rule) by
+#                                               recency: one last seen i items before the newest counts HINT_RECENCY**i
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 # The gpu profile is the cpu profile's recipe (chosen on the validation split, docs/levers.md) on all
@@ -60,7 +62,7 @@ case ${1:-} in
     *) echo "error: unknown argument '$1' (use --force or --help)" >&2; exit 2 ;;
 esac
 
-export PROFILE NUM_PROCESSES MODEL_NAME DATA_DIR SEED HINTS
+export PROFILE NUM_PROCESSES MODEL_NAME DATA_DIR SEED HINTS HINT_RECENCY
 ensure_lastfm_data "$DATA_DIR"
 mkdir -p "$RUN_DIR"
 echo "profile $PROFILE: SFT on ${SFT_SAMPLES:-all} prompts, preferences on ${PREF_SAMPLES:-all}," \
@@ -113,7 +115,7 @@ score_rule() {
         sample_flag=(--max_samples "$EVAL_SAMPLES")
     fi
     python -m trainer.baselines --rule "$1" --train_file "$DATA_DIR/train.json" --test_file "$DATA_DIR/test.json" \
-        --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED"
+        --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED" --recency "$HINT_RECENCY"
 }
 
 for rule in popularity transitions; do

@@ -15,7 +15,6 @@ from transformers import set_seed
 from trl import SFTConfig
 
 from trainer.cli import is_main_process, run
-from trainer.collaborative import load_hints
 from trainer.data import load_records, select_indices
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
@@ -70,10 +69,10 @@ def sft(flags: SFTFlags) -> None:
     # Build (and so validate) both datasets before anything is written.
     train_builder = PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens, seed=flags.seed,
                                   template_index=flags.template_index,
-                                  hints=load_hints(flags.hint_file, flags.hint_size, flags.train_file))
+                                  hints=flags.hints_for(flags.train_file))
     eval_builder = PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens,
                                  template_index=evaluation_template(flags.template_index),
-                                 hints=load_hints(flags.hint_file, flags.hint_size, flags.valid_file))
+                                 hints=flags.hints_for(flags.valid_file))
     train_dataset = supervised_dataset(flags.train_file, flags.max_train_samples, flags.seed, train_builder,
                                        tokenizer)
     eval_dataset = None

@@ -28,6 +28,8 @@
 #                      more per prompt than the paper's 32 on the validation split (SFT_LORA_ALPHA: 64)
 #   HINTS              True: every prompt names the candidates that most often followed its history
 #                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (True)
+#   HINT_RECENCY       weight of a history title in the hint by recency: one last seen i items before
+#                      the newest counts HINT_RECENCY**i; 1 counts all alike (1)
 #   SEED               seeds sampling, templates, initialisation and data order (42)
 set -euo pipefail
 cd "$(dirname "$0")"

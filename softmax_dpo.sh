@@ -33,6 +33,8 @@
 #   LEARNING_RATE      peak learning rate, cosine schedule (PREF_LEARNING_RATE: 3e-4)
 #   HINTS              True: every prompt names the candidates that most often followed its history
 #                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (True)
+#   HINT_RECENCY       weight of a history title in the hint by recency: one last seen i items before
+#                      the newest counts HINT_RECENCY**i; 1 counts all alike (1)
 #   SEED               seeds sampling, negatives, templates and data order (42)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -22,9 +22,9 @@ print_header() {
 set_profile_defaults() {
     local defaults
     case $1 in
-        cpu) defaults=(256 1 3e-4 4 4 100 0 64 128 1 3e-4 8 2 32 500 16 False True False) ;;
-        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False) ;;
-        paper) defaults=("" 5 1e-5 128 4 500 0.1 32 "" 3 1e-5 128 4 500 "" 16 True False True) ;;
+        cpu) defaults=(256 1 3e-4 4 4 100 0 64 128 1 3e-4 8 2 32 500 16 False True False 1) ;;
+        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False 1) ;;
+        paper) defaults=("" 5 1e-5 128 4 500 0.1 32 "" 3 1e-5 128 4 500 "" 16 True False True 1) ;;
         *) echo "error: PROFILE must be cpu, gpu or paper, got '$1'" >&2; exit 2 ;;
     esac
     # `-` keeps a setting set to empty (all records); `:-` fills an empty one.
@@ -47,6 +47,7 @@ set_profile_defaults() {
     SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[16]}}
     HINTS=${HINTS:-${defaults[17]}}
     SELECT_BEST=${SELECT_BEST:-${defaults[18]}}
+    HINT_RECENCY=${HINT_RECENCY:-${defaults[19]}}
     local setting
     for setting in SCORE_CANDIDATES HINTS SELECT_BEST; do
         if [[ ${!setting} != True && ${!setting} != False ]]; then
@@ -159,12 +160,12 @@ set_batch_layout() {
 }
 
 # Sets hint_flags from HINTS: with True, every prompt also names the candidates that other users
-# with the same history titles chose next most often in DATA_DIR/train.json (trainer/collaborative.py).
-# A model trained with hints is evaluated with hints.
+# with the same history titles chose next most often in DATA_DIR/train.json (trainer/collaborative.py),
+# the history's titles weighted by HINT_RECENCY. A model trained with hints is evaluated with hints.
 set_hint_flags() {
     hint_flags=()
     if [[ $HINTS == True ]]; then
-        hint_flags=(--hint_file "$DATA_DIR/train.json")
+        hint_flags=(--hint_file "$DATA_DIR/train.json" --hint_recency "$HINT_RECENCY")
     fi
 }
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import write_records
 from trainer.baselines import rules
-from trainer.collaborative import CollaborativeHints, ItemStatistics, load_hints
+from trainer.collaborative import CollaborativeHints, ItemStatistics, history_weights, load_hints
 from trainer.data import Record
 from trainer.errors import InputError
 from trainer.prompts import ANSWER_CUE, PromptBuilder
@@ -49,6 +49,25 @@ def test_a_counted_record_is_scored_without_its_own_contribution():
     # B (X 1 + Y 1 = 2) is not the record's answer: unchanged.
     assert statistics.transition_score(own, "B", exclude_own=True) == 2
     assert statistics.ranked_by_transitions(own, exclude_own=True)[0] == ("B", 2)
+
+
+def test_recent_history_titles_weigh_more_by_hand():
+    # X last seen 1 item before the newest (Z), Y 2 items before: weights 0.5, 0.25, 1.
+    assert history_weights(("X", "Y", "X", "Z"), 0.5) == {"X": 0.5, "Y": 0.25, "Z": 1.0}
+    assert history_weights(("X", "Y", "X"), 1.0) == {"X": 1.0, "Y": 1.0}
+    with pytest.raises(ValueError, match="recency weights lie in"):
+        history_weights(("X",), 0.0)
+    statistics = ItemStatistics(TRAINING)
+    newest_x = Record(history=("Z", "X"), candidates=CANDIDATES, target="D")
+    # Alike: A = X 2 + Z 0 = 2, B = X 1 + Z 2 = 3. At 0.25 Z counts a quarter: A = 2, B = 1 + 0.5 = 1.5.
+    assert statistics.ranked_by_transitions(newest_x, exclude_own=False)[:2] == [("B", 3), ("A", 2)]
+    assert statistics.ranked_by_transitions(newest_x, exclude_own=False, recency=0.25)[:2] == [("A", 2), ("B", 1.5)]
+    # Left out of its own counts, record 2 (X, Y, Z -> B; weights 0.25, 0.5, 1) scores B = X 0 + Y 0 + Z 1 = 1,
+    # A = X 2 x 0.25 + Y 1 x 0.5 = 1, C = Y 0.5; A and B tie and A's popularity 2 beats B's 2 - 1.
+    assert statistics.ranked_by_transitions(TRAINING[2], exclude_own=True, recency=0.5) == [
+        ("A", 1.0), ("B", 1.0), ("C", 0.5), ("D", 0.0)]
+    hints = CollaborativeHints(statistics, size=3, exclude_own=False, recency=0.25)
+    assert hints.titles(newest_x) == ["A", "B"]
 
 
 def test_hints_name_followed_candidates_best_first_and_stop_at_their_size():
@@ -125,6 +144,15 @@ def test_transitions_rule_answers_the_candidate_that_most_often_followed_the_his
     rules(rule="transitions", train_file=train, test_file=train, output_dir=str(tmp_path / "own"))
     rows = [json.loads(line) for line in (tmp_path / "own" / "predictions.jsonl").read_text().splitlines()]
     assert rows[1]["answer"] == "B"
+    # Z, X -> the rule names B when the history's titles count alike (3 against 2), A when the older Z
+    # counts a quarter (2 against 1.5): the hint's first title at the same --hint_recency.
+    recent = write_records(tmp_path / "recent.json", [{"historyList": "Z::X", "itemList": list(CANDIDATES),
+                                                        "trueSelection": "A"}])
+    for recency, answer in ((1.0, "B"), (0.25, "A")):
+        rules(rule="transitions", train_file=train, test_file=recent, output_dir=str(tmp_path / f"r{recency}"),
+              recency=recency)
+        assert json.loads((tmp_path / f"r{recency}" / "predictions.jsonl").read_text())["answer"] == answer
+        assert load_hints(train, 1, recent, recency).titles(Record(("Z", "X"), CANDIDATES, "A")) == [answer]
     with pytest.raises(InputError, match="--rule: expected one of"):
         rules(rule="random", train_file=train, test_file=test, output_dir=str(tmp_path / "other"))
     assert not (tmp_path / "other").exists()

@@ -80,6 +80,9 @@ def test_stages_change_defaults_not_help():
     (inference, {"max_samples": 0}, "--max_samples must be at least 1"),
     (inference, {"max_new_tokens": 0}, "--max_new_tokens must be at least 1"),
     (rules, {"rule": "recency"}, "--rule: expected one of"),
+    (rules, {"recency": 1.5}, "--recency must lie in"),
+    (sft, {"hint_recency": 0.0}, "--hint_recency must lie in"),
+    (inference, {"hint_size": 0}, "--hint_size must be at least 1"),
 ])
 def test_a_bad_value_is_refused_before_any_work(entry, flags, message, tmp_path):
     output_dir = tmp_path / "out"

@@ -45,12 +45,13 @@ def popularity_rank(title: str, candidates, counts: collections.Counter) -> floa
     return 1 + more + (equal - 1) / 2
 
 
-def rule_answer(rule: str, statistics: ItemStatistics, record: Record, exclude_own: bool) -> str:
-    """The candidate a rule names for a record; `exclude_own` when the record is one of those counted."""
+def rule_answer(rule: str, statistics: ItemStatistics, record: Record, exclude_own: bool, recency: float = 1.0) -> str:
+    """The candidate a rule names for a record; `exclude_own` when the record is one of those counted,
+    `recency` the weight of older history titles in the transitions rule (trainer.collaborative)."""
     if rule == "popularity":
         # max() keeps the first of equally popular candidates.
         return max(record.candidates, key=lambda title: statistics.popularity_of(record, title, exclude_own))
-    return statistics.ranked_by_transitions(record, exclude_own)[0][0]
+    return statistics.ranked_by_transitions(record, exclude_own, recency)[0][0]
 
 
 @dataclasses.dataclass
@@ -59,11 +60,15 @@ class RulesFlags(EvaluationDataFlags, OutputFlags):
     rule: str = flag("popularity", "popularity (the candidate most often true in training) or transitions (the "
                                    "candidate that most often came next after the history's titles in training).")
     train_file: str = flag("data/lastfm/train.json", "JSON records whose true items and histories are counted.")
+    recency: float = flag(1.0, "transitions: a history title last seen i items before the newest counts recency**i, "
+                               "in (0, 1]; the stages' --hint_recency, so the rule is the first hinted candidate.")
 
     def check(self) -> None:
         super().check()
         if self.rule not in RULES:
             raise InputError(f"--rule: expected one of {list(RULES)}, got {self.rule!r}")
+        if not 0 < self.recency <= 1:
+            raise InputError(f"--recency must lie in (0, 1], got {self.recency}")
 
 
 @command(RulesFlags)
@@ -75,7 +80,7 @@ def rules(flags: RulesFlags) -> None:
     records = [records[index] for index in indices]
     # Scoring the counted file itself leaves each record out of its own counts.
     exclude_own = counts_own_records(flags.train_file, flags.test_file)
-    answers = [rule_answer(flags.rule, statistics, record, exclude_own) for record in records]
+    answers = [rule_answer(flags.rule, statistics, record, exclude_own, flags.recency) for record in records]
     predictions, metrics = score_answers(indices, records, answers)
     start_run(dataclasses.asdict(flags), flags.output_dir, METRICS_FILE)
     write_evaluation(flags.output_dir, predictions, metrics)

@@ -13,6 +13,11 @@ A record that is itself one of the counted records would see its own answer in i
 hints and rule scores are therefore computed leave-one-out (`exclude_own=True`): its own
 contribution is taken back out, so a training prompt's hint is as informative as a test prompt's
 and not a copy of the answer.
+
+A candidate's transition score sums, over the distinct titles of the history, how often it came next
+after that title. With `recency` below 1 the recent titles count more: a title last seen i items
+before the newest one weighs recency**i (1: every title alike; on LastFM's validation split 0.5 lifts
+the transitions rule from HR@1 0.619 to 0.715, docs/levers.md).
 """
 
 import collections
@@ -38,42 +43,55 @@ class ItemStatistics:
         """Training records whose next title is `title`; without `record`'s own when `exclude_own`."""
         return self.popularity[title] - (exclude_own and title == record.target)
 
-    def transition_score(self, record: Record, title: str, exclude_own: bool) -> int:
-        """How often `title` came next after a title of `record`'s history, summed over its history titles."""
-        history = set(record.history)
-        score = sum(self.transitions[past][title] for past in history if past in self.transitions)
-        if exclude_own and title == record.target:
-            score -= len(history)
-        return score
+    def transition_score(self, record: Record, title: str, exclude_own: bool, recency: float = 1.0) -> float:
+        """How often `title` came next after a title of `record`'s history, summed over its distinct history
+        titles, each weighted by `recency` ** (items between its last occurrence and the newest item)."""
+        # The record's own count is 1 after each of its distinct history titles; taking it out of each
+        # count before weighting keeps a score of nothing else exactly 0.
+        own = int(exclude_own and title == record.target)
+        return sum(weight * (self.transitions[past][title] - own)
+                   for past, weight in history_weights(record.history, recency).items() if past in self.transitions)
 
-    def ranked_by_transitions(self, record: Record, exclude_own: bool) -> list[tuple[str, int]]:
+    def ranked_by_transitions(self, record: Record, exclude_own: bool,
+                              recency: float = 1.0) -> list[tuple[str, float]]:
         """(candidate, transition score), highest first; ties by popularity, then by listed order."""
-        scored = [(title, self.transition_score(record, title, exclude_own),
+        scored = [(title, self.transition_score(record, title, exclude_own, recency),
                    self.popularity_of(record, title, exclude_own)) for title in record.candidates]
         # sorted() is stable, so fully tied candidates keep their listed order.
         ranked = sorted(scored, key=lambda item: (item[1], item[2]), reverse=True)
         return [(title, score) for title, score, _ in ranked]
 
 
+def history_weights(history: tuple[str, ...], recency: float) -> dict[str, float]:
+    """Each distinct title of a history (oldest first) -> recency ** (items after its last occurrence)."""
+    if not 0 < recency <= 1:
+        raise ValueError(f"recency weights lie in (0, 1], got {recency}")
+    last_seen = {title: position for position, title in enumerate(history)}
+    newest = len(history) - 1
+    return {title: recency ** (newest - position) for title, position in last_seen.items()}
+
+
 class CollaborativeHints:
     """The hint sentence of a prompt: up to `size` candidates that most often followed the history."""
 
-    def __init__(self, statistics: ItemStatistics, size: int, exclude_own: bool):
+    def __init__(self, statistics: ItemStatistics, size: int, exclude_own: bool, recency: float = 1.0):
         if size < 1:
             raise ValueError(f"a hint names at least one candidate, got size {size}")
+        history_weights((), recency)  # checks the weight's range before any prompt is built
         self.statistics = statistics
         self.size = size
         self.exclude_own = exclude_own
+        self.recency = recency
 
     def titles(self, record: Record) -> list[str]:
         """The hinted candidates, most often followed first; only those that followed at least once."""
-        ranked = self.statistics.ranked_by_transitions(record, self.exclude_own)
+        ranked = self.statistics.ranked_by_transitions(record, self.exclude_own, self.recency)
         return [title for title, score in ranked[: self.size] if score > 0]
 
     def hard_negatives(self, record: Record, count: int) -> list[str]:
         """The `count` candidates other than the answer that the counts rank highest: the ones a model
         that follows the hint would name wrongly (preference training's `--negatives hinted`)."""
-        ranked = self.statistics.ranked_by_transitions(record, self.exclude_own)
+        ranked = self.statistics.ranked_by_transitions(record, self.exclude_own, self.recency)
         return [title for title, _ in ranked if title != record.target][:count]
 
 
@@ -88,7 +106,7 @@ def counts_own_records(counted_file: str, data_file: str) -> bool:
     return os.path.exists(counted_file) and os.path.exists(data_file) and os.path.samefile(counted_file, data_file)
 
 
-def load_hints(hint_file: str | None, size: int, data_file: str) -> CollaborativeHints | None:
+def load_hints(hint_file: str | None, size: int, data_file: str, recency: float = 1.0) -> CollaborativeHints | None:
     """Hints from `hint_file`'s counts for the prompts of `data_file`; None without a hint file.
 
     When both name the same file, each record's own contribution is left out of its hint.
@@ -97,5 +115,7 @@ def load_hints(hint_file: str | None, size: int, data_file: str) -> Collaborativ
         return None
     if size < 1:
         raise InputError(f"--hint_size must be at least 1, got {size}")
+    if not 0 < recency <= 1:
+        raise InputError(f"--hint_recency must lie in (0, 1], got {recency}")
     statistics = statistics_of(os.path.abspath(hint_file))
-    return CollaborativeHints(statistics, size, counts_own_records(hint_file, data_file))
+    return CollaborativeHints(statistics, size, counts_own_records(hint_file, data_file), recency)

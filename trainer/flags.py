@@ -15,6 +15,7 @@ import functools
 import inspect
 
 from trainer.cli import accepts
+from trainer.collaborative import CollaborativeHints, load_hints
 from trainer.errors import InputError
 from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
 from trainer.prompts import EVAL_TEMPLATE_INDEX
@@ -112,6 +113,20 @@ class PromptFlags(Flags):
               "the same history titles chose next most often (trainer.collaborative); pass the same file when "
               "training and evaluating. Unset: the text-only prompts of the paper.")
     hint_size: int = flag(3, "Most candidates a hint names.")
+    hint_recency: float = flag(
+        1.0, "Weight of a history title in the hint's counts by how recent it is: a title last seen i items before "
+             "the newest counts hint_recency**i, in (0, 1]; 1 counts every title alike.")
+
+    def check(self) -> None:
+        super().check()
+        if self.hint_size < 1:
+            raise InputError(f"--hint_size must be at least 1, got {self.hint_size}")
+        if not 0 < self.hint_recency <= 1:
+            raise InputError(f"--hint_recency must lie in (0, 1], got {self.hint_recency}")
+
+    def hints_for(self, data_file: str) -> CollaborativeHints | None:
+        """The hints of the prompts built from `data_file` (None without --hint_file)."""
+        return load_hints(self.hint_file, self.hint_size, data_file, self.hint_recency)
 
 
 @dataclasses.dataclass

@@ -20,7 +20,6 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from trainer.baselines import target_counts
 from trainer.cli import is_main_process
-from trainer.collaborative import load_hints
 from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
@@ -144,12 +143,12 @@ def train_preference(flags: PreferenceFlags) -> None:
     splits = [(sample_records(flags.train_file, flags.max_train_samples, flags.seed, flags.neg_num),
                PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens, seed=flags.seed,
                              template_index=flags.template_index,
-                             hints=load_hints(flags.hint_file, flags.hint_size, flags.train_file)))]
+                             hints=flags.hints_for(flags.train_file)))]
     if flags.validates:
         splits.append((sample_records(flags.valid_file, flags.max_valid_samples, flags.seed, flags.neg_num),
                        PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens,
                                      template_index=evaluation_template(flags.template_index),
-                                     hints=load_hints(flags.hint_file, flags.hint_size, flags.valid_file))))
+                                     hints=flags.hints_for(flags.valid_file))))
     popularity = target_counts(flags.train_file) if flags.negatives == "popular" else None
 
     model = load_model_for_training(model_path, torch_dtype, flags.load_in_4bit, flags.gradient_checkpointing,
