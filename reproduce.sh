@@ -36,7 +36,7 @@
 #                                               keeps the paper's text-only prompts
 #   SELECT_BEST          False   False   True   keep each stage's adapter with the lowest validation loss, the
 #                                               authors' cadence: 5 evaluations in SFT, 10 in each preference stage
-#   HINT_RECENCY         1       1       1      weight of a history title in the hint (and the transitions rule) by
+#   HINT_RECENCY         0.5     0.5     1      weight of a history title in the hint (and the transitions rule) by
 #                                               recency: one last seen i items before the newest counts HINT_RECENCY**i
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)

@@ -34,7 +34,7 @@
 #   HINTS              True: every prompt names the candidates that most often followed its history
 #                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (True)
 #   HINT_RECENCY       weight of a history title in the hint by recency: one last seen i items before
-#                      the newest counts HINT_RECENCY**i; 1 counts all alike (1)
+#                      the newest counts HINT_RECENCY**i; 1 counts all alike (HINT_RECENCY: 0.5)
 #   SEED               seeds sampling, negatives, templates and data order (42)
 set -euo pipefail
 cd "$(dirname "$0")"

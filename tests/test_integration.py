@@ -26,7 +26,8 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(share
     assert os.path.isfile(sft_dir / "adapter_model.safetensors")
     state = json.loads((sft_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
-    assert json.loads((sft_dir / "run_config.json").read_text())["lora_alpha"] == 64, "the cpu profile's SFT_LORA_ALPHA"
+    sft_config = json.loads((sft_dir / "run_config.json").read_text())
+    assert (sft_config["lora_alpha"], sft_config["hint_recency"]) == (64, 0.5), "the cpu profile's settings"
 
     sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sft_dir),
                                          "OUTPUT_DIR": str(sdpo_dir), "MAX_TRAIN_SAMPLES": "4",
@@ -103,6 +104,9 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
         assert config["num_processes"] == 2 and config["effective_batch_size"] == 2
         assert "best_checkpoint_step" in json.loads((run_dir / stage / "train_results.json").read_text())
     assert json.loads((run_dir / "sft" / "run_config.json").read_text())["lora_alpha"] == 64, "the gpu profile's"
+    assert json.loads((run_dir / "transitions" / "eval" / "run_config.json").read_text())["recency"] == 0.5
+    assert {json.loads((run_dir / stage / name / "run_config.json").read_text())["hint_recency"]
+            for stage, name in (("sft", ""), ("softmax_dpo", ""), ("dmpo", "eval"))} == {0.5}
     table = (run_dir / "results.md").read_text()
     assert all(f"\n| {stage} | " in table for stage in (*RULES, *STAGES))
     assert all(f"\n| {pair} | " in table for pair in PAIRS)
