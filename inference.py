@@ -51,6 +51,8 @@ def inference(flags: InferenceFlags) -> None:
     records = [records[index] for index in indices]
 
     check_output_dir(flags.output_dir)
+    if flags.adapter and (difference := flags.hint_difference(flags.adapter)):
+        logger.warning("%s: set the same hint flags as in training", difference)
     dtype = resolve_dtype(flags.dtype)
     model_path = resolve_model_path(flags.model_name)
     tokenizer = load_tokenizer(model_path, padding_side="left")

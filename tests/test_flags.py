@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+import json
 
 import pytest
 
@@ -128,3 +129,19 @@ def test_command_builds_a_checked_flags_object_from_keyword_flags():
 
     with pytest.raises(ValueError, match="Undocumented.quiet has no help text"):
         command(Undocumented)(toy)
+
+
+def test_hint_difference_names_hints_that_differ_from_the_adapters_training(tmp_path):
+    adapter = tmp_path / "sft"
+    (adapter / "checkpoint-8").mkdir(parents=True)
+    assert PromptFlags(hint_file="train.json").hint_difference(str(adapter)) is None, "no run_config.json: unknown"
+    (adapter / "run_config.json").write_text(json.dumps({"hint_file": "data/train.json", "hint_size": 3,
+                                                         "hint_recency": 0.5}))
+    assert PromptFlags(hint_file="elsewhere/train.json", hint_recency=0.5).hint_difference(str(adapter)) is None
+    assert PromptFlags(hint_file="train.json").hint_difference(str(adapter / "checkpoint-8")) == (
+        f"{adapter / 'checkpoint-8'} was trained with hints (hint_size 3, hint_recency 0.5); "
+        "this run's prompts are built with hints (hint_size 3, hint_recency 1.0)")
+    assert PromptFlags().hint_difference(str(adapter)).endswith("this run's prompts are built without hints")
+    # A run from before --hint_recency existed counted every history title alike.
+    (adapter / "run_config.json").write_text(json.dumps({"hint_file": "train.json", "hint_size": 3}))
+    assert PromptFlags(hint_file="train.json").hint_difference(str(adapter)) is None

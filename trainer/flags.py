@@ -13,11 +13,14 @@ class to the first, so stages list their groups last-shown first.
 import dataclasses
 import functools
 import inspect
+import json
+import os
 
 from trainer.cli import accepts
 from trainer.collaborative import CollaborativeHints, load_hints
 from trainer.errors import InputError
 from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
+from trainer.outputs import RUN_CONFIG_FILE
 from trainer.prompts import EVAL_TEMPLATE_INDEX
 
 
@@ -127,6 +130,31 @@ class PromptFlags(Flags):
     def hints_for(self, data_file: str) -> CollaborativeHints | None:
         """The hints of the prompts built from `data_file` (None without --hint_file)."""
         return load_hints(self.hint_file, self.hint_size, data_file, self.hint_recency)
+
+    def hint_difference(self, adapter: str) -> str | None:
+        """What differs between this run's hints and those `adapter` was trained with, read from the run_config.json
+        of its folder (or of the run a checkpoint folder belongs to); None when they match or are not recorded.
+        A model meeting other hints than it learned from scores lower without any error to say why."""
+        for folder in (adapter, os.path.dirname(os.path.normpath(adapter))):
+            path = os.path.join(folder, RUN_CONFIG_FILE)
+            if os.path.isfile(path):
+                break
+        else:
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                trained = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        before, now = hint_description(trained), hint_description(dataclasses.asdict(self))
+        return None if before == now else f"{adapter} was trained {before}; this run's prompts are built {now}"
+
+
+def hint_description(config: dict) -> str:
+    """The hint settings of a run's flags (older runs without --hint_recency had recency 1)."""
+    if not config.get("hint_file"):
+        return "without hints"
+    return f"with hints (hint_size {config.get('hint_size', 3)}, hint_recency {config.get('hint_recency', 1.0)})"
 
 
 @dataclasses.dataclass

@@ -157,6 +157,8 @@ def train_preference(flags: PreferenceFlags) -> None:
     set_seed(flags.seed)
     peft_config = None
     if flags.adapter:
+        if difference := flags.hint_difference(flags.adapter):
+            logger.warning("%s: the preference stage usually keeps the SFT stage's hint flags", difference)
         model = PeftModel.from_pretrained(model, flags.adapter, is_trainable=True)
     else:
         logger.warning("No --adapter: training a fresh adapter against the base model")
