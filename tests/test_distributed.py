@@ -62,7 +62,8 @@ def sft_runs(tiny_model_dir, data_dir, tmp_path_factory):
     """SFT with 1 process x accumulation 4 and with 2 processes (sft.sh, the ddp configuration) x 2."""
     folder = tmp_path_factory.mktemp("distributed-sft")
     runs = {processes: folder / f"processes-{processes}" for processes in (1, 2)}
-    training = {"max_steps": 3, "logging_steps": 1, "learning_rate": 1e-2, "lora_dropout": 0}
+    # sft.sh passes its profile's LoRA alpha; the same one here, so the two runs train the same adapter.
+    training = {"max_steps": 3, "logging_steps": 1, "learning_rate": 1e-2, "lora_dropout": 0, "lora_alpha": 64}
     sft(model_name=tiny_model_dir, train_file=str(data_dir / "train.json"), valid_file=str(data_dir / "valid.json"),
         output_dir=str(runs[1]), max_valid_samples=4, batch_size=1, gradient_accumulation_steps=4, **training)
     run_stage("sft.sh", 2, {"MODEL_NAME": tiny_model_dir, "DATA_DIR": str(data_dir), "OUTPUT_DIR": str(runs[2]),
