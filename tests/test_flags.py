@@ -142,6 +142,11 @@ def test_hint_difference_names_hints_that_differ_from_the_adapters_training(tmp_
         f"{adapter / 'checkpoint-8'} was trained with hints (hint_size 3, hint_recency 0.5); "
         "this run's prompts are built with hints (hint_size 3, hint_recency 1.0)")
     assert PromptFlags().hint_difference(str(adapter)).endswith("this run's prompts are built without hints")
-    # A run from before --hint_recency existed counted every history title alike.
+    # A run from before --hint_recency existed counted every history title alike; 1 is 1.0.
     (adapter / "run_config.json").write_text(json.dumps({"hint_file": "train.json", "hint_size": 3}))
     assert PromptFlags(hint_file="train.json").hint_difference(str(adapter)) is None
+    assert PromptFlags(hint_file="train.json", hint_recency=1).hint_difference(str(adapter)) is None
+    # Only a checkpoint folder borrows its run's settings: another folder's parent is not its run.
+    (tmp_path / "run_config.json").write_text(json.dumps({"hint_file": "train.json", "hint_recency": 0.5}))
+    (tmp_path / "other").mkdir()
+    assert PromptFlags().hint_difference(str(tmp_path / "other")) is None

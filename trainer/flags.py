@@ -135,11 +135,10 @@ class PromptFlags(Flags):
         """What differs between this run's hints and those `adapter` was trained with, read from the run_config.json
         of its folder (or of the run a checkpoint folder belongs to); None when they match or are not recorded.
         A model meeting other hints than it learned from scores lower without any error to say why."""
-        for folder in (adapter, os.path.dirname(os.path.normpath(adapter))):
-            path = os.path.join(folder, RUN_CONFIG_FILE)
-            if os.path.isfile(path):
-                break
-        else:
+        path = os.path.join(adapter, RUN_CONFIG_FILE)
+        if not os.path.isfile(path) and os.path.basename(os.path.normpath(adapter)).startswith("checkpoint-"):
+            path = os.path.join(os.path.dirname(os.path.normpath(adapter)), RUN_CONFIG_FILE)
+        if not os.path.isfile(path):
             return None
         try:
             with open(path, encoding="utf-8") as handle:
@@ -154,7 +153,8 @@ def hint_description(config: dict) -> str:
     """The hint settings of a run's flags (older runs without --hint_recency had recency 1)."""
     if not config.get("hint_file"):
         return "without hints"
-    return f"with hints (hint_size {config.get('hint_size', 3)}, hint_recency {config.get('hint_recency', 1.0)})"
+    # float(): a recency given as 1 on the command line is the default 1.0.
+    return f"with hints (hint_size {config.get('hint_size', 3)}, hint_recency {float(config.get('hint_recency', 1.0))})"
 
 
 @dataclasses.dataclass
