@@ -46,16 +46,20 @@ class ItemStatistics:
     def transition_score(self, record: Record, title: str, exclude_own: bool, recency: float = 1.0) -> float:
         """How often `title` came next after a title of `record`'s history, summed over its distinct history
         titles, each weighted by `recency` ** (items between its last occurrence and the newest item)."""
+        return self._weighted_score(record, title, exclude_own, history_weights(record.history, recency))
+
+    def _weighted_score(self, record: Record, title: str, exclude_own: bool, weights: dict[str, float]) -> float:
         # The record's own count is 1 after each of its distinct history titles; taking it out of each
         # count before weighting keeps a score of nothing else exactly 0.
         own = int(exclude_own and title == record.target)
         return sum(weight * (self.transitions[past][title] - own)
-                   for past, weight in history_weights(record.history, recency).items() if past in self.transitions)
+                   for past, weight in weights.items() if past in self.transitions)
 
     def ranked_by_transitions(self, record: Record, exclude_own: bool,
                               recency: float = 1.0) -> list[tuple[str, float]]:
         """(candidate, transition score), highest first; ties by popularity, then by listed order."""
-        scored = [(title, self.transition_score(record, title, exclude_own, recency),
+        weights = history_weights(record.history, recency)  # once per record, not per candidate
+        scored = [(title, self._weighted_score(record, title, exclude_own, weights),
                    self.popularity_of(record, title, exclude_own)) for title in record.candidates]
         # sorted() is stable, so fully tied candidates keep their listed order.
         ranked = sorted(scored, key=lambda item: (item[1], item[2]), reverse=True)
