@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 import os
+import random
 
 import pytest
 import torch
@@ -25,8 +26,8 @@ from trainer.collaborative import load_hints
 from trainer.data import parse_record
 from trainer.errors import InputError
 from trainer.evaluation import answer_and_score
-from trainer.logprobs import (collate_packed, completion_logps, pack_example, packed_attention, packed_attention_mask,
-                              packed_completion_logps)
+from trainer.logprobs import (collate_packed, completion_logps, first_predicting_position, pack_example,
+                              packed_attention, packed_attention_mask, packed_completion_logps)
 from trainer.modeling import load_tokenizer
 from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others, sample_negatives, sample_popular_negatives
 from trainer.preference_stage import preference_dataset, sample_records
@@ -90,6 +91,18 @@ def test_packed_rows_by_hand():
     assert batch["predictors"].tolist() == [[2, 3, 2], [2, 2, 4]]
     assert batch["targets"].tolist() == [[7, 8, 9], [4, 4, 4]]
     assert batch["owners"].tolist() == [[0, 0, 1], [0, 1, 1]]
+
+
+@pytest.mark.parametrize("align_prompts", [False, True])
+def test_the_first_predicting_position_follows_from_the_batch_shape(align_prompts):
+    generator = random.Random(0)
+    for _ in range(200):
+        packed = [pack_example([1] * generator.randint(1, 9),
+                               [[2] * generator.randint(1, 5) for _ in range(generator.randint(1, 4))])
+                  for _ in range(generator.randint(1, 5))]
+        batch = collate_packed(packed, 0, align_prompts=align_prompts)
+        earliest = int(batch["predictors"][batch["owners"] >= 0].min())
+        assert first_predicting_position(batch) == earliest
 
 
 def batch_logps(model, rows, packed: bool) -> torch.Tensor:

@@ -162,6 +162,18 @@ def packed_attention_mask(model, segments: torch.Tensor):
     raise ValueError(f"the packed forward needs sdpa, eager or flex_attention, not {implementation!r}")
 
 
+def first_predicting_position(batch: dict[str, torch.Tensor]) -> int:
+    """The earliest position of a collate_packed batch whose logits predict a completion token, from its shape.
+
+    Either way collate_packed lays rows out, the row with the most completion tokens (the width T of
+    `targets`) has its last prompt token T positions before the end: its rows are left-padded, so every
+    row ends at the last position, or aligned, so every prompt ends where the longest completions begin.
+    Read from the shapes, not from `predictors`: reading a value off a GPU would make the host wait for
+    the device on every forward pass.
+    """
+    return batch["input_ids"].shape[1] - 1 - batch["targets"].shape[1]
+
+
 def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completions: int, cache=None) -> torch.Tensor:
     """log pi(completion j | prompt) for every prompt of a packed batch (collate_packed), as [B, num_completions].
 
@@ -170,10 +182,9 @@ def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completio
     `cache` is filled with the batch's keys and values.
     """
     input_ids, predictors = batch["input_ids"], batch["predictors"]
-    length = input_ids.shape[1]
     valid = batch["owners"] >= 0
-    first_predictor = int(predictors.masked_fill(~valid, length - 1).min())
-    kept = length - first_predictor
+    first_predictor = first_predicting_position(batch)
+    kept = input_ids.shape[1] - first_predictor
     logits = model(input_ids=input_ids, attention_mask=packed_attention_mask(model, batch["segments"]),
                    position_ids=batch["position_ids"], logits_to_keep=kept, past_key_values=cache,
                    use_cache=cache is not None).logits.float()
