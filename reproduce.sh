@@ -38,12 +38,16 @@
 #                                               authors' cadence: 5 evaluations in SFT, 10 in each preference stage
 #   HINT_RECENCY         0.5     0.5     1      weight of a history title in the hint (and the transitions rule) by
 #                                               recency: one last seen i items before the newest counts HINT_RECENCY**i
+#   SFT_MAX_SECONDS      0       150     0      end SFT after the first optimizer step past this many seconds (0: no
+#                                               limit), then validate and save as usual; the schedule keeps its length
+#   PREF_MAX_SECONDS     0       40      0      the same for each preference stage
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 # The gpu profile is the cpu profile's recipe (chosen on the validation split, docs/levers.md) on all
 # 47,872 SFT prompts, 4,096 per preference stage and all 2,495 test prompts, in large batches, sized
 # for the device script (scripts/device.sh) to run within one 10-minute call; its sizes are not yet
-# measured on a GPU.
+# measured on a GPU, so its training stages also stop at a time budget (SFT_MAX_SECONDS,
+# PREF_MAX_SECONDS) and each stage's train_results.json says how many prompts it trained on.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
@@ -99,7 +103,7 @@ train_preference() {
     OUTPUT_DIR=$RUN_DIR/$1 ADAPTER=$RUN_DIR/sft LOSS_TYPE=$3 NEG_NUM=$4 BETA=$BETA \
         MAX_TRAIN_SAMPLES=$PREF_SAMPLES MAX_VALID_SAMPLES=$PREF_VALID_SAMPLES EPOCHS=$PREF_EPOCHS \
         EFFECTIVE_BATCH_SIZE=$PREF_EFFECTIVE_BATCH BATCH_SIZE=$PREF_BATCH_SIZE LEARNING_RATE=$PREF_LEARNING_RATE \
-        bash "$2" "${best_flags[@]}"
+        MAX_TRAIN_SECONDS=$PREF_MAX_SECONDS bash "$2" "${best_flags[@]}"
 }
 
 # Evaluates a stage (an adapter folder, or none for the base model) into RUN_DIR/stage/eval.
@@ -126,7 +130,8 @@ set_best_flags 0.2
 run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
     EFFECTIVE_BATCH_SIZE="$SFT_EFFECTIVE_BATCH" BATCH_SIZE="$SFT_BATCH_SIZE" LEARNING_RATE="$SFT_LEARNING_RATE" \
-    LORA_DROPOUT="$SFT_LORA_DROPOUT" LORA_ALPHA="$SFT_LORA_ALPHA" bash sft.sh "${best_flags[@]}"
+    LORA_DROPOUT="$SFT_LORA_DROPOUT" LORA_ALPHA="$SFT_LORA_ALPHA" MAX_TRAIN_SECONDS="$SFT_MAX_SECONDS" \
+    bash sft.sh "${best_flags[@]}"
 for stage in dpo:dpo.sh:dpo:1 softmax_dpo:softmax_dpo.sh:sdpo:$NEG_NUM dmpo:softmax_dpo.sh:dmpo:$NEG_NUM; do
     IFS=: read -r name script loss negatives <<< "$stage"
     run_stage "$name" "$RUN_DIR/$name/train_results.json" train_preference "$name" "$script" "$loss" "$negatives"

@@ -24,8 +24,9 @@ from trainer.modeling import load_model_for_training, lora_config
 from trainer.outputs import write_json_atomically
 from trainer.prompts import PromptBuilder, evaluation_template, supervised_example
 from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer, CACHE_INDEX_COLUMN
-from trainer.training import (LearningCurveCallback, TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
-                              kept_weights, start_training_stage, token_throughput, train_or_continue)
+from trainer.training import (TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
+                              kept_weights, start_training_stage, time_budget_results, token_throughput,
+                              train_or_continue, training_callbacks)
 
 logger = logging.getLogger("sft")
 
@@ -132,7 +133,7 @@ def sft(flags: SFTFlags) -> None:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[LearningCurveCallback()],
+        callbacks=training_callbacks(flags.max_train_seconds),
         first_cached_layer=first_cached_layer,
     )
     resolved_config = config | {"resolved_model_path": model_path} | batch_layout(config)
@@ -140,7 +141,7 @@ def sft(flags: SFTFlags) -> None:
     example_tokens = [len(input_ids) for input_ids in train_dataset["input_ids"]]
     results = (dict(train_result.metrics) | token_throughput(train_result.metrics, example_tokens)
                | (trainer.evaluate() if flags.validates else {}))
-    results |= best_checkpoint_results(trainer.state)
+    results |= best_checkpoint_results(trainer.state) | time_budget_results(trainer)
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset) if flags.validates else 0}
 
     trainer.save_model(flags.output_dir)

@@ -22,6 +22,8 @@
 #   BATCH_SIZE         most examples per forward pass of one process; passes are accumulated to
 #                      EFFECTIVE_BATCH_SIZE / NUM_PROCESSES (SFT_BATCH_SIZE: 4)
 #   LEARNING_RATE      peak learning rate, cosine schedule (SFT_LEARNING_RATE: 3e-4)
+#   MAX_TRAIN_SECONDS  end training after the first optimizer step past this many seconds; 0 for no limit
+#                      (SFT_MAX_SECONDS: 0)
 #   LORA_DROPOUT       dropout on the LoRA input; off on a CPU, as one pass over unseen prompts has
 #                      little to overfit and dropout costs a third of a CPU step (SFT_LORA_DROPOUT: 0)
 #   LORA_ALPHA         LoRA scaling numerator: the update is scaled by alpha / r (r 8); 64 learned

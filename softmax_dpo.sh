@@ -31,6 +31,8 @@
 #   BATCH_SIZE         most prompts per forward pass of one process; passes are accumulated to
 #                      EFFECTIVE_BATCH_SIZE / NUM_PROCESSES (PREF_BATCH_SIZE: 2)
 #   LEARNING_RATE      peak learning rate, cosine schedule (PREF_LEARNING_RATE: 3e-4)
+#   MAX_TRAIN_SECONDS  end training after the first optimizer step past this many seconds; 0 for no limit
+#                      (PREF_MAX_SECONDS: 0)
 #   HINTS              True: every prompt names the candidates that most often followed its history
 #                      in DATA_DIR/train.json (trainer/collaborative.py); evaluate with HINTS=True too (True)
 #   HINT_RECENCY       weight of a history title in the hint by recency: one last seen i items before

@@ -22,9 +22,9 @@ print_header() {
 set_profile_defaults() {
     local defaults
     case $1 in
-        cpu) defaults=(256 1 3e-4 4 4 100 0 64 128 1 3e-4 8 2 32 500 16 False True False 0.5) ;;
-        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False 0.5) ;;
-        paper) defaults=("" 5 1e-5 128 4 500 0.1 32 "" 3 1e-5 128 4 500 "" 16 True False True 1) ;;
+        cpu) defaults=(256 1 3e-4 4 4 100 0 64 128 1 3e-4 8 2 32 500 16 False True False 0.5 0 0) ;;
+        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False 0.5 150 40) ;;
+        paper) defaults=("" 5 1e-5 128 4 500 0.1 32 "" 3 1e-5 128 4 500 "" 16 True False True 1 0 0) ;;
         *) echo "error: PROFILE must be cpu, gpu or paper, got '$1'" >&2; exit 2 ;;
     esac
     # `-` keeps a setting set to empty (all records); `:-` fills an empty one.
@@ -48,6 +48,8 @@ set_profile_defaults() {
     HINTS=${HINTS:-${defaults[17]}}
     SELECT_BEST=${SELECT_BEST:-${defaults[18]}}
     HINT_RECENCY=${HINT_RECENCY:-${defaults[19]}}
+    SFT_MAX_SECONDS=${SFT_MAX_SECONDS:-${defaults[20]}}
+    PREF_MAX_SECONDS=${PREF_MAX_SECONDS:-${defaults[21]}}
     local setting
     for setting in SCORE_CANDIDATES HINTS SELECT_BEST; do
         if [[ ${!setting} != True && ${!setting} != False ]]; then
@@ -71,16 +73,17 @@ set_shared_settings() {
 
 # Sets the training settings sft.sh and softmax_dpo.sh share, each kept where the environment sets
 # it, from the profile settings of stage $1 (SFT or PREF): MAX_TRAIN_SAMPLES ($1_SAMPLES),
-# MAX_VALID_SAMPLES, EPOCHS, EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE.
+# MAX_VALID_SAMPLES, EPOCHS, EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, MAX_TRAIN_SECONDS.
 set_training_stage_settings() {
     local samples=$1_SAMPLES valid=$1_VALID_SAMPLES epochs=$1_EPOCHS effective=$1_EFFECTIVE_BATCH
-    local batch=$1_BATCH_SIZE rate=$1_LEARNING_RATE
+    local batch=$1_BATCH_SIZE rate=$1_LEARNING_RATE seconds=$1_MAX_SECONDS
     MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-${!samples}}
     MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-${!valid}}
     EPOCHS=${EPOCHS:-${!epochs}}
     EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-${!effective}}
     BATCH_SIZE=${BATCH_SIZE:-${!batch}}
     LEARNING_RATE=${LEARNING_RATE:-${!rate}}
+    MAX_TRAIN_SECONDS=${MAX_TRAIN_SECONDS:-${!seconds}}
 }
 
 # Converts the LastFM data (LLaRA layout) into DATA_DIR once; a later run reuses the JSON files.
@@ -171,7 +174,7 @@ set_hint_flags() {
 
 # Runs a training stage (sft.py, dpo.py or softmax_dpo.py) with the settings every stage script
 # defines (MODEL_NAME, DATA_DIR, OUTPUT_DIR, MAX_TRAIN_SAMPLES, MAX_VALID_SAMPLES, EPOCHS,
-# EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, SEED, HINTS), then the stage's own flags and the
+# EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, MAX_TRAIN_SECONDS, SEED, HINTS), then the stage's own flags and the
 # user's, which come last and so override: launch_training_stage script [flag ...]
 launch_training_stage() {
     local python_script=$1
@@ -194,6 +197,7 @@ launch_training_stage() {
         --batch_size "$BATCH_SIZE" \
         --gradient_accumulation_steps "$GRAD_ACCUM" \
         --learning_rate "$LEARNING_RATE" \
+        --max_train_seconds "$MAX_TRAIN_SECONDS" \
         --seed "$SEED" \
         "${hint_flags[@]}" \
         "$@"

@@ -125,11 +125,13 @@ receive() {
         --target "$DEVICE_DIR/site" "$DEVICE_DIR"/wheels/*.whl
     use_carried_packages
     describe_environment
-    # While here: the packed forward under sdpa and flex_attention (speed, memory, equal numbers).
+    # While here: the packed forward under sdpa and flex_attention (speed, memory, equal numbers). At most
+    # 100 s, so that the machine's start (1-2 min), this call and call 2 (up to 9.5 min) fit the 15 minutes
+    # of device time a session has.
     local out
     out=$(realpath -m "${OUT:-output/device-receive}")
     mkdir -p "$out"
-    timeout 150 python bench/attention_kernels.py --device cuda --output "$out/attention_kernels.json" \
+    timeout 100 python bench/attention_kernels.py --device cuda --output "$out/attention_kernels.json" \
         || echo "bench/attention_kernels.py did not finish (status $?)"
     echo "Received; make call 2 now (bash scripts/device.sh run, carrying .device/model.part-2)."
 }

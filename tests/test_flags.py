@@ -84,6 +84,8 @@ def test_stages_change_defaults_not_help():
     (rules, {"recency": 1.5}, "--recency must lie in"),
     (sft, {"hint_recency": 0.0}, "--hint_recency must lie in"),
     (inference, {"hint_size": 0}, "--hint_size must be at least 1"),
+    (sft, {"max_train_seconds": -1}, "--max_train_seconds must be 0"),
+    (softmax_dpo, {"dataloader_workers": -2}, "--dataloader_workers must be -1"),
 ])
 def test_a_bad_value_is_refused_before_any_work(entry, flags, message, tmp_path):
     output_dir = tmp_path / "out"

@@ -64,7 +64,9 @@ def test_stage_scripts_answer_help(script, flag):
 # above.
 SHORT_REPRODUCTION = {"PROFILE": "gpu", "NUM_PROCESSES": "2", "SFT_SAMPLES": "4", "SFT_EFFECTIVE_BATCH": "2", "SFT_BATCH_SIZE": "2",
                       "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2", "PREF_EFFECTIVE_BATCH": "2", "PREF_BATCH_SIZE": "2",
-                      "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3", "SCORE_CANDIDATES": "True", "SELECT_BEST": "True"}
+                      "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3", "SCORE_CANDIDATES": "True", "SELECT_BEST": "True",
+                      # SFT's time budget ends it after the first of its two steps, on both processes alike.
+                      "SFT_MAX_SECONDS": "0.001"}
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
 RULES = ("popularity", "transitions")
 PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_dpo - dmpo", "softmax_dpo - popularity",
@@ -104,6 +106,12 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
         assert config["num_processes"] == 2 and config["effective_batch_size"] == 2
         assert "best_checkpoint_step" in json.loads((run_dir / stage / "train_results.json").read_text())
     assert json.loads((run_dir / "sft" / "run_config.json").read_text())["lora_alpha"] == 64, "the gpu profile's"
+    sft_results = json.loads((run_dir / "sft" / "train_results.json").read_text())
+    assert (sft_results["stopped_after_step"], sft_results["examples_trained"]) == (1, 2)
+    assert json.loads((run_dir / "sft" / "trainer_state.json").read_text())["global_step"] == 1
+    for stage in ("dpo", "softmax_dpo", "dmpo"):
+        assert json.loads((run_dir / stage / "run_config.json").read_text())["max_train_seconds"] == 40
+        assert "stopped_by_time_budget" not in json.loads((run_dir / stage / "train_results.json").read_text())
     assert json.loads((run_dir / "transitions" / "eval" / "run_config.json").read_text())["recency"] == 0.5
     assert {json.loads((run_dir / stage / name / "run_config.json").read_text())["hint_recency"]
             for stage, name in (("sft", ""), ("softmax_dpo", ""), ("dmpo", "eval"))} == {0.5}

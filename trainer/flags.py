@@ -195,6 +195,20 @@ class OptimizationFlags(Flags):
     max_grad_norm: float = flag(0.3, "Gradient clipping norm (the S-DPO authors' 0.3).")
     gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass to save memory "
                                                "(slower).")
+    max_train_seconds: float = flag(
+        0, "Stop training at the end of the first optimizer step that ends this many seconds after the trainer "
+           "was built (a preference stage's precomputed reference counts), then validate and save as usual; "
+           "the learning-rate schedule stays the one planned for the whole run (0: no limit).")
+    dataloader_workers: int = flag(
+        -1, "Processes that build batches while the model computes: -1 picks 2 per process on a GPU and 0 on "
+            "a CPU, where they would take cores from the training itself.")
+
+    def check(self) -> None:
+        super().check()
+        if self.max_train_seconds < 0:
+            raise InputError(f"--max_train_seconds must be 0 (no limit) or more, got {self.max_train_seconds}")
+        if self.dataloader_workers < -1:
+            raise InputError(f"--dataloader_workers must be -1 (automatic), 0 or more, got {self.dataloader_workers}")
 
 
 @dataclasses.dataclass

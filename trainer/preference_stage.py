@@ -31,8 +31,9 @@ from trainer.outputs import write_json_atomically
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeDPOConfig, MultiNegativeDPOTrainer,
                                         REFERENCE_ADAPTER_NAME)
 from trainer.prompts import PromptBuilder, evaluation_template, preference_example
-from trainer.training import (LearningCurveCallback, TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
-                              kept_weights, start_training_stage, token_throughput, train_or_continue)
+from trainer.training import (TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
+                              kept_weights, start_training_stage, time_budget_results, token_throughput,
+                              train_or_continue, training_callbacks)
 
 logger = logging.getLogger("preference")
 
@@ -193,14 +194,14 @@ def train_preference(flags: PreferenceFlags) -> None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[LearningCurveCallback()],
+        callbacks=training_callbacks(flags.max_train_seconds),
     )
     if is_main_process():
         trainer.model.print_trainable_parameters()
     resolved_config = config | {"resolved_model_path": model_path} | batch_layout(config)
     metrics = train_or_continue(trainer, flags.output_dir, resolved_config).metrics
     results = (dict(metrics) | token_throughput(metrics, trainer.train_dataset[LENGTH_COLUMN])
-               | best_checkpoint_results(trainer.state))
+               | best_checkpoint_results(trainer.state) | time_budget_results(trainer))
     if eval_dataset is not None:
         results |= trainer.evaluate()
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset or [])}

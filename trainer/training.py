@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
@@ -51,7 +52,7 @@ def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_tr
     `flags` holds the entry's resolved flags, each already checked by trainer.flags: output_dir, seed,
     num_train_epochs, max_steps, batch_size, gradient_accumulation_steps, learning_rate,
     lr_scheduler_type, warmup_ratio, weight_decay, max_grad_norm, logging_steps, eval_steps,
-    save_steps and select_best. Refuses --select_best without validations to select from.
+    save_steps, select_best and dataloader_workers. Refuses --select_best without validations to select from.
     """
     eval_steps, save_steps, select_best = flags["eval_steps"], flags["save_steps"], flags["select_best"]
     periodic_eval = evaluates_during_training and eval_steps > 0
@@ -89,10 +90,24 @@ def trainer_arguments(flags: dict, torch_dtype: torch.dtype, evaluates_during_tr
         metric_for_best_model="loss" if select_best else None,
         greater_is_better=False if select_best else None,
         report_to="none",
+        # Trainer would read every micro-batch's loss on the host to leave a NaN or infinite one out of the
+        # logged average: on a GPU, a wait for the device after every forward pass. A NaN shows in the log instead.
+        logging_nan_inf_filter=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_num_workers=(workers := dataloader_workers(flags["dataloader_workers"])),
+        # Workers started once for the run, not again for every epoch and every validation.
+        dataloader_persistent_workers=workers > 0,
         # Every LoRA weight takes part in every forward: DDP need not search for unused ones each step.
         ddp_find_unused_parameters=False,
     )
+
+
+def dataloader_workers(requested: int) -> int:
+    """--dataloader_workers resolved: -1 is 2 on a GPU (collation off the step's critical path) and 0 on a
+    CPU, whose cores the training's own threads already use."""
+    if requested >= 0:
+        return requested
+    return 2 if torch.cuda.is_available() else 0
 
 
 class SameOrderForAnyProcessCount:
@@ -130,6 +145,58 @@ class LearningCurveCallback(TrainerCallback):
         entry["elapsed_seconds"] = round(time.perf_counter() - self.started, 1)
         entry["examples_seen"] = (state.global_step * args.per_device_train_batch_size
                                   * args.gradient_accumulation_steps * args.world_size)
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training after the first optimizer step that ends `max_seconds` after the trainer was built.
+
+    Trainer then returns as after its last planned step: the stage validates, saves and reports as
+    usual. With several processes, the first process's clock decides for all, so every process stops
+    after the same step. The learning-rate schedule keeps the length planned for the whole run.
+    """
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds = max_seconds
+        self.stopped_after_step = None
+
+    def on_init_end(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        over = time.perf_counter() - self.started >= self.max_seconds
+        if PartialState().num_processes > 1:
+            over = broadcast_object_list([over], from_process=0)[0]
+        if over and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            self.stopped_after_step = state.global_step
+
+    def results(self, args) -> dict:
+        """For train_results.json: where the budget stopped the run, if it did."""
+        if self.stopped_after_step is None:
+            return {}
+        return {"stopped_by_time_budget": True, "max_train_seconds": self.max_seconds,
+                "stopped_after_step": self.stopped_after_step,
+                "examples_trained": self.stopped_after_step * args.per_device_train_batch_size
+                * args.gradient_accumulation_steps * args.world_size}
+
+
+def training_callbacks(max_train_seconds: float) -> list[TrainerCallback]:
+    """The callbacks every training stage runs with: its learning curve, and its time budget if it has one."""
+    callbacks = [LearningCurveCallback()]
+    if max_train_seconds > 0:
+        callbacks.append(TimeBudgetCallback(max_train_seconds))
+    return callbacks
+
+
+def time_budget_results(trainer) -> dict:
+    """What the time budget did to a finished run (empty without one, or when the run ended first)."""
+    budget = next((callback for callback in trainer.callback_handler.callbacks
+                   if isinstance(callback, TimeBudgetCallback)), None)
+    results = budget.results(trainer.args) if budget else {}
+    if results and is_main_process():
+        logger.warning("Stopped by --max_train_seconds %g after step %d of %d (%d examples)", budget.max_seconds,
+                       results["stopped_after_step"], trainer.state.max_steps, results["examples_trained"])
+    return results
 
 
 def best_checkpoint_results(state) -> dict:
