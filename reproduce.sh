@@ -38,9 +38,9 @@
 #                                               authors' cadence: 5 evaluations in SFT, 10 in each preference stage
 #   HINT_RECENCY         0.5     0.5     1      weight of a history title in the hint (and the transitions rule) by
 #                                               recency: one last seen i items before the newest counts HINT_RECENCY**i
-#   SFT_MAX_SECONDS      0       150     0      end SFT after the first optimizer step past this many seconds (0: no
+#   SFT_MAX_SECONDS      0       120     0      end SFT after the first optimizer step past this many seconds (0: no
 #                                               limit), then validate and save as usual; the schedule keeps its length
-#   PREF_MAX_SECONDS     0       40      0      the same for each preference stage
+#   PREF_MAX_SECONDS     0       30      0      the same for each preference stage
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
 # The gpu profile is the cpu profile's recipe (chosen on the validation split, docs/levers.md) on all

@@ -23,7 +23,7 @@ set_profile_defaults() {
     local defaults
     case $1 in
         cpu) defaults=(256 1 3e-4 4 4 100 0 64 128 1 3e-4 8 2 32 500 16 False True False 0.5 0 0) ;;
-        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False 0.5 150 40) ;;
+        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False 0.5 120 30) ;;
         paper) defaults=("" 5 1e-5 128 4 500 0.1 32 "" 3 1e-5 128 4 500 "" 16 True False True 1 0 0) ;;
         *) echo "error: PROFILE must be cpu, gpu or paper, got '$1'" >&2; exit 2 ;;
     esac

@@ -110,7 +110,7 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     assert (sft_results["stopped_after_step"], sft_results["examples_trained"]) == (1, 2)
     assert json.loads((run_dir / "sft" / "trainer_state.json").read_text())["global_step"] == 1
     for stage in ("dpo", "softmax_dpo", "dmpo"):
-        assert json.loads((run_dir / stage / "run_config.json").read_text())["max_train_seconds"] == 40
+        assert json.loads((run_dir / stage / "run_config.json").read_text())["max_train_seconds"] == 30
         assert "stopped_by_time_budget" not in json.loads((run_dir / stage / "train_results.json").read_text())
     assert json.loads((run_dir / "transitions" / "eval" / "run_config.json").read_text())["recency"] == 0.5
     assert {json.loads((run_dir / stage / name / "run_config.json").read_text())["hint_recency"]
