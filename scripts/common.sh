@@ -174,8 +174,8 @@ set_hint_flags() {
 
 # Runs a training stage (sft.py, dpo.py or softmax_dpo.py) with the settings every stage script
 # defines (MODEL_NAME, DATA_DIR, OUTPUT_DIR, MAX_TRAIN_SAMPLES, MAX_VALID_SAMPLES, EPOCHS,
-# EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, MAX_TRAIN_SECONDS, SEED, HINTS), then the stage's own flags and the
-# user's, which come last and so override: launch_training_stage script [flag ...]
+# EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, MAX_TRAIN_SECONDS, SEED, HINTS), then the stage's
+# own flags and the user's, which come last and so override: launch_training_stage script [flag ...]
 launch_training_stage() {
     local python_script=$1
     shift
