@@ -109,3 +109,10 @@ def run(entry) -> None:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        # A process group left to the interpreter's exit can abort it there ("terminate called without an
+        # active exception", seen once with gloo after a finished two-process run), failing a run that succeeded.
+        # Looked up, not imported: an entry that never loaded torch has no group to end.
+        distributed = sys.modules.get("torch.distributed")
+        if distributed is not None and distributed.is_available() and distributed.is_initialized():
+            distributed.destroy_process_group()
