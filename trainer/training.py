@@ -143,8 +143,12 @@ class LearningCurveCallback(TrainerCallback):
         # Trainer.log has already appended this entry to the history; it is extended in place.
         entry = state.log_history[-1]
         entry["elapsed_seconds"] = round(time.perf_counter() - self.started, 1)
-        entry["examples_seen"] = (state.global_step * args.per_device_train_batch_size
-                                  * args.gradient_accumulation_steps * args.world_size)
+        entry["examples_seen"] = examples_in_steps(args, state.global_step)
+
+
+def examples_in_steps(args, steps: int) -> int:
+    """Training examples in `steps` optimizer steps: micro-batch x accumulation x processes each."""
+    return steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -176,8 +180,7 @@ class TimeBudgetCallback(TrainerCallback):
             return {}
         return {"stopped_by_time_budget": True, "max_train_seconds": self.max_seconds,
                 "stopped_after_step": self.stopped_after_step,
-                "examples_trained": self.stopped_after_step * args.per_device_train_batch_size
-                * args.gradient_accumulation_steps * args.world_size}
+                "examples_trained": examples_in_steps(args, self.stopped_after_step)}
 
 
 def training_callbacks(max_train_seconds: float) -> list[TrainerCallback]:
