@@ -7,10 +7,13 @@ import matplotlib.pyplot as plt
 import pytest
 
 from trainer import results as results_module
+from tests.test_audit import synthetic_folder
+from trainer.audit import audit, markdown_table, write_audit
 from trainer.baselines import popularity_rank
 from trainer.errors import InputError
 from trainer.metrics import wilson_interval
-from trainer.results import curves, paired_bootstrap_interval, results
+from trainer.metrics import paired_bootstrap_interval
+from trainer.results import curves, results
 
 
 def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=None, first_index: int = 0):
@@ -56,6 +59,17 @@ def test_paired_bootstrap_interval_by_hand():
     assert low < 1 / 6 < high and low >= -1 and high <= 1
     with pytest.raises(ValueError, match="differ in number"):
         paired_bootstrap_interval([True], [True, False], seed=0)
+
+
+def test_paired_bootstrap_interval_is_95_percent_and_takes_fractions():
+    """Differences of +1 and -1 on 200 prompts each: mean 0, standard deviation 1, so the 95% interval of the
+    mean is about +-1.96 / 20 = +-0.098 (an 80% interval would be +-0.064, a 99% one +-0.129)."""
+    first = [True] * 200 + [False] * 200
+    low, high = paired_bootstrap_interval(first, first[::-1], seed=0)
+    assert -0.110 < low < -0.088 and 0.088 < high < 0.110
+    # Expected hits (fractions): the same differences of +-0.5 halve the interval.
+    halves = [0.5] * 200 + [0.0] * 200
+    assert paired_bootstrap_interval(halves, halves[::-1], seed=0) == pytest.approx([low / 2, high / 2])
 
 
 def test_results_compare_stages_in_pairs_on_the_same_prompts(tmp_path):
@@ -174,3 +188,17 @@ def test_a_stage_keeps_its_colour_in_every_curve_panel(tmp_path, monkeypatch):
     assert colours["sft"] != colours["dpo"]
     assert [(line.get_label(), line.get_color()) for line in margin_axis.get_lines()] == [("dpo", colours["dpo"])]
     plt.close("all")
+
+
+def test_results_end_with_the_data_audit(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    report = audit(synthetic_folder(data, "candidate_list"))
+    write_audit(report, str(tmp_path / "audit"))
+    write_stage(tmp_path, "sft", [True, False], trained=False)
+    results(run_dir=str(tmp_path), stages="sft", audit_file=str(tmp_path / "audit" / "audit.json"))
+    table = (tmp_path / "results.md").read_text()
+    assert table.index("| sft |") < table.index(f"Leak audit of {data}") < table.index("LEAK candidate_list")
+    assert markdown_table(report) in table
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert [leak["name"] for leak in summary["audit"]["leaks"]] == ["candidate_list", "candidate_list"]

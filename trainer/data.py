@@ -84,8 +84,8 @@ def parse_record(raw, path: str, index: int) -> Record:
     return Record(history=history, candidates=candidates, target=target)
 
 
-def load_records(path: str) -> list[Record]:
-    """Read and validate a data file (a JSON list of records)."""
+def load_records(path: str, allow_empty: bool = False) -> list[Record]:
+    """Read and validate a data file (a JSON list of records; an empty list is an error unless `allow_empty`)."""
     try:
         with open(path, encoding="utf-8") as handle:
             raw_records = json.load(handle)
@@ -95,7 +95,7 @@ def load_records(path: str) -> list[Record]:
         raise InputError(f"{path}: not a JSON file ({error})") from None
     if not isinstance(raw_records, list):
         raise InputError(f"{path}: expected a JSON list of records, got {type(raw_records).__name__}")
-    if not raw_records:
+    if not raw_records and not allow_empty:
         raise InputError(f"{path}: no records")
     return [parse_record(raw, path, index) for index, raw in enumerate(raw_records)]
 

@@ -15,6 +15,12 @@ HitRatio@1 = hits / all rows and ValidRatio = valid answers / all rows, as in th
 
 import math
 
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 1000
+# Resamples drawn together: BOOTSTRAP_CHUNK x rows indices in memory at once, whatever the number of rows.
+BOOTSTRAP_CHUNK = 50
+
 
 def _is_word_character(character: str) -> bool:
     return character.isalnum()
@@ -69,6 +75,26 @@ def wilson_interval(successes: int, total: int, confidence_z: float = 1.959964) 
     low = 0.0 if successes == 0 else max(0.0, centre - half_width)
     high = 1.0 if successes == total else min(1.0, centre + half_width)
     return (low, high)
+
+
+def paired_bootstrap_interval(first, second, seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
+    """95% percentile bootstrap interval of mean(first) - mean(second) over the same rows.
+
+    Each resample draws row indices with replacement and takes both values of a drawn row, so the
+    interval reflects only the rows where the two disagree. Values are hits (booleans) or any numbers
+    (an expected hit between 0 and 1, say). The interval runs from the 2.5% to the 97.5% point of the
+    sorted resample means.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"paired rows differ in number: {len(first)} and {len(second)}")
+    differences = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
+    generator = np.random.default_rng(seed)
+    means = np.concatenate([
+        differences[generator.integers(0, len(differences), size=(min(BOOTSTRAP_CHUNK, samples - done),
+                                                                   len(differences)))].mean(axis=1)
+        for done in range(0, samples, BOOTSTRAP_CHUNK)])
+    means.sort()
+    return [float(means[int(0.025 * samples)]), float(means[int(0.975 * samples) - 1])]
 
 
 def summarize(hits: list[bool], valid: list[bool]) -> dict:

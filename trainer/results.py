@@ -19,43 +19,25 @@ learned which candidates the data makes likely.
 
 import json
 import os
-import random
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trainer import audit  # noqa: E402
 from trainer.baselines import popularity_rank, target_counts  # noqa: E402
 from trainer.cli import run  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
-from trainer.metrics import summarize  # noqa: E402
+from trainer.metrics import paired_bootstrap_interval, summarize  # noqa: E402
 from trainer.outputs import write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.training import TRAIN_RESULTS_FILE  # noqa: E402
 
 EVAL_FOLDER = "eval"
-BOOTSTRAP_SAMPLES = 1000
 # Logged by the trainers (LearningCurveCallback adds examples and seconds to each entry); drawn as curves.
 # The preference stages also log the reward margin, beta * (r_chosen - r_rejected) averaged over negatives.
 CURVE_KEYS = ("examples_seen", "elapsed_seconds", "loss", "rewards/margins")
-
-
-def paired_bootstrap_interval(first: list[bool], second: list[bool], seed: int,
-                              samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
-    """95% percentile bootstrap interval of mean(first) - mean(second) over the same rows.
-
-    Each resample draws row indices with replacement and takes both flags of a drawn row, so the
-    interval reflects only the rows where the two disagree.
-    """
-    if len(first) != len(second):
-        raise ValueError(f"paired rows differ in number: {len(first)} and {len(second)}")
-    generator = random.Random(seed)
-    total = len(first)
-    differences = [int(a) - int(b) for a, b in zip(first, second)]
-    means = sorted(sum(differences[generator.randrange(total)] for _ in range(total)) / total
-                   for _ in range(samples))
-    return [means[int(0.025 * samples)], means[int(0.975 * samples) - 1]]
 
 
 def read_json(path: str):
@@ -231,7 +213,7 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
 
 
 def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", seed: int = 0,
-            train_file: str | None = None, pairs: str | tuple | None = None):
+            train_file: str | None = None, pairs: str | tuple | None = None, audit_file: str | None = None):
     """Write results.json, results.md and results.png into --run_dir from its finished stages.
 
     Args:
@@ -241,6 +223,7 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
         seed: Seeds the paired bootstrap resampling of the differences.
         train_file: Training records; with them, each stage also gets the mean popularity rank of its answers.
         pairs: Comma-separated 'first:second' stage pairs to compare on the same prompts (first minus second); by default each stage with the one listed before it.
+        audit_file: The data's leak audit (audit.json, data/audit.py); with it, results.md ends with the audit's table and verdicts and results.json lists the leaks it flagged.
     """
     names = stages.split(",") if isinstance(stages, str) else list(stages)
     counts = target_counts(train_file) if train_file else None
@@ -248,8 +231,13 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
     comparisons = [paired_comparison(run_dir, better, worse, seed) for better, worse in parse_pairs(pairs, names)]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
     table = (f"{title}\n\n" if title else "") + markdown_table(rows, comparisons)
-    write_json_atomically({"title": title, "stages": rows, "paired_differences": comparisons},
-                          os.path.join(run_dir, "results.json"))
+    summary = {"title": title, "stages": rows, "paired_differences": comparisons}
+    if audit_file:
+        report = read_json(audit_file)
+        table += (f"\nLeak audit of {report['data_dir']}: rules without a model, counts from its training split "
+                  "(data/audit.py):\n\n" + audit.markdown_table(report) + "\n" + "\n".join(audit.verdicts(report)) + "\n")
+        summary["audit"] = {"file": audit_file, "data_dir": report["data_dir"], "leaks": report["leaks"]}
+    write_json_atomically(summary, os.path.join(run_dir, "results.json"))
     write_text_atomically(table, os.path.join(run_dir, "results.md"))
     draw(rows, stage_curves, os.path.join(run_dir, "results.png"))
     print(table)

@@ -1,0 +1,250 @@
+"""trainer/audit.py: each planted leak is flagged on synthetic data, clean synthetic data is not; the rules and
+the chi-square tail worked out by hand; the LastFM splits, the authors' draw flagged and the clean one not."""
+
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, write_records
+from trainer.audit import (TrainingCounts, audit, chi_square_survival, expected_hit, position_test, rule_keys,
+                           sequence_followers)
+from trainer.data import Record, load_records
+from trainer.llara_layout import prepare
+
+ITEMS = 300
+USERS = 600
+SEQUENCE_LENGTH = 14
+CANDIDATES = 20
+
+
+def user_sequences(seed: int) -> list[list[int]]:
+    """Each user's items in order: mostly one of the previous item's few usual successors (a signal the
+    transitions rule reads), otherwise an item drawn by a Zipf-like popularity; no item twice."""
+    generator = random.Random(seed)
+    successors = {item: generator.sample(range(ITEMS), 6) for item in range(ITEMS)}
+    weights = [1 / (rank + 1) for rank in range(ITEMS)]
+    sequences = []
+    for _ in range(USERS):
+        sequence = [generator.choices(range(ITEMS), weights)[0]]
+        while len(sequence) < SEQUENCE_LENGTH:
+            follow = generator.random() < 0.6
+            item = generator.choice(successors[sequence[-1]]) if follow else generator.choices(range(ITEMS), weights)[0]
+            if item not in sequence:
+                sequence.append(item)
+        sequences.append(sequence)
+    return sequences
+
+
+def windows(sequence: list[int]) -> list[tuple[list[int], int]]:
+    """(history of up to 10 items, next item) at every position with at least 3 items before it."""
+    return [(sequence[max(0, end - 10) : end], sequence[end]) for end in range(3, len(sequence))]
+
+
+def title(item: int) -> str:
+    return f"Item {item}"
+
+
+def candidate_list(history: list[int], target: int, generator: random.Random, leak: str) -> list[int]:
+    """19 negatives outside the history and the target, the target placed among them."""
+    pool = [item for item in range(ITEMS) if item not in history and item != target]
+    if leak == "candidate_list":  # LLaRA's draw: Python's random seeded by the true item
+        seeded = random.Random(target)
+        candidates = seeded.sample(pool, CANDIDATES - 1) + [target]
+        seeded.seed(target)
+        seeded.shuffle(candidates)
+        return candidates
+    if leak == "negative_sampler":  # negatives only among the odd items, true items from all
+        pool = [item for item in pool if item % 2]
+    negatives = generator.sample(pool, CANDIDATES - 1)
+    place = 0 if leak == "position" and generator.random() < 0.3 else generator.randrange(CANDIDATES)
+    return negatives[:place] + [target] + negatives[place:]
+
+
+def synthetic_folder(folder, leak: str | None = None, seed: int = 0) -> str:
+    """train/valid/test.json from user sequences split by user (70/15/15), with one leak planted or none:
+    candidate_list, negative_sampler, position, shared_records (a third of the test records are training
+    records) or shared_sequences (windows split at random, whatever their user)."""
+    generator = random.Random(seed + 1)
+    sequences = user_sequences(seed)
+    if leak == "shared_sequences":
+        every = [window for sequence in sequences for window in windows(sequence)]
+        generator.shuffle(every)
+        cut = [int(len(every) * 0.7), int(len(every) * 0.85)]
+        split_windows = {"train": every[: cut[0]], "valid": every[cut[0] : cut[1]], "test": every[cut[1] :]}
+    else:
+        users = list(range(USERS))
+        generator.shuffle(users)
+        parts = {"train": users[: int(USERS * 0.7)], "valid": users[int(USERS * 0.7) : int(USERS * 0.85)],
+                 "test": users[int(USERS * 0.85) :]}
+        split_windows = {split: [window for user in chosen for window in windows(sequences[user])]
+                         for split, chosen in parts.items()}
+    records = {}
+    for split, found in split_windows.items():
+        records[split] = [{"historyList": "::".join(map(title, history)),
+                           "itemList": [title(item) for item in candidate_list(history, target, generator, leak)],
+                           "trueSelection": title(target)} for history, target in found]
+    if leak == "shared_records":
+        copies = generator.sample(records["train"], len(records["test"]) // 3)
+        records["test"] = records["test"][: len(records["test"]) - len(copies)] + copies
+    for split, split_records in records.items():
+        write_records(os.path.join(folder, f"{split}.json"), split_records)
+    return str(folder)
+
+
+def flagged(report: dict) -> dict[str, set[str]]:
+    found = {}
+    for leak in report["leaks"]:
+        found.setdefault(leak["name"], set()).add(leak["split"])
+    return found
+
+
+def test_clean_synthetic_data_flags_nothing(tmp_path):
+    report = audit(synthetic_folder(tmp_path))
+    assert report["leaks"] == []
+    test = report["splits"]["test"]["rules"]
+    # The data has a history signal, which the transitions rule reads and no leak rule adds to.
+    assert test["transitions"]["hr_at_1"] > test["popularity"]["hr_at_1"] + 0.1
+    assert report["splits"]["test"]["overlap_with_train"]["identical_to_a_training_record"] == 0
+
+
+@pytest.mark.parametrize("leak", ["candidate_list", "negative_sampler", "position", "shared_records",
+                                  "shared_sequences"])
+def test_each_planted_leak_is_flagged_and_only_it(tmp_path, leak):
+    report = audit(synthetic_folder(tmp_path, leak))
+    if leak == "shared_records":
+        # Planted in the test split only; a copied training record also brings its user's other windows.
+        assert flagged(report) == {"shared_records": {"test"}, "shared_sequences": {"test"}}
+    else:
+        assert flagged(report) == {leak: {"valid", "test"}}
+    entry = next(found for found in report["leaks"] if found["split"] == "test")
+    assert entry["gain_over_baseline"] >= 0.05 and entry["gain_over_baseline_ci95"][0] > 0
+    assert entry["hr_at_1"] == report["splits"]["test"]["rules"][entry["rule"]]["hr_at_1"]
+
+
+def test_the_margin_decides_what_is_flagged(tmp_path):
+    folder = synthetic_folder(tmp_path, "position")
+    gains = {split: found["rules"]["position_and_popularity"]["gain_over_baseline"]
+             for split, found in audit(folder)["splits"].items()}
+    # Just above the smaller gain: only the other split is flagged.
+    low_split = min(gains, key=gains.get)
+    flagged_splits = flagged(audit(folder, margin=gains[low_split] + 1e-6))
+    assert flagged_splits == {"position": {split for split in gains if split != low_split}}
+    assert audit(folder, margin=max(gains.values()) + 1e-6)["leaks"] == []
+
+
+def record(history, candidates, target) -> Record:
+    return Record(tuple(history), tuple(candidates), target)
+
+
+def test_rules_by_hand():
+    train = [record(["x", "y"], ["a", "b", "c"], "a"),   # a true at position 0, b and c its negatives
+             record(["y", "z"], ["a", "b", "d"], "a"),   # a again: b is a negative twice
+             record(["x"], ["c", "b", "d"], "b"),        # b at position 1
+             record(["w", "x", "y"], ["d", "c", "b"], "c")]
+    counts = TrainingCounts(train, recency=1.0)
+    evaluated = record(["q", "y"], ["b", "a", "c"], "a")
+    keys = rule_keys(counts, evaluated, sequence_followers(train, [evaluated], 5)[0])
+    assert keys["popularity"] == [1, 2, 1]
+    # After y (in three training histories) came a (twice) and c: transitions 0, 2, 1.
+    assert keys["transitions"] == [(0, 1), (2, 2), (1, 1)]
+    # candidate_list: a's records list b twice and c once as negatives; listed with b and c: (2 + 1) / 2.
+    # b's one record lists c and d: with a and c, 1 / 1. c's one record lists d and b: with b and a, 1 / 1.
+    assert keys["candidate_list"] == [(1.0, 1), (1.5, 2), (1.0, 1)]
+    # listing_rate: b listed 4 times, true once; a listed twice, true twice; c listed 3 times, true once.
+    assert keys["listing_rate"] == [(0.25, 1), (1.0, 2), (1 / 3, 1)]
+    # Position rates: the true item sat at position 0 in 2 of 4 lists, at 1 in 2, at 2 in none.
+    assert keys["position"] == [0.5, 0.5, 0.0]
+    # (popularity + 1) x rate: b (1 + 1) 0.5, a (2 + 1) 0.5, c at position 2: 0.
+    assert keys["position_and_popularity"] == [1.0, 1.5, 0.0]
+    # Positions 0 and 1 tie; a uniform pick between them is right half the time.
+    assert expected_hit(keys["position"], evaluated) == 0.5
+    assert expected_hit(keys["candidate_list"], evaluated) == 1.0
+    assert expected_hit([1, 1, 1], record([], ["a", "b", "c"], "b")) == pytest.approx(1 / 3)
+
+
+def test_shared_history_and_sequence_overlap_by_hand():
+    train = [record(["p", "q", "r", "s"], ["t", "u"], "t"),          # the same history as `shared`
+             record(["o", "p", "q", "r"], ["s", "u"], "s")]          # p q r, then s
+    shared = record(["p", "q", "r", "s"], ["u", "t"], "t")
+    shifted = record(["n", "p", "q", "r"], ["u", "s"], "s")          # its newest 3 titles are p q r
+    short = record(["q", "r"], ["u", "s"], "s")                      # under 3 titles: never matched
+    followers = sequence_followers(train, [shared, shifted, short], overlap_titles=3)
+    # shared: q r s is followed by t in the first record, which is its own history (left out) -> nothing.
+    assert followers[0] == {}
+    # shifted: p q r is followed by s in both training records' sequences.
+    assert followers[1] == {"s": 2}
+    assert followers[2] == {}
+    counts = TrainingCounts(train, recency=1.0)
+    assert [key[0] for key in rule_keys(counts, shared, followers[0])["shared_history"]] == [0, 1]
+
+
+def test_chi_square_survival_by_hand():
+    # Two degrees of freedom: the tail is exactly exp(-x / 2).
+    for statistic in (0.5, 2.0, 7.3, 40.0):
+        assert chi_square_survival(statistic, 2) == pytest.approx(math.exp(-statistic / 2), rel=1e-12)
+    # Textbook 5% critical values: 3.841 (1 degree), 18.307 (10), 30.144 (19).
+    assert chi_square_survival(3.841459, 1) == pytest.approx(0.05, rel=1e-5)
+    assert chi_square_survival(18.307038, 10) == pytest.approx(0.05, rel=1e-5)
+    assert chi_square_survival(30.143527, 19) == pytest.approx(0.05, rel=1e-5)
+    # Four degrees: Q = exp(-x/2) (1 + x/2).
+    assert chi_square_survival(3.0, 4) == pytest.approx(math.exp(-1.5) * 2.5, rel=1e-12)
+    assert chi_square_survival(0.0, 5) == 1.0
+
+
+def test_position_test_by_hand():
+    records = [record([], ["a", "b"], "a")] * 30 + [record([], ["a", "b"], "b")] * 10
+    found = position_test(records)
+    # Expected 20 and 20: (30 - 20)^2 / 20 * 2 = 10, one degree of freedom.
+    assert found["chi_square"] == 10.0
+    assert found["p_value"] == pytest.approx(0.0015654, rel=1e-4)
+    assert found["true_item_at_position"] == [30, 10]
+
+
+def test_lastfm_conversions_the_llara_draw_leaks_the_default_does_not(shared_data_dir, tmp_path, caplog):
+    source = os.path.join(shared_data_dir, "lastfm")
+    with caplog.at_level(logging.WARNING, logger="prepare"):
+        prepare(source=source, output_dir=str(tmp_path / "llara"), negative_draw="llara")
+    assert "candidate_list leaks" in caplog.text and "HR@1 0.982 on the test split" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prepare"):
+        prepare(source=source, output_dir=str(tmp_path / "clean"))
+    assert caplog.text == ""
+    authors = json.loads((tmp_path / "llara" / "audit.json").read_text())
+    assert flagged(authors) == {"candidate_list": {"valid", "test"}}
+    # The figures of ../shared/notes/facts.md: 0.979 on validation, 0.982 on test.
+    assert authors["splits"]["valid"]["rules"]["candidate_list"]["hr_at_1"] == pytest.approx(0.979, abs=0.0005)
+    assert authors["splits"]["test"]["rules"]["candidate_list"]["hr_at_1"] == pytest.approx(0.982, abs=0.0005)
+    assert json.loads((tmp_path / "clean" / "audit.json").read_text())["leaks"] == []
+    assert json.loads((tmp_path / "clean" / "run_config.json").read_text())["negative_draw"] == "independent"
+    # The two versions of a prompt pair up: the same history and true item, other negatives.
+    for split in ("train", "valid", "test"):
+        clean, leaky = (load_records(str(tmp_path / name / f"{split}.json")) for name in ("clean", "llara"))
+        assert [(r.history, r.target) for r in clean] == [(r.history, r.target) for r in leaky]
+        assert sum(r.candidates == l.candidates for r, l in zip(clean, leaky)) == 0
+
+
+def test_command_writes_the_report_and_exits_0_with_a_leak(tmp_path):
+    (tmp_path / "data").mkdir()
+    folder = synthetic_folder(tmp_path / "data", "candidate_list")
+    completed = subprocess.run([sys.executable, "data/audit.py", "--data_dir", folder, "--output_dir",
+                                str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "LEAK candidate_list" in completed.stdout and "| candidate_list |" in completed.stdout
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert set(report["splits"]) == {"valid", "test"}
+    assert {leak["name"] for leak in report["leaks"]} == {"candidate_list"}
+    assert all({"name", "split", "hr_at_1"} <= set(leak) for leak in report["leaks"])
+    assert "**leak**" in (tmp_path / "out" / "audit.md").read_text()
+
+
+def test_bad_folder_is_one_line(tmp_path):
+    completed = subprocess.run([sys.executable, "data/audit.py", "--data_dir", str(tmp_path), "--output_dir",
+                                str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == f"error: {tmp_path}/train.json: file not found; the audit counts the training split"
