@@ -2,7 +2,7 @@
 
 The made-up log has --users users with --per_user interactions each on --items items drawn with
 Zipf-like popularity (seeded), one timestamp per interaction, and a title table. It is converted
-once per negative draw (fast, the default, and LLaRA's own), each in its own process, so its wall
+once per negative draw (independent, the default, and LLaRA's own), each in its own process, so its wall
 time and peak resident memory are its own; the time is printed against the one-minute target of
 the raw-log issue.
 
@@ -67,7 +67,7 @@ def convert(arguments: list[str]) -> tuple[float, float, dict]:
 
 
 def bench(users: int = 20_000, per_user: int = 50, items: int = 20_000, seed: int = 0,
-          draws: str | tuple[str, ...] = ("fast", "llara"), hetrec_dir: str | None = None):
+          draws: str | tuple[str, ...] = ("independent", "llara"), hetrec_dir: str | None = None):
     """Print the conversion's seconds, peak memory and records for the made-up log and the HetRec log.
 
     Args:
@@ -86,7 +86,7 @@ def bench(users: int = 20_000, per_user: int = 50, items: int = 20_000, seed: in
                  *convert(["--interactions", log_path, "--items", titles_path, "--negative_draw", draw,
                            "--output_dir", f"{folder}/made-up-{draw}"])) for draw in draws]
         if os.path.isdir(hetrec_dir):
-            rows.append(("HetRec Last.fm tagging log, fast", 186_479, *convert([
+            rows.append(("HetRec Last.fm tagging log, independent", 186_479, *convert([
                 "--interactions", f"{hetrec_dir}/user_taggedartists.dat", "--items", f"{hetrec_dir}/artists.dat",
                 "--user_column", "userID", "--item_column", "artistID", "--time_column", "year,month,day",
                 "--title_column", "name", "--unknown_items", "drop", "--output_dir", f"{folder}/hetrec"])))

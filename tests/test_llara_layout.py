@@ -10,12 +10,13 @@ import pytest
 
 from trainer.data import load_records, parse_record
 from trainer.errors import InputError
-from trainer.llara_layout import (Catalogue, PoolWithout, fast_candidates, movielens_title, prepare, sample_candidates,
+from trainer.llara_layout import (Catalogue, PoolWithout, independent_candidates, movielens_title, prepare, sample_candidates,
                                   splitmix64)
 
 
-def test_conversion_reproduces_the_golden_validation_file(shared_data_dir, tmp_path):
-    counts = prepare(source=os.path.join(shared_data_dir, "lastfm"), output_dir=str(tmp_path))
+def test_llara_draw_reproduces_the_golden_validation_file(shared_data_dir, tmp_path):
+    counts = prepare(source=os.path.join(shared_data_dir, "lastfm"), output_dir=str(tmp_path), negative_draw="llara",
+                     audit=False)
     assert counts == {"train": 47872, "valid": 2767, "test": 2495}
     with open(tmp_path / "valid.json", encoding="utf-8") as handle:
         converted = json.load(handle)
@@ -57,17 +58,17 @@ def test_too_few_items_for_the_negatives_is_an_error():
         sample_candidates([0, 1, 2], 3, Catalogue(range(10)), 19)
 
 
-def draw_fast(excluded, targets, catalogue_size, num_negatives, rows):
+def draw_independent(excluded, targets, catalogue_size, num_negatives, rows):
     seeds = splitmix64(np.uint64(7), np.asarray(rows, dtype=np.uint64))
-    return fast_candidates(np.asarray(excluded), np.asarray(targets), catalogue_size, num_negatives, seeds)
+    return independent_candidates(np.asarray(excluded), np.asarray(targets), catalogue_size, num_negatives, seeds)
 
 
-def test_fast_draw_is_uniform_over_the_allowed_items_without_replacement():
+def test_independent_draw_is_uniform_over_the_allowed_items_without_replacement():
     """Items 0-3 are the history, 4 the target: the 15 negatives of each of 4,000 records come from
     the 25 others, each drawn with probability 15/25, and the target's place is uniform over 16."""
     records = 4000
     excluded = np.tile([0, 1, 2, 3, -1, 4], (records, 1))  # -1: a padded history slot
-    candidates = draw_fast(excluded, np.full(records, 4), 30, 15, range(records))
+    candidates = draw_independent(excluded, np.full(records, 4), 30, 15, range(records))
     assert candidates.shape == (records, 16)
     assert all(len(set(row)) == 16 for row in candidates.tolist())
     assert ((candidates == 4).sum(axis=1) == 1).all() and not np.isin(candidates, [0, 1, 2, 3, -1]).any()
@@ -78,27 +79,27 @@ def test_fast_draw_is_uniform_over_the_allowed_items_without_replacement():
     assert np.abs(places - 1 / 16).max() < 0.025  # sd 0.0038
 
 
-def test_fast_draw_depends_only_on_each_records_own_seed():
+def test_independent_draw_depends_only_on_each_records_own_seed():
     excluded = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 5, 9]])
     targets = np.array([2, 5, 8, 9])
-    together = draw_fast(excluded, targets, 40, 19, [10, 11, 12, 13])
-    alone = [draw_fast(excluded[i : i + 1], targets[i : i + 1], 40, 19, [10 + i])[0] for i in range(4)]
+    together = draw_independent(excluded, targets, 40, 19, [10, 11, 12, 13])
+    alone = [draw_independent(excluded[i : i + 1], targets[i : i + 1], 40, 19, [10 + i])[0] for i in range(4)]
     assert (together == np.stack(alone)).all()
-    assert not (together == draw_fast(excluded, targets, 40, 19, [20, 21, 22, 23])).all()
+    assert not (together == draw_independent(excluded, targets, 40, 19, [20, 21, 22, 23])).all()
 
 
-def test_fast_draw_takes_every_item_left_when_the_pool_is_exactly_the_negatives():
+def test_independent_draw_takes_every_item_left_when_the_pool_is_exactly_the_negatives():
     """Nine items, three excluded, six negatives: the draw must find the last free items, however long."""
-    candidates = draw_fast([[0, 1, 2]] * 50, [2] * 50, 9, 6, range(50))
+    candidates = draw_independent([[0, 1, 2]] * 50, [2] * 50, 9, 6, range(50))
     assert all(sorted(row) == [2, 3, 4, 5, 6, 7, 8] for row in candidates.tolist())
 
 
-def test_fast_conversion_is_seeded_valid_and_never_offers_the_history(tmp_path):
+def test_independent_conversion_is_seeded_valid_and_never_offers_the_history(tmp_path):
     pad = 40
     rows = [([i % 40, (i + 1) % 40, (i + 2) % 40, pad], 3, (i + 3) % 40) for i in range(120)]
     write_llara(tmp_path / "src", rows, titles=[f"T{i}" for i in range(40)])
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        prepare(str(tmp_path / "src"), str(tmp_path / name), num_negatives=19, negative_draw="fast", seed=seed)
+        prepare(str(tmp_path / "src"), str(tmp_path / name), num_negatives=19, negative_draw="independent", seed=seed)
     read = {name: (tmp_path / name / "train.json").read_text() for name in "abc"}
     assert read["a"] == read["b"] != read["c"]
     assert (tmp_path / "a" / "train.json").read_text() != (tmp_path / "a" / "test.json").read_text()
@@ -106,10 +107,10 @@ def test_fast_conversion_is_seeded_valid_and_never_offers_the_history(tmp_path):
         assert len(record.candidates) == 20 and not set(record.history) & set(record.candidates)
 
 
-def test_fast_draw_with_too_few_items_names_the_row(tmp_path):
+def test_independent_draw_with_too_few_items_names_the_row(tmp_path):
     write_llara(tmp_path / "src", [([0, 1, 5, 5], 2, 2), ([0, 1, 2, 5], 3, 3)])
     with pytest.raises(InputError, match=r"train_data.df: row 1: --num_negatives 2: only 1 items"):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=2, min_history=2, negative_draw="fast")
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=2, min_history=2, negative_draw="independent")
     assert not (tmp_path / "out").exists()
 
 

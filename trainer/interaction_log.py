@@ -18,7 +18,8 @@ The way LLaRA builds its LastFM, Steam and MovieLens sets, from a log instead of
      right-padded by the id len(items) as LLaRA's files are) into --llara_dir, then convert it with
      data/prepare.py: rows with fewer than --min_history items are dropped and each record gets
      --num_negatives negatives, drawn uniformly from the items outside its history (--negative_draw
-     fast, seeded by --seed and the record; llara: LLaRA's own per-record procedure, slower).
+     independent, seeded by --seed and the record; llara: LLaRA's own per-record procedure, seeded by
+     the true item, which gives the true item away), and the result is audited for leaks.
 
 The log is CSV/TSV (with a header, or name its columns with --columns) or JSON lines (.jsonl).
 Time is one or more numeric columns compared in order ("year,month,day"), or one ISO date-time.
@@ -203,7 +204,8 @@ def prepare_log(
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
     num_negatives: int = 19,
-    negative_draw: str = "fast",
+    negative_draw: str = "independent",
+    audit: bool = True,
     min_history: int = 3,
     seed: int = 0,
 ) -> dict:
@@ -234,9 +236,10 @@ def prepare_log(
         valid_fraction: Share of the windows (split=time) or users (split=user) for validation.
         test_fraction: Share for the test split.
         num_negatives: Negatives per record; each record has num_negatives + 1 candidates.
-        negative_draw: fast (uniform over the items outside the history, drawn for many records at once, seeded by --seed and the record) or llara (LLaRA's own seeded procedure, record by record: about 2.5x slower overall on a large log).
+        negative_draw: independent (uniform over the items outside the history, drawn for many records at once, seeded by --seed and the record) or llara (LLaRA's own procedure, seeded by each record's true item, so that the candidate lists give it away; record by record, about 2.5x slower overall on a large log).
+        audit: Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md beside them, warning of each leak flagged.
         min_history: Records with fewer history items are dropped (LLaRA: 3).
-        seed: Seeds the user split and the fast negative draw.
+        seed: Seeds the user split and the independent negative draw.
     Returns:
         The counts written: interactions, users and items kept, and records per split.
     """
@@ -314,7 +317,7 @@ def prepare_log(
                               "next": found.targets[chosen]})
         frame.to_pickle(os.path.join(llara_dir, file_names[0]))
     records = prepare(llara_dir, output_dir, num_negatives=num_negatives, min_history=min_history,
-                      padding_id=padding_id, negative_draw=negative_draw, seed=seed)
+                      padding_id=padding_id, negative_draw=negative_draw, seed=seed, audit=audit)
     counts = {"interactions": len(log), "users": len(set(users.tolist())), "items": len(item_keys),
               "records": records}
     save_run_config(config | {"counts": counts}, output_dir)

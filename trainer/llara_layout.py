@@ -13,14 +13,21 @@ Input folder (the layout LLaRA and the S-DPO paper use, for LastFM, Steam and Mo
 Output folder:
     train.json, valid.json, test.json lists of {"historyList", "itemList", "trueSelection"}
 
-The candidate procedure is LLaRA's by default (--negative_draw llara), reproduced exactly so that
-the validation split matches the S-DPO authors' published file record for record:
-  1. keep rows with len_seq >= 3; the history is the non-padding ids of seq, in order;
-  2. seed Python's `random` with the true next id, sample `num_negatives` ids from every item
-     (in id2name order) that is neither in the history nor the true item, append the true item,
-     seed again with the true id and shuffle.
---negative_draw fast draws from the same distribution for many records at once (fast_candidates),
-seeded by --seed and each record's split and row: other candidates than LLaRA's, 3x faster overall.
+The candidates of a record are its true item and --num_negatives negatives drawn from every item
+outside its history, in one of two ways:
+  independent (the default): uniform draws seeded by --seed and the record's split and row, for many
+      records at once (independent_candidates), the true item at a place drawn from the same stream.
+      Nothing in a list depends on which item is the true one.
+  llara: LLaRA's procedure, reproduced exactly so that the validation split matches the S-DPO authors'
+      published file record for record: seed Python's `random` with the true next id, sample the
+      negatives from every item (in id2name order) outside the history and the true item, append the
+      true item, seed again with the true id and shuffle. Records sharing a true item then share much
+      of their list, and a rule that reads only the lists names the true item of 98% of LastFM's test
+      records (trainer/audit.py; docs/leak.md): use it to reproduce the authors' numbers, not to
+      measure a model.
+Either way, rows with len_seq < --min_history (LLaRA: 3) are dropped and the history is the
+non-padding ids of seq, in order. The converted folder is then audited for leaks (trainer/audit.py:
+audit.json and audit.md beside the records; a warning names each leak flagged).
 
 Pickle runs code when loaded: only convert files you trust.
 
@@ -40,7 +47,8 @@ import pandas as pd
 
 from trainer.data import HISTORY_SEPARATOR, prompt_safe_title, prompt_safety_problem
 from trainer.errors import InputError
-from trainer.outputs import stage_json_list
+from trainer import audit as leak_audit
+from trainer.outputs import save_run_config, stage_json_list
 
 logger = logging.getLogger("prepare")
 
@@ -48,9 +56,10 @@ logger = logging.getLogger("prepare")
 SPLITS = {"train": ("train_data.df",), "valid": ("val_data.df", "Val_data.df"), "test": ("test_data.df", "Test_data.df")}
 ID_SEPARATOR = "::"
 TITLE_FILES = ("id2name.txt", "u.item")
-NEGATIVE_DRAWS = ("llara", "fast")
+NEGATIVE_DRAWS = ("independent", "llara")
+RENAMED_DRAWS = {"fast": "independent"}  # old name -> new name, refused with a pointer
 CHUNK_ROWS = 50_000  # rows converted together: array operations, yet flat memory whatever a split's size
-COMPARISONS_AT_ONCE = 2**26  # booleans of one round of the fast draw's checks (64 MB)
+COMPARISONS_AT_ONCE = 2**26  # booleans of one round of the independent draw's checks (64 MB)
 # MovieLens titles end in their year and put a leading article last: "Usual Suspects, The (1995)".
 MOVIELENS_YEAR = re.compile(r"\s*\(\d{4}\)$")
 MOVIELENS_TRAILING_ARTICLE = re.compile(r"^(?P<title>.+?), (?P<article>The|A|An)(?P<rest> \(.*\))?$")
@@ -240,7 +249,7 @@ def below(random_bits: np.ndarray, bound: int) -> np.ndarray:
     return ((random_bits >> np.uint64(11)).astype(np.float64) * 2.0**-53 * bound).astype(np.int64)
 
 
-def fast_candidates(excluded: np.ndarray, targets: np.ndarray, catalogue_size: int, num_negatives: int,
+def independent_candidates(excluded: np.ndarray, targets: np.ndarray, catalogue_size: int, num_negatives: int,
                     record_seeds: np.ndarray) -> np.ndarray:
     """Candidate positions for many records at once: `num_negatives` uniform draws without replacement
     from the catalogue positions outside each record's `excluded` ones, and the target at a random place.
@@ -329,15 +338,15 @@ def convert_split(
     num_negatives: int,
     min_history: int,
     source_name: str,
-    negative_draw: str = "llara",
+    negative_draw: str = "independent",
     split_seed: np.uint64 = np.uint64(0),
 ) -> Iterator[dict]:
     """Turn one LLaRA DataFrame into JSON-encoded records, streamed; rows with len_seq < min_history are dropped.
 
     The rows go through in chunks, each converted with array operations: memory stays flat and the
-    per-record Python work is only building the record. `negative_draw` llara draws each row's
-    negatives by LLaRA's procedure (sample_candidates); fast draws them for the whole chunk at once
-    (fast_candidates), each row's stream seeded by `split_seed` and the row's index.
+    per-record Python work is only building the record. `negative_draw` independent draws the negatives
+    for the whole chunk at once (independent_candidates), each row's stream seeded by `split_seed` and
+    the row's index; llara draws each row's by LLaRA's procedure (sample_candidates).
     """
     missing = {"seq", "len_seq", "next"} - set(frame.columns)
     if missing:
@@ -378,7 +387,7 @@ def convert_split(
                 raise InputError(f"{source_name}: row {rows[first]}: --num_negatives {num_negatives}: only "
                                  f"{available[first]} items are left to draw from")
             record_seeds = splitmix64(split_seed, rows.astype(np.uint64))
-            candidates = fast_candidates(excluded, targets, len(catalogue.ids), num_negatives, record_seeds)
+            candidates = independent_candidates(excluded, targets, len(catalogue.ids), num_negatives, record_seeds)
 
         # Records are valid by construction (titles non-empty and distinct, the target among distinct
         # candidates), so they are not parsed again; the tests load what this writes. Each title is
@@ -416,27 +425,29 @@ def prepare(
     num_negatives: int = 19,
     min_history: int = 3,
     padding_id: int | None = None,
-    negative_draw: str = "llara",
+    negative_draw: str = "independent",
     seed: int = 0,
+    audit: bool = True,
 ) -> dict[str, int]:
-    """Convert a LLaRA-layout folder into train.json, valid.json and test.json.
+    """Convert a LLaRA-layout folder into train.json, valid.json and test.json, then audit them for leaks.
 
     Args:
         source: Folder holding id2name.txt (or MovieLens' u.item) and {train,val,test}_data.df.
-        output_dir: Folder to write train.json, valid.json and test.json into (created if missing).
+        output_dir: Folder to write train.json, valid.json, test.json and run_config.json (these flags) into (created if missing).
         num_negatives: Negatives per record; the record has num_negatives + 1 candidates.
         min_history: Keep rows whose len_seq is at least this (LLaRA uses 3).
         padding_id: Id that pads `seq`; defaults to the number of items (LLaRA's convention).
-        negative_draw: llara (LLaRA's seeded procedure, record for record the authors' files; about
-            0.1 ms a record) or fast (the same distribution, uniform over the items outside the
-            history, drawn for many records at once; other draws than LLaRA's, seeded by --seed and
-            the record's split and row).
-        seed: Seeds the fast draw (LLaRA's draw is seeded by each record's true item).
+        negative_draw: independent (uniform over the items outside the history, seeded by --seed and the record's split and row, whatever its true item) or llara (LLaRA's procedure, seeded by the true item: record for record the S-DPO authors' files, whose candidate lists give the true item away).
+        seed: Seeds the independent draw (LLaRA's draw is seeded by each record's true item).
+        audit: Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md beside them, warning of each leak flagged.
     Returns:
         The number of records written per split.
     """
+    config = dict(locals())
     if not os.path.isdir(source):
         raise InputError(f"--source {source}: folder not found")
+    if negative_draw in RENAMED_DRAWS:
+        raise InputError(f"--negative_draw {negative_draw} is now called {RENAMED_DRAWS[negative_draw]}")
     if negative_draw not in NEGATIVE_DRAWS:
         raise InputError(f"--negative_draw must be one of {NEGATIVE_DRAWS}, got {negative_draw!r}")
     titles, _ = load_item_titles(source)
@@ -467,6 +478,28 @@ def prepare(
     for split, (staged_path, _) in staged.items():
         os.replace(staged_path, os.path.join(output_dir, f"{split}.json"))
     counts = {split: count for split, (_, count) in staged.items()}
+    save_run_config(config | {"counts": counts}, output_dir)
     print(f"wrote {counts} records to {output_dir}")
+    if audit:
+        warn_of_leaks(output_dir, negative_draw)
     return counts
+
+
+def warn_of_leaks(data_dir: str, negative_draw: str) -> None:
+    """Audits a converted folder (trainer/audit.py) into audit.json and audit.md, warning of each leak flagged."""
+    try:
+        report = leak_audit.audit(data_dir)
+    except InputError as error:  # an empty split, say: the records stand, unaudited
+        logger.warning("%s: not audited for leaks: %s", data_dir, error)
+        return
+    leak_audit.write_audit(report, data_dir)
+    for leak in report["leaks"]:
+        cause = (" (LLaRA's draw seeds each list with its true item; --negative_draw independent does not)"
+                 if negative_draw == "llara" and leak["name"] == "candidate_list" else "")
+        logger.warning("%s: %s leaks (%s): rule %s reaches HR@1 %.3f on the %s split, %+.3f over %s%s; see %s",
+                       data_dir, leak["name"], leak["what"], leak["rule"], leak["hr_at_1"], leak["split"],
+                       leak["gain_over_baseline"], leak["baseline"], cause,
+                       os.path.join(data_dir, leak_audit.AUDIT_TABLE_FILE))
+    if not report["leaks"]:
+        logger.info("%s: the leak audit flags nothing (%s)", data_dir, os.path.join(data_dir, leak_audit.AUDIT_TABLE_FILE))
 
