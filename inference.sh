@@ -13,6 +13,8 @@
 #   ACCELERATE_CONFIG  an accelerate configuration (configs/accelerate/) or a file; unset: plain processes
 #   MODEL_NAME     base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
 #   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
+#   NEGATIVE_DRAW  LastFM candidates: independent of the true item, or llara (the S-DPO authors',
+#                  which give the true item away; DATA_DIR then defaults to data/lastfm-llara) (independent)
 #   DATA_DIR       folder holding test.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
 #   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
 #   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (EVAL_SAMPLES: 500,

@@ -2,9 +2,13 @@
 # The S-DPO paper's comparison on LastFM in one command: the base model, SFT, then DPO, S-DPO and
 # DMPO from the same SFT adapter, each evaluated on the same test prompts; RUN_DIR/results.md,
 # results.json and results.png collect them. A rerun skips every stage whose outputs are complete
-# (and says so); --force redoes them all. Two rules without a model, the most popular candidate and
-# the candidate that most often followed the history in training (trainer/baselines.py), are scored on
-# the same prompts as reference points.
+# (and says so); --force redoes them all. First the data is audited for leaks (data/audit.py: rules
+# without a model that read the candidate lists, the true item's position, records and sequences shared
+# between splits); the audit's table is part of results.md. Two rules without a model, the most popular
+# candidate and the candidate that most often followed the history in training (trainer/baselines.py),
+# are scored on the same prompts as reference points. The LastFM split is the clean one by default:
+# the authors' histories and true items, with negatives drawn independently of the true item
+# (NEGATIVE_DRAW=llara: the authors' own lists, which give the true item away; docs/leak.md).
 #   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
 #   PROFILE=gpu bash reproduce.sh        # the cpu recipe on all training (SFT) and test prompts, one GPU, large batches
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
@@ -42,7 +46,9 @@
 #                                               limit), then validate and save as usual; the schedule keeps its length
 #   PREF_MAX_SECONDS     0       30      0      the same for each preference stage
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
-#   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), DATA_DIR (data/lastfm), RUN_DIR (output/reproduce-PROFILE)
+#   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), NEGATIVE_DRAW (independent; llara
+#   for the authors' lists), DATA_DIR (data/lastfm; data/lastfm-llara with NEGATIVE_DRAW=llara),
+#   RUN_DIR (output/reproduce-PROFILE; output/reproduce-PROFILE-llara with NEGATIVE_DRAW=llara)
 # The gpu profile is the cpu profile's recipe (chosen on the validation split, docs/levers.md) on all
 # 47,872 SFT prompts, 4,096 per preference stage and all 2,495 test prompts, in large batches, sized
 # for the device script (scripts/device.sh) to run within one 10-minute call; its sizes are not yet
@@ -53,7 +59,11 @@ cd "$(dirname "$0")"
 source scripts/common.sh
 
 set_shared_settings
-RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE}
+split_suffix=""
+if [[ $NEGATIVE_DRAW == llara ]]; then
+    split_suffix=-llara  # a run on the authors' split never shares a folder with one on the clean split
+fi
+RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE$split_suffix}
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BETA=${BETA:-1.0}
 NEG_NUM=${NEG_NUM:-3}
@@ -66,12 +76,23 @@ case ${1:-} in
     *) echo "error: unknown argument '$1' (use --force or --help)" >&2; exit 2 ;;
 esac
 
-export PROFILE NUM_PROCESSES MODEL_NAME DATA_DIR SEED HINTS HINT_RECENCY
+export PROFILE NUM_PROCESSES MODEL_NAME NEGATIVE_DRAW DATA_DIR SEED HINTS HINT_RECENCY
 ensure_lastfm_data "$DATA_DIR"
 mkdir -p "$RUN_DIR"
 echo "profile $PROFILE: SFT on ${SFT_SAMPLES:-all} prompts, preferences on ${PREF_SAMPLES:-all}," \
     "evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED, candidate scoring $SCORE_CANDIDATES," \
     "hints $HINTS); outputs in $RUN_DIR"
+
+# What the results' title says of the data: LastFM's split by its negative draw, or the folder.
+data_description() {
+    if [[ $DATA_DIR != "$LASTFM_DIR" ]]; then
+        echo "$DATA_DIR"
+    elif [[ $NEGATIVE_DRAW == llara ]]; then
+        echo "LastFM, the S-DPO authors' split (candidate lists drawn from the true item: they give it away)"
+    else
+        echo "LastFM, clean split (the authors' histories and true items, negatives drawn independently of the true item)"
+    fi
+}
 
 # Runs a stage unless its completion marker exists; --force removes the stage folder first.
 run_stage() {
@@ -122,6 +143,8 @@ score_rule() {
         --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED" --recency "$HINT_RECENCY"
 }
 
+run_stage audit "$RUN_DIR/audit/audit.json" python data/audit.py --data_dir "$DATA_DIR" --output_dir "$RUN_DIR/audit" \
+    --recency "$HINT_RECENCY"
 for rule in popularity transitions; do
     run_stage "$rule" "$RUN_DIR/$rule/eval/metrics.json" score_rule "$rule"
 done
@@ -141,5 +164,5 @@ for name in sft dpo softmax_dpo dmpo; do
 done
 python -m trainer.results --run_dir "$RUN_DIR" --stages popularity,transitions,base,sft,dpo,softmax_dpo,dmpo \
     --pairs sft:base,dpo:sft,softmax_dpo:dpo,dmpo:dpo,softmax_dpo:dmpo,softmax_dpo:popularity,softmax_dpo:transitions \
-    --train_file "$DATA_DIR/train.json" \
-    --title "LastFM, profile $PROFILE: SFT on ${SFT_SAMPLES:-all} training prompts, preferences on ${PREF_SAMPLES:-all}, evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED), hints $HINTS"
+    --train_file "$DATA_DIR/train.json" --audit_file "$RUN_DIR/audit/audit.json" \
+    --title "$(data_description), profile $PROFILE: SFT on ${SFT_SAMPLES:-all} training prompts, preferences on ${PREF_SAMPLES:-all}, evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED), hints $HINTS"

@@ -60,14 +60,20 @@ set_profile_defaults() {
 }
 
 # Sets the settings every stage script and reproduce.sh share, each kept where the environment sets
-# it: PROFILE (cpu) and its defaults, NUM_PROCESSES (1), MODEL_NAME (embedded-smollm2), DATA_DIR
-# (data/lastfm) and SEED (42).
+# it: PROFILE (cpu) and its defaults, NUM_PROCESSES (1), MODEL_NAME (embedded-smollm2), NEGATIVE_DRAW
+# (independent), DATA_DIR (data/lastfm; data/lastfm-llara for NEGATIVE_DRAW=llara) and SEED (42).
 set_shared_settings() {
     PROFILE=${PROFILE:-cpu}
     set_profile_defaults "$PROFILE"
     NUM_PROCESSES=${NUM_PROCESSES:-1}
     MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
-    DATA_DIR=${DATA_DIR:-data/lastfm}
+    NEGATIVE_DRAW=${NEGATIVE_DRAW:-independent}
+    case $NEGATIVE_DRAW in
+        independent) LASTFM_DIR=data/lastfm ;;
+        llara) LASTFM_DIR=data/lastfm-llara ;;
+        *) echo "error: NEGATIVE_DRAW must be independent or llara, got '$NEGATIVE_DRAW'" >&2; exit 2 ;;
+    esac
+    DATA_DIR=${DATA_DIR:-$LASTFM_DIR}
     SEED=${SEED:-42}
 }
 
@@ -86,16 +92,37 @@ set_training_stage_settings() {
     MAX_TRAIN_SECONDS=${MAX_TRAIN_SECONDS:-${!seconds}}
 }
 
-# Converts the LastFM data (LLaRA layout) into DATA_DIR once; a later run reuses the JSON files.
-# The source is LASTFM_SOURCE, by default $SHARED_DATA_DIR/lastfm (SHARED_DATA_DIR: ../shared/data).
+# Converts the LastFM data (LLaRA layout) into DATA_DIR once, the candidates drawn by NEGATIVE_DRAW
+# (independent: whatever the true item; llara: the S-DPO authors' lists, which give it away); a later
+# run reuses the JSON files. The source is LASTFM_SOURCE, by default $SHARED_DATA_DIR/lastfm
+# (SHARED_DATA_DIR: ../shared/data). The default folder (data/lastfm or data/lastfm-llara) is
+# converted again when its run_config.json records another draw or none (an older conversion, made
+# with the authors' draw); a folder of your own is used as it is.
 ensure_lastfm_data() {
     local data_dir=$1
     if [[ -f $data_dir/train.json && -f $data_dir/valid.json && -f $data_dir/test.json ]]; then
-        return
+        local recorded
+        recorded=$(recorded_negative_draw "$data_dir")
+        if [[ $data_dir != "$LASTFM_DIR" || $recorded == "$NEGATIVE_DRAW" ]]; then
+            return
+        fi
+        local earlier="NEGATIVE_DRAW=$recorded"
+        if [[ -z $recorded ]]; then
+            earlier="an older conversion, the authors' draw"
+        fi
+        echo "$data_dir holds candidates drawn by $earlier; converting it again with NEGATIVE_DRAW=$NEGATIVE_DRAW"
     fi
     local source=${LASTFM_SOURCE:-${SHARED_DATA_DIR:-../shared/data}/lastfm}
-    echo "Preparing $data_dir from $source"
-    python data/prepare.py --source "$source" --output_dir "$data_dir"
+    echo "Preparing $data_dir from $source (NEGATIVE_DRAW=$NEGATIVE_DRAW)"
+    python data/prepare.py --source "$source" --output_dir "$data_dir" --negative_draw "$NEGATIVE_DRAW"
+}
+
+# The --negative_draw a data folder's run_config.json records (data/prepare.py writes it), or nothing.
+recorded_negative_draw() {
+    local config=$1/run_config.json
+    if [[ -f $config ]]; then
+        python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("negative_draw", ""))' "$config"
+    fi
 }
 
 # Starts a Python stage through accelerate launch with NUM_PROCESSES processes: one per GPU, or

@@ -120,7 +120,11 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     assert all(f"\n| {pair} | " in table for pair in PAIRS)
     assert (run_dir / "results.png").read_bytes().startswith(b"\x89PNG")
 
+    assert "Leak audit of" in table and "ok   candidate_list" in table
+    assert results["audit"]["leaks"] == [], "the default LastFM split is the clean one"
+    assert json.loads((tmp_path / "lastfm" / "run_config.json").read_text())["negative_draw"] == "independent"
+
     second = run_script("reproduce.sh", env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("complete, skipped") == 2 + 9, second.stdout
+    assert second.stdout.count("complete, skipped") == 1 + 2 + 9, second.stdout
     assert "done in" not in second.stdout
