@@ -97,13 +97,17 @@ set_training_stage_settings() {
 # run reuses the JSON files. The source is LASTFM_SOURCE, by default $SHARED_DATA_DIR/lastfm
 # (SHARED_DATA_DIR: ../shared/data). The default folder (data/lastfm or data/lastfm-llara) is
 # converted again when its run_config.json records another draw or none (an older conversion, made
-# with the authors' draw); a folder of your own is used as it is.
+# with the authors' draw). A folder of your own holding any of the three files is used as it is.
 ensure_lastfm_data() {
     local data_dir=$1
-    if [[ -f $data_dir/train.json && -f $data_dir/valid.json && -f $data_dir/test.json ]]; then
+    if [[ $data_dir != "$LASTFM_DIR" ]]; then
+        if [[ -e $data_dir/train.json || -e $data_dir/valid.json || -e $data_dir/test.json ]]; then
+            return
+        fi
+    elif [[ -f $data_dir/train.json && -f $data_dir/valid.json && -f $data_dir/test.json ]]; then
         local recorded
         recorded=$(recorded_negative_draw "$data_dir")
-        if [[ $data_dir != "$LASTFM_DIR" || $recorded == "$NEGATIVE_DRAW" ]]; then
+        if [[ $recorded == "$NEGATIVE_DRAW" ]]; then
             return
         fi
         local earlier="NEGATIVE_DRAW=$recorded"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import tarfile
 
+import pandas as pd
 import pytest
 from conftest import REPO_ROOT
 
@@ -128,3 +129,37 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("complete, skipped") == 1 + 2 + 9, second.stdout
     assert "done in" not in second.stdout
+
+
+def ensure_lastfm_data(data_dir, default_dir, negative_draw, source):
+    """scripts/common.sh's ensure_lastfm_data on `data_dir`, with `default_dir` standing for data/lastfm."""
+    command = (f'source scripts/common.sh; NEGATIVE_DRAW={negative_draw}; LASTFM_DIR="{default_dir}"; '
+               f'LASTFM_SOURCE="{source}" ensure_lastfm_data "{data_dir}"')
+    return subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_lastfm_data_is_converted_for_the_default_folder_never_over_a_folder_of_ones_own(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "id2name.txt").write_text("".join(f"{i}::Artist {i}\n" for i in range(30)))
+    rows = [([i % 30, (i + 1) % 30, (i + 2) % 30, 30], 3, (i + 3) % 30) for i in range(40)]
+    for name in ("train_data.df", "val_data.df", "test_data.df"):
+        pd.DataFrame(rows, columns=["seq", "len_seq", "next"]).to_pickle(source / name)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "train.json").write_text("[]")  # a folder of one's own, without valid.json or test.json
+    result = ensure_lastfm_data(own, tmp_path / "lastfm", "independent", source)
+    assert result.returncode == 0 and result.stdout == "" and os.listdir(own) == ["train.json"]
+
+    default = tmp_path / "lastfm"
+    first = ensure_lastfm_data(default, default, "llara", source)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((default / "run_config.json").read_text())["negative_draw"] == "llara"
+    again = ensure_lastfm_data(default, default, "llara", source)
+    assert again.stdout == "", "a folder holding the draw asked for is kept"
+    switched = ensure_lastfm_data(default, default, "independent", source)
+    assert "holds candidates drawn by NEGATIVE_DRAW=llara; converting it again" in switched.stdout
+    assert json.loads((default / "run_config.json").read_text())["negative_draw"] == "independent"
+    (default / "run_config.json").unlink()  # as an older conversion left it
+    older = ensure_lastfm_data(default, default, "independent", source)
+    assert "an older conversion, the authors' draw" in older.stdout
