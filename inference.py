@@ -13,9 +13,11 @@ from accelerate import PartialState
 from trainer.cli import run
 from trainer.data import load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import METRICS_FILE, answer_and_score_shared, score_answers, write_evaluation
+from trainer.evaluation import (METRICS_FILE, PREDICTIONS_FILE, NonFiniteScores, answer_and_score_shared, score_answers,
+                                write_evaluation)
 from trainer.flags import EvaluationDataFlags, ModelFlags, OutputFlags, PromptFlags, check_adapter_folder, command, flag
-from trainer.modeling import load_model_for_evaluation, load_tokenizer, resolve_dtype, resolve_model_path
+from trainer.modeling import (BASE_FINGERPRINT_KEY, base_model_fingerprint, load_model_for_evaluation, load_tokenizer,
+                              resolve_dtype, resolve_model_path)
 from trainer.outputs import check_output_dir, start_run
 from trainer.prompts import PromptBuilder, evaluation_template
 
@@ -59,14 +61,18 @@ def inference(flags: InferenceFlags) -> None:
     # Under accelerate launch each process loads the model on its own device.
     state = PartialState()
     model = load_model_for_evaluation(model_path, dtype, flags.load_in_4bit, {"": state.device}, flags.adapter)
+    # LoRA leaves the embeddings alone, so the merged model's are the base model's.
+    fingerprint = base_model_fingerprint(model)
+    flags.check_adapter_base(flags.adapter, model_path, fingerprint)
 
     builder = PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens,
                             template_index=evaluation_template(flags.template_index),
-                            hints=flags.hints_for(flags.test_file))
+                            hints=flags.hints_for(flags.test_file), source=flags.test_file)
     prompts = [builder.build(record, index) for record, index in zip(records, indices)]
 
     if state.is_main_process:
-        start_run(config | {"resolved_model_path": model_path}, flags.output_dir, METRICS_FILE)
+        start_run(config | {"resolved_model_path": model_path, BASE_FINGERPRINT_KEY: fingerprint}, flags.output_dir,
+                  METRICS_FILE, (PREDICTIONS_FILE,))
     logger.info("Evaluating %d prompts from %s on %s%s", len(prompts), flags.test_file, model_path,
                 f" + {flags.adapter}" if flags.adapter else "")
     started = time.perf_counter()
@@ -74,7 +80,11 @@ def inference(flags: InferenceFlags) -> None:
                                                         flags.max_new_tokens, flags.score_candidates)
     if not state.is_main_process:
         return
-    predictions, metrics = score_answers(indices, records, answers, candidate_scores)
+    try:
+        predictions, metrics = score_answers(indices, records, answers, candidate_scores)
+    except NonFiniteScores as error:
+        raise NonFiniteScores(f"{flags.test_file}: {error} (model {model_path}"
+                              f"{', adapter ' + flags.adapter if flags.adapter else ''})") from None
     seconds = time.perf_counter() - started
     metrics["seconds"] = round(seconds, 1)
     metrics["prompts_per_second"] = round(len(prompts) / seconds, 3)

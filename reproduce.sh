@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The S-DPO paper's comparison on LastFM in one command: the base model, SFT, then DPO, S-DPO and
 # DMPO from the same SFT adapter, each evaluated on the same test prompts; RUN_DIR/results.md,
-# results.json and results.png collect them. A rerun skips every stage whose outputs are complete
-# (and says so); --force redoes them all. First the data is audited for leaks (data/audit.py: rules
+# results.json and results.png collect them. A rerun skips every stage whose outputs are complete and
+# were made with the same settings (and says so); a stage made with other settings is made again, with
+# the stages built on it, naming the setting that changed; --force redoes them all. First the data is audited for leaks (data/audit.py: rules
 # without a model that read the candidate lists, the true item's position, records and sequences shared
 # between splits); the audit's table is part of results.md. Two rules without a model, the most popular
 # candidate and the candidate that most often followed the history in training (trainer/baselines.py),
@@ -94,20 +95,61 @@ data_description() {
     fi
 }
 
-# Runs a stage unless its completion marker exists; --force removes the stage folder first.
+# Each stage records the settings it was made with (SETTINGS_FILE in its folder): the variables that
+# decide what it computes, its own and those of the stages it is built on (how it is computed, as
+# batch sizes and processes, is left out). Prints them, one NAME=value a line, for variables $@.
+SETTINGS_FILE=reproduce_settings.txt
+settings_of() {
+    local name
+    for name in "$@"; do
+        printf '%s=%s\n' "$name" "${!name}"
+    done
+}
+DATA_SETTINGS=$(settings_of MODEL_NAME DATA_DIR NEGATIVE_DRAW HINTS HINT_RECENCY)
+EVAL_SETTINGS=$(settings_of EVAL_SAMPLES SAMPLE_SEED SCORE_CANDIDATES)
+SFT_SETTINGS=$DATA_SETTINGS$'\n'$(settings_of SEED SELECT_BEST SFT_SAMPLES SFT_EPOCHS SFT_LEARNING_RATE \
+    SFT_EFFECTIVE_BATCH SFT_VALID_SAMPLES SFT_LORA_DROPOUT SFT_LORA_ALPHA SFT_MAX_SECONDS)
+PREF_SETTINGS=$SFT_SETTINGS$'\n'$(settings_of BETA PREF_SAMPLES PREF_EPOCHS PREF_LEARNING_RATE PREF_EFFECTIVE_BATCH \
+    PREF_VALID_SAMPLES PREF_MAX_SECONDS)
+
+# Runs a stage into RUN_DIR/name unless it is complete (its marker exists) and was made with the same
+# settings; a stage made with other settings is removed and made again, and so are the stages built on
+# it, whose settings include its own. --force redoes every stage. run_stage name marker settings command...
 run_stage() {
-    local name=$1 marker=$2
-    shift 2
+    local name=$1 marker=$2 settings=$3
+    shift 3
+    local record=$RUN_DIR/$name/$SETTINGS_FILE
     if [[ $force == true ]]; then
         rm -rf "${RUN_DIR:?}/$name"
-    elif [[ -f $marker ]]; then
-        echo "== $name: complete, skipped ($marker exists; --force redoes it)"
+    elif [[ -f $marker && -f $record && $(< "$record") == "$settings" ]]; then
+        echo "== $name: complete, skipped ($marker exists, same settings; --force redoes it)"
         return
+    elif [[ -f $marker ]]; then
+        echo "== $name: made with other settings ($(changed_setting "$record" "$settings")); made again"
+        rm -rf "${RUN_DIR:?}/$name"
     fi
     echo "== $name"
     local started=$SECONDS
     "$@"
+    printf '%s\n' "$settings" > "$record"
     echo "== $name: done in $((SECONDS - started)) s"
+}
+
+# The first setting whose value differs between a stage's record ($1) and the settings now ($2).
+changed_setting() {
+    local record=$1 settings=$2 line name
+    if [[ ! -f $record ]]; then
+        echo "no record of them"
+        return
+    fi
+    while IFS= read -r line; do
+        name=${line%%=*}
+        if ! grep -qxF -- "$line" "$record"; then
+            echo "$name: $(grep -m1 "^$name=" "$record" | cut -d= -f2- || true) then, ${line#*=} now"
+            return
+        fi
+    done <<< "$settings"
+    echo "a setting no longer used"
 }
 
 # Sets best_flags: with SELECT_BEST=True, an evaluation every $1 of the run and the best one kept.
@@ -143,26 +185,30 @@ score_rule() {
         --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED" --recency "$HINT_RECENCY"
 }
 
-run_stage audit "$RUN_DIR/audit/audit.json" python data/audit.py --data_dir "$DATA_DIR" --output_dir "$RUN_DIR/audit" \
-    --recency "$HINT_RECENCY"
+run_stage audit "$RUN_DIR/audit/audit.json" "$DATA_SETTINGS" \
+    python data/audit.py --data_dir "$DATA_DIR" --output_dir "$RUN_DIR/audit" --recency "$HINT_RECENCY"
 for rule in popularity transitions; do
-    run_stage "$rule" "$RUN_DIR/$rule/eval/metrics.json" score_rule "$rule"
+    run_stage "$rule" "$RUN_DIR/$rule/eval/metrics.json" "$DATA_SETTINGS"$'\n'"$EVAL_SETTINGS" score_rule "$rule"
 done
-run_stage base "$RUN_DIR/base/eval/metrics.json" evaluate base ""
+run_stage base "$RUN_DIR/base/eval/metrics.json" "$DATA_SETTINGS"$'\n'"$EVAL_SETTINGS" evaluate base ""
 set_best_flags 0.2
-run_stage sft "$RUN_DIR/sft/train_results.json" env OUTPUT_DIR="$RUN_DIR/sft" \
+run_stage sft "$RUN_DIR/sft/train_results.json" "$SFT_SETTINGS" env OUTPUT_DIR="$RUN_DIR/sft" \
     MAX_TRAIN_SAMPLES="$SFT_SAMPLES" MAX_VALID_SAMPLES="$SFT_VALID_SAMPLES" EPOCHS="$SFT_EPOCHS" \
     EFFECTIVE_BATCH_SIZE="$SFT_EFFECTIVE_BATCH" BATCH_SIZE="$SFT_BATCH_SIZE" LEARNING_RATE="$SFT_LEARNING_RATE" \
     LORA_DROPOUT="$SFT_LORA_DROPOUT" LORA_ALPHA="$SFT_LORA_ALPHA" MAX_TRAIN_SECONDS="$SFT_MAX_SECONDS" \
     bash sft.sh "${best_flags[@]}"
 for stage in dpo:dpo.sh:dpo:1 softmax_dpo:softmax_dpo.sh:sdpo:$NEG_NUM dmpo:softmax_dpo.sh:dmpo:$NEG_NUM; do
     IFS=: read -r name script loss negatives <<< "$stage"
-    run_stage "$name" "$RUN_DIR/$name/train_results.json" train_preference "$name" "$script" "$loss" "$negatives"
+    run_stage "$name" "$RUN_DIR/$name/train_results.json" "$PREF_SETTINGS"$'\n'"LOSS_TYPE=$loss"$'\n'"NEG_NUM=$negatives" \
+        train_preference "$name" "$script" "$loss" "$negatives"
 done
 for name in sft dpo softmax_dpo dmpo; do
-    run_stage "$name/eval" "$RUN_DIR/$name/eval/metrics.json" evaluate "$name" "$RUN_DIR/$name"
+    # An evaluation is made with its adapter's settings, as that stage recorded them, and its own.
+    run_stage "$name/eval" "$RUN_DIR/$name/eval/metrics.json" "$(< "$RUN_DIR/$name/$SETTINGS_FILE")"$'\n'"$EVAL_SETTINGS" \
+        evaluate "$name" "$RUN_DIR/$name"
 done
+# The table's sizes (prompts, training examples, steps) are read from what each stage folder records.
 python -m trainer.results --run_dir "$RUN_DIR" --stages popularity,transitions,base,sft,dpo,softmax_dpo,dmpo \
     --pairs sft:base,dpo:sft,softmax_dpo:dpo,dmpo:dpo,softmax_dpo:dmpo,softmax_dpo:popularity,softmax_dpo:transitions \
     --train_file "$DATA_DIR/train.json" --audit_file "$RUN_DIR/audit/audit.json" \
-    --title "$(data_description), profile $PROFILE: SFT on ${SFT_SAMPLES:-all} training prompts, preferences on ${PREF_SAMPLES:-all}, evaluation on ${EVAL_SAMPLES:-all} test prompts (seed $SAMPLE_SEED), hints $HINTS"
+    --title "$(data_description), profile $PROFILE, hints $HINTS (recency $HINT_RECENCY)"

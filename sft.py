@@ -6,7 +6,6 @@ Writes the LoRA adapter (save_pretrained), the tokenizer, run_config.json and th
 
 import dataclasses
 import logging
-import os
 
 from accelerate import PartialState
 from datasets import Dataset
@@ -20,13 +19,12 @@ from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
                            TrainingDataFlags, check_adapter_folder, command, flag)
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
-from trainer.modeling import load_model_for_training, lora_config
-from trainer.outputs import write_json_atomically
+from trainer.modeling import BASE_FINGERPRINT_KEY, base_model_fingerprint, load_model_for_training, lora_config
 from trainer.prompts import PromptBuilder, evaluation_template, supervised_example
 from trainer.sft_trainer import AnswerCollator, AnswerOnlySFTTrainer, CACHE_INDEX_COLUMN
-from trainer.training import (TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
-                              kept_weights, start_training_stage, time_budget_results, token_throughput,
-                              train_or_continue, training_callbacks)
+from trainer.training import (batch_layout, best_checkpoint_results, finish_training_stage, start_training_stage,
+                              time_budget_results, token_throughput, train_or_continue, training_callbacks,
+                              whole_run_metrics)
 
 logger = logging.getLogger("sft")
 
@@ -70,10 +68,10 @@ def sft(flags: SFTFlags) -> None:
     # Build (and so validate) both datasets before anything is written.
     train_builder = PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens, seed=flags.seed,
                                   template_index=flags.template_index,
-                                  hints=flags.hints_for(flags.train_file))
+                                  hints=flags.hints_for(flags.train_file), source=flags.train_file)
     eval_builder = PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens,
                                  template_index=evaluation_template(flags.template_index),
-                                 hints=flags.hints_for(flags.valid_file))
+                                 hints=flags.hints_for(flags.valid_file), source=flags.valid_file)
     train_dataset = supervised_dataset(flags.train_file, flags.max_train_samples, flags.seed, train_builder,
                                        tokenizer)
     eval_dataset = None
@@ -84,6 +82,8 @@ def sft(flags: SFTFlags) -> None:
                 f"{len(eval_dataset)} ({flags.valid_file})" if flags.validates else "none (--max_valid_samples 0)")
 
     model = load_model_for_training(model_path, torch_dtype, flags.load_in_4bit, flags.gradient_checkpointing)
+    fingerprint = base_model_fingerprint(model)
+    flags.check_adapter_base(flags.adapter, model_path, fingerprint)
     # A fresh adapter's random weights come from --seed, so a run repeats in any process.
     set_seed(flags.seed)
     if flags.adapter:
@@ -136,20 +136,17 @@ def sft(flags: SFTFlags) -> None:
         callbacks=training_callbacks(flags.max_train_seconds),
         first_cached_layer=first_cached_layer,
     )
-    resolved_config = config | {"resolved_model_path": model_path} | batch_layout(config)
-    train_result = train_or_continue(trainer, flags.output_dir, resolved_config)
+    resolved_config = (config | {"resolved_model_path": model_path, BASE_FINGERPRINT_KEY: fingerprint}
+                       | batch_layout(config))
+    metrics = whole_run_metrics(trainer, train_or_continue(trainer, flags.output_dir, resolved_config).metrics)
     example_tokens = [len(input_ids) for input_ids in train_dataset["input_ids"]]
-    results = (dict(train_result.metrics) | token_throughput(train_result.metrics, example_tokens)
+    results = (metrics | token_throughput(metrics, example_tokens)
                | (trainer.evaluate() if flags.validates else {}))
     results |= best_checkpoint_results(trainer.state) | time_budget_results(trainer)
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset) if flags.validates else 0}
 
-    trainer.save_model(flags.output_dir)
-    if trainer.is_world_process_zero():
-        trainer.save_state()
-        write_json_atomically(results, os.path.join(flags.output_dir, TRAIN_RESULTS_FILE))
-        logger.info("Saved the adapter to %s (%s)%s", flags.output_dir, kept_weights(results),
-                    f"; validation loss {results['eval_loss']:.4f}" if flags.validates else "")
+    # Every process takes part in save_model (sharded weights are gathered under FSDP or DeepSpeed).
+    finish_training_stage(trainer, flags.output_dir, results, lambda: trainer.save_model(flags.output_dir))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,15 @@ def test_stages_change_defaults_not_help():
     (inference, {"hint_size": 0}, "--hint_size must be at least 1"),
     (sft, {"max_train_seconds": -1}, "--max_train_seconds must be 0"),
     (softmax_dpo, {"dataloader_workers": -2}, "--dataloader_workers must be -1"),
+    # Before any work, not in Adam's first step after run_config.json was written.
+    (sft, {"learning_rate": -1.0}, "--learning_rate must be above 0, got -1.0"),
+    (dpo, {"learning_rate": 0.0}, "--learning_rate must be above 0"),
+    (sft, {"learning_rate": float("nan")}, "--learning_rate must be above 0, got nan"),
+    (sft, {"num_train_epochs": 0.0}, "--num_train_epochs must be above 0"),
+    (sft, {"max_steps": 0}, "--max_steps must be -1"),
+    (softmax_dpo, {"batch_size": 0}, "--batch_size and --gradient_accumulation_steps must be at least 1"),
+    (sft, {"warmup_ratio": 1.0}, "--warmup_ratio must lie in"),
+    (sft, {"max_grad_norm": -0.3}, "--weight_decay and --max_grad_norm must be 0 or more"),
 ])
 def test_a_bad_value_is_refused_before_any_work(entry, flags, message, tmp_path):
     output_dir = tmp_path / "out"

@@ -96,7 +96,7 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     assert [row["stage"] for row in results["stages"]] == [*RULES, *STAGES]
     assert all(row["evaluated_prompts"] == 3 for row in results["stages"])
     assert all(("ranking_mrr" in row) == (row["stage"] in STAGES) for row in results["stages"])
-    assert "evaluation on 3 test prompts" in results["title"] and "hints True" in results["title"]
+    assert "profile gpu, hints True (recency 0.5)" in results["title"]
     assert [" - ".join(pair["stages"]) for pair in results["paired_differences"]] == list(PAIRS)
     for stage in (*RULES, *STAGES):
         assert len((run_dir / stage / "eval" / "predictions.jsonl").read_text().splitlines()) == 3
@@ -129,6 +129,14 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("complete, skipped") == 1 + 2 + 9, second.stdout
     assert "done in" not in second.stdout
+
+    # Another evaluation sample: the rules and every evaluation are made again, the training stages kept.
+    third = run_script("reproduce.sh", env | {"EVAL_SAMPLES": "2"})
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("made with other settings (EVAL_SAMPLES: 3 then, 2 now); made again") == 2 + 5
+    assert third.stdout.count("complete, skipped") == 1 + 4, third.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert all(row["evaluated_prompts"] == 2 for row in results["stages"]), "the table reads what the stages record"
 
 
 def ensure_lastfm_data(data_dir, default_dir, negative_draw, source):

@@ -71,10 +71,13 @@ def test_summarize_divides_by_all_rows():
     assert low < 0.25 < high
 
 
-def test_true_item_rank_counts_strictly_better_candidates():
+def test_true_item_rank_breaks_ties_against_the_true_item():
     assert true_item_rank([-1.0, -3.0, -2.0], 0) == 1
     assert true_item_rank([-1.0, -3.0, -2.0], 1) == 3
-    assert true_item_rank([-2.0, -2.0, -5.0], 1) == 1, "a tie does not push the true item down"
+    assert true_item_rank([-2.0, -2.0, -5.0], 1) == 2, "a tie ranks the true item below the tied candidate"
+    assert true_item_rank([0.0] * 20, 7) == 20, "scoring every candidate alike earns no hit"
+    with pytest.raises(ValueError, match="non-finite candidate scores"):
+        true_item_rank([float("nan")] * 3, 0)
 
 
 def test_ranking_metrics_by_hand():

@@ -439,9 +439,11 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
     train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(3)])
     run = dict(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
-               negatives="hard", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5)
-    softmax_dpo(output_dir=str(tmp_path / "first"), **run)
-    cached = list((sft_dir / SCORE_CACHE_FOLDER).iterdir())
+               negatives="hard", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5,
+               output_dir=str(tmp_path / "sdpo"))
+    softmax_dpo(**run)
+    assert not (sft_dir / SCORE_CACHE_FOLDER).exists(), "the adapter folder is only read (it may be shared or read-only)"
+    cached = list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())
     assert len(cached) == 1
     scores = json.loads(cached[0].read_text())
     # The cached scores are the SFT model's: candidate scoring of the same prompts, recomputed here.
@@ -457,9 +459,9 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
     for (_, record), row, example in zip(examples, scores, dataset):
         rejected = [tokenizer.decode(ids[:-1]).strip() for ids in example["completion_ids"][1:]]
         assert rejected == highest_scored_others(record, row, 2)
-    # A second stage from the same adapter reads the cache instead of scoring again.
+    # A rerun of the stage reads the cache instead of scoring again.
     monkeypatch.setattr("trainer.evaluation.answer_and_score", lambda *args, **kwargs: pytest.fail("scored twice"))
-    softmax_dpo(output_dir=str(tmp_path / "second"), **run)
+    softmax_dpo(**run)
 
 
 def test_qlora_preference_training_runs_in_4bit(tokenizer, small_data_dir, tmp_path):

@@ -22,7 +22,7 @@ from trainer.cli import run
 from trainer.collaborative import ItemStatistics, counts_own_records
 from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import METRICS_FILE, score_answers, write_evaluation
+from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE, score_answers, write_evaluation
 from trainer.flags import EvaluationDataFlags, OutputFlags, command, flag
 from trainer.outputs import start_run
 
@@ -82,7 +82,7 @@ def rules(flags: RulesFlags) -> None:
     exclude_own = counts_own_records(flags.train_file, flags.test_file)
     answers = [rule_answer(flags.rule, statistics, record, exclude_own, flags.recency) for record in records]
     predictions, metrics = score_answers(indices, records, answers)
-    start_run(dataclasses.asdict(flags), flags.output_dir, METRICS_FILE)
+    start_run(dataclasses.asdict(flags), flags.output_dir, METRICS_FILE, (PREDICTIONS_FILE,))
     write_evaluation(flags.output_dir, predictions, metrics)
     print(json.dumps(metrics))
 

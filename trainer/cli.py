@@ -15,7 +15,7 @@ import typing
 
 import fire
 
-from trainer.errors import InputError
+from trainer.errors import InputError, TrainingDiverged
 
 HELP_FLAGS = ("-h", "--help")
 
@@ -109,6 +109,9 @@ def run(entry) -> None:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     finally:
         # A process group left to the interpreter's exit can abort it there ("terminate called without an
         # active exception", seen once with gloo after a finished two-process run), failing a run that succeeded.

@@ -91,6 +91,10 @@ def load_records(path: str, allow_empty: bool = False) -> list[Record]:
             raw_records = json.load(handle)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: a folder, not a data file (a JSON list of records)") from None
+    except PermissionError:
+        raise InputError(f"{path}: not readable (permission denied)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not a JSON file ({error})") from None
     if not isinstance(raw_records, list):

@@ -5,6 +5,8 @@ with each of them; the ranking gives HR@1, HR@5, NDCG@5, NDCG@10 and MRR, which 
 prefers even where its generated answer names no candidate.
 """
 
+import json
+import math
 import os
 
 import torch
@@ -15,6 +17,7 @@ from transformers import DynamicCache
 
 from trainer.cli import is_main_process
 from trainer.data import Record
+from trainer.errors import InputError
 from trainer.logprobs import collate_packed, pack_example, packed_completion_logps, pad_left
 from trainer.metrics import match_answer, summarize, summarize_ranks, true_item_rank
 from trainer.outputs import write_json_atomically, write_jsonl_atomically
@@ -22,6 +25,10 @@ from trainer.prompts import encode_answer, encode_prompt
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+
+
+class NonFiniteScores(InputError):
+    """A candidate's log-probability is NaN or infinite: no ranking of it means anything."""
 
 
 @torch.no_grad()
@@ -120,6 +127,10 @@ def score_answers(indices: list[int], records: list[Record], answers: list[str],
         }
         if candidate_scores is not None:
             scores = candidate_scores[position]
+            if not all(map(math.isfinite, scores)):
+                raise NonFiniteScores(f"record {index}: the model's log-probabilities of its candidates are not "
+                                      f"finite ({scores[:3]}...): its weights are probably not finite either "
+                                      "(a diverged training run?); nothing was written")
             row["candidate_logps"] = scores
             row["top_scored_candidate"] = record.candidates[max(range(len(scores)), key=scores.__getitem__)]
             row["true_item_rank"] = true_item_rank(scores, record.candidates.index(record.target))
@@ -131,6 +142,8 @@ def score_answers(indices: list[int], records: list[Record], answers: list[str],
 
 
 def write_evaluation(output_dir: str, predictions: list[dict], metrics: dict) -> None:
-    """predictions.jsonl first, metrics.json last: a metrics file means the evaluation finished."""
+    """predictions.jsonl, then metrics.json: a metrics file means the evaluation finished. Each is written whole
+    under a temporary name and renamed; both are checked as JSON (no NaN) before either appears."""
+    json.dumps(metrics, allow_nan=False)  # a ValueError here leaves neither file
     write_jsonl_atomically(predictions, os.path.join(output_dir, PREDICTIONS_FILE))
     write_json_atomically(metrics, os.path.join(output_dir, METRICS_FILE))

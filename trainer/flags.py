@@ -10,6 +10,7 @@ with the plain value and keeps the group's help. Dataclasses collect fields from
 class to the first, so stages list their groups last-shown first.
 """
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -19,8 +20,8 @@ import os
 from trainer.cli import accepts
 from trainer.collaborative import CollaborativeHints, load_hints
 from trainer.errors import InputError
-from trainer.modeling import EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
-from trainer.outputs import RUN_CONFIG_FILE
+from trainer.modeling import BASE_FINGERPRINT_KEY, EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
+from trainer.outputs import RUN_CONFIG_FILE, claimed_output_dir
 from trainer.prompts import EVAL_TEMPLATE_INDEX
 
 
@@ -132,21 +133,27 @@ class PromptFlags(Flags):
         return load_hints(self.hint_file, self.hint_size, data_file, self.hint_recency)
 
     def hint_difference(self, adapter: str) -> str | None:
-        """What differs between this run's hints and those `adapter` was trained with, read from the run_config.json
-        of its folder (or of the run a checkpoint folder belongs to); None when they match or are not recorded.
-        A model meeting other hints than it learned from scores lower without any error to say why."""
-        path = os.path.join(adapter, RUN_CONFIG_FILE)
-        if not os.path.isfile(path) and os.path.basename(os.path.normpath(adapter)).startswith("checkpoint-"):
-            path = os.path.join(os.path.dirname(os.path.normpath(adapter)), RUN_CONFIG_FILE)
-        if not os.path.isfile(path):
-            return None
-        try:
-            with open(path, encoding="utf-8") as handle:
-                trained = json.load(handle)
-        except (OSError, ValueError):
+        """What differs between this run's hints and those `adapter` was trained with (adapter_run_config); None
+        when they match or are not recorded. A model meeting other hints than it learned from scores lower
+        without any error to say why."""
+        trained = adapter_run_config(adapter)
+        if trained is None:
             return None
         before, now = hint_description(trained), hint_description(dataclasses.asdict(self))
         return None if before == now else f"{adapter} was trained {before}; this run's prompts are built {now}"
+
+
+def adapter_run_config(adapter: str) -> dict | None:
+    """The flags an adapter was trained with: the run_config.json of its folder, or of the run a checkpoint
+    folder belongs to; None for an adapter that no stage of this toolkit wrote."""
+    path = os.path.join(adapter, RUN_CONFIG_FILE)
+    if not os.path.isfile(path) and os.path.basename(os.path.normpath(adapter)).startswith("checkpoint-"):
+        path = os.path.join(os.path.dirname(os.path.normpath(adapter)), RUN_CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def hint_description(config: dict) -> str:
@@ -165,6 +172,19 @@ class ModelFlags(Flags):
     dtype: str = flag("auto", "auto (bf16 on a capable GPU, else fp32), float32, bfloat16 or float16; "
                               "bf16 also turns on bf16 autocast in training.")
     load_in_4bit: bool = flag(False, "QLoRA: load the base model in 4-bit NF4 through bitsandbytes.")
+    allow_other_base_model: bool = flag(
+        False, "Use an --adapter trained on another base model than --model_name (its run_config.json records the "
+               "base model's weights fingerprint); refused by default, as the adapter then computes something else.")
+
+    def check_adapter_base(self, adapter: str | None, model_path: str, fingerprint: str) -> None:
+        """Refuse an --adapter whose recorded base model weights differ from those loaded (--model_name)."""
+        trained = adapter_run_config(adapter) if adapter else None
+        recorded = (trained or {}).get(BASE_FINGERPRINT_KEY)
+        if recorded is None or recorded == fingerprint or self.allow_other_base_model:
+            return
+        raise InputError(f"--adapter {adapter} was trained on the base model {trained.get('resolved_model_path')} "
+                         f"(weights {recorded}), this run loads {model_path} (weights {fingerprint}); an adapter on "
+                         "another base model computes something else (--allow_other_base_model True uses it anyway)")
 
 
 @dataclasses.dataclass
@@ -205,6 +225,20 @@ class OptimizationFlags(Flags):
 
     def check(self) -> None:
         super().check()
+        if not self.learning_rate > 0:  # also refuses NaN
+            raise InputError(f"--learning_rate must be above 0, got {self.learning_rate}")
+        if not self.num_train_epochs > 0:
+            raise InputError(f"--num_train_epochs must be above 0, got {self.num_train_epochs}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise InputError(f"--max_steps must be -1 (run the epochs) or at least 1, got {self.max_steps}")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise InputError(f"--batch_size and --gradient_accumulation_steps must be at least 1, got "
+                             f"{self.batch_size} and {self.gradient_accumulation_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"--warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if not (self.weight_decay >= 0 and self.max_grad_norm >= 0):
+            raise InputError(f"--weight_decay and --max_grad_norm must be 0 or more, got {self.weight_decay} and "
+                             f"{self.max_grad_norm}")
         if self.max_train_seconds < 0:
             raise InputError(f"--max_train_seconds must be 0 (no limit) or more, got {self.max_train_seconds}")
         if self.dataloader_workers < -1:
@@ -246,7 +280,8 @@ def command(flags_class: type, summary: str | None = None):
 
     The result's signature is the flags with their defaults (what fire reads) and its docstring the
     stage's first line (or `summary`) with every flag's help; calling it builds and checks the flags
-    object, then runs the stage.
+    object, claims the output folder when the flags have one (trainer.outputs.claimed_output_dir: one
+    run per folder), then runs the stage.
     """
     parameters = [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=field.default,
                                     annotation=field.type)
@@ -257,7 +292,10 @@ def command(flags_class: type, summary: str | None = None):
         def entry(*args, **kwargs):
             bound = entry.__signature__.bind(*args, **kwargs)
             bound.apply_defaults()
-            return stage(flags_class(**bound.arguments))
+            flags = flags_class(**bound.arguments)
+            # One run per output folder, claimed once the flags are checked and before any work.
+            with claimed_output_dir(flags.output_dir) if isinstance(flags, OutputFlags) else contextlib.nullcontext():
+                return stage(flags)
 
         entry.__signature__ = inspect.Signature(parameters)
         entry.__doc__ = _docstring(summary or stage.__doc__.strip().split("\n", 1)[0], flags_class)

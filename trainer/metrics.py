@@ -112,8 +112,13 @@ def summarize(hits: list[bool], valid: list[bool]) -> dict:
 
 
 def true_item_rank(scores: list[float], true_index: int) -> int:
-    """1 + the number of candidates scored strictly above the true one (ties resolve in its favour)."""
-    return 1 + sum(score > scores[true_index] for score in scores)
+    """1 + the number of other candidates scored at least as high as the true one: a tie ranks the true item
+    last among the tied, so a model that scores every candidate alike earns no hit. Scores must be finite
+    (a NaN compares false with everything and would rank the true item first)."""
+    if not all(map(math.isfinite, scores)):
+        raise ValueError(f"non-finite candidate scores: {scores}")
+    true_score = scores[true_index]
+    return 1 + sum(score >= true_score for index, score in enumerate(scores) if index != true_index)
 
 
 def summarize_ranks(ranks: list[int]) -> dict:

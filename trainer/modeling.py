@@ -8,6 +8,7 @@ XDG_CACHE_HOME is unset); set EMBEDDED_MODEL_DIR to put it elsewhere. Later load
 Any Hugging Face model folder or hub id works in its place.
 """
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -77,9 +78,13 @@ def resolve_model_path(model_name: str) -> str:
     """The folder or hub id to load: the embedded model's cached folder, converted on first use."""
     if model_name != EMBEDDED_MODEL_NAME:
         # A hub id is owner/name; anything that looks like a path is a folder that must exist.
+        folder = os.path.expanduser(model_name)
         looks_like_path = model_name.startswith((".", "/", "~")) or model_name.count("/") > 1
-        if looks_like_path and not os.path.isdir(os.path.expanduser(model_name)):
+        if looks_like_path and not os.path.isdir(folder):
             raise InputError(f"--model_name {model_name}: folder not found")
+        if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise InputError(f"--model_name {model_name}: no config.json in that folder, so not a model saved by "
+                             "save_pretrained (a hub id is owner/name)")
         return model_name
     folder = embedded_model_dir()
     if not os.path.isfile(os.path.join(folder, "config.json")):
@@ -169,6 +174,26 @@ def load_model_for_training(model_path: str, dtype: torch.dtype, load_in_4bit: b
     if load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
+
+
+# Where a run's run_config.json records base_model_fingerprint.
+BASE_FINGERPRINT_KEY = "base_model_fingerprint"
+FINGERPRINT_VALUES = 65_536
+
+
+def base_model_fingerprint(model) -> str:
+    """A digest of the model's input embeddings (shape and an even sample of the values, rounded to bfloat16).
+
+    The same weights give the same digest loaded in fp32, bf16 or 4-bit (bitsandbytes leaves the
+    embeddings unquantized) and with or without a LoRA adapter (which leaves them alone); another
+    model gives another, even one of the very same shapes.
+    """
+    embeddings = model.get_input_embeddings().weight.detach()
+    flat = embeddings.flatten()
+    sample = flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
+    digest = hashlib.sha256(str(tuple(embeddings.shape)).encode())
+    digest.update(sample.to(device="cpu", dtype=torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def is_adapter_folder(path: str) -> bool:

@@ -6,7 +6,8 @@ hinted   the other candidates the training counts rank highest (needs hints): th
          that follows the hint names wrongly;
 hard     the other candidates the starting model (the SFT adapter) scores highest: the mistakes it
          is closest to making. Scored once, before training, with one packed forward per prompt
-         (trainer.evaluation), and cached beside the SFT adapter for the next stage or rerun.
+         (trainer.evaluation), and cached in the stage's output folder for a rerun (never in the
+         adapter folder it reads, which may be shared or read-only).
 """
 
 import hashlib
@@ -22,7 +23,7 @@ from trainer.evaluation import answer_and_score_shared
 from trainer.outputs import write_json_atomically
 
 NEGATIVE_SAMPLING = ("random", "popular", "hinted", "hard")
-# Where the starting model's candidate scores are kept, inside the SFT adapter folder.
+# Where the starting model's candidate scores are kept, inside the preference stage's output folder.
 SCORE_CACHE_FOLDER = "candidate_scores"
 
 logger = logging.getLogger("negatives")
@@ -70,10 +71,10 @@ def rejected_titles(record: Record, index: int, negatives: str, count: int, seed
     return sample_negatives(record, count, seed, index)
 
 
-def _cache_key(adapter: str, prompts: list[str], records: list[Record]) -> str:
-    """Changes with the adapter's weights, the prompts or their candidates."""
-    digest = hashlib.sha256()
-    for file_name in sorted(os.listdir(adapter)):
+def _cache_key(model_path: str, adapter: str | None, prompts: list[str], records: list[Record]) -> str:
+    """Changes with the base model, the adapter's weights, the prompts or their candidates."""
+    digest = hashlib.sha256(model_path.encode())
+    for file_name in sorted(os.listdir(adapter)) if adapter else ():
         if file_name.startswith("adapter_model"):
             with open(os.path.join(adapter, file_name), "rb") as handle:
                 digest.update(handle.read())
@@ -82,25 +83,23 @@ def _cache_key(adapter: str, prompts: list[str], records: list[Record]) -> str:
 
 
 def starting_model_scores(model, tokenizer, prompts: list[str], records: list[Record], batch_size: int,
-                          adapter: str | None) -> list[list[float]]:
+                          model_path: str, adapter: str | None, cache_folder: str) -> list[list[float]]:
     """log pi(title | prompt) of every candidate under `model` as it starts training, per prompt.
 
-    With an SFT `adapter` the scores are read from, or written to, adapter/candidate_scores/, keyed
-    by the adapter's weights and the prompts: DPO, S-DPO and DMPO from one SFT adapter score once.
+    The scores are read from, or written to, cache_folder/candidate_scores/, keyed by the base model,
+    the adapter's weights and the prompts: a rerun of the stage scores once.
     """
-    cache_path = None
-    if adapter:
-        cache_path = os.path.join(adapter, SCORE_CACHE_FOLDER, f"{_cache_key(adapter, prompts, records)}.json")
-        if os.path.isfile(cache_path):
-            with open(cache_path, encoding="utf-8") as handle:
-                logger.info("Candidate scores of the starting model read from %s", cache_path)
-                return json.load(handle)
+    cache_path = os.path.join(cache_folder, SCORE_CACHE_FOLDER, f"{_cache_key(model_path, adapter, prompts, records)}.json")
+    if os.path.isfile(cache_path):
+        with open(cache_path, encoding="utf-8") as handle:
+            logger.info("Candidate scores of the starting model read from %s", cache_path)
+            return json.load(handle)
     was_training = model.training
     model.eval()
     _, scores = answer_and_score_shared(model, tokenizer, prompts, records, batch_size, max_new_tokens=0,
                                         score_candidates=True)
     model.train(was_training)
-    if cache_path and is_main_process():
+    if is_main_process():
         write_json_atomically(scores, cache_path)
         logger.info("Candidate scores of the starting model cached in %s", cache_path)
     return scores

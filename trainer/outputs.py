@@ -1,13 +1,24 @@
 """Writing a run's outputs safely: whole files or none, readable by the group that shares them,
 and the run's flags saved first so a half-finished run never passes for a finished one."""
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
+import socket
+import sys
 import tempfile
+import time
 
+from trainer.cli import is_main_process
 from trainer.errors import InputError
 
 RUN_CONFIG_FILE = "run_config.json"
+# Held (flock) by the run writing into a folder; it names that run while it lasts.
+LOCK_FILE = "run.lock"
+
+logger = logging.getLogger("outputs")
 
 
 def readable_as_if_created(path: str) -> None:
@@ -16,6 +27,18 @@ def readable_as_if_created(path: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def follow_umask(folder: str) -> None:
+    """Gives every file under `folder` that a library wrote for its owner only (0600: safetensors writes its
+    files so, whatever the umask) the mode a new file gets, like every other output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            if os.stat(path).st_mode & 0o777 == 0o600:
+                os.chmod(path, 0o666 & ~umask)
 
 
 def write_text_atomically(text: str, path: str) -> None:
@@ -29,7 +52,8 @@ def write_text_atomically(text: str, path: str) -> None:
 
 
 def write_json_atomically(value, path: str) -> None:
-    write_text_atomically(json.dumps(value, ensure_ascii=False, indent=2) + "\n", path)
+    """JSON as the standard has it: a NaN or infinity raises ValueError instead of writing a bare NaN."""
+    write_text_atomically(json.dumps(value, ensure_ascii=False, indent=2, allow_nan=False) + "\n", path)
 
 
 def stage_json_list(json_texts, folder: str) -> tuple[str, int]:
@@ -55,8 +79,8 @@ def stage_json_list(json_texts, folder: str) -> tuple[str, int]:
 
 
 def write_jsonl_atomically(rows, path: str) -> None:
-    """One JSON object per line."""
-    write_text_atomically("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), path)
+    """One JSON object per line; a NaN or infinity raises ValueError, as in write_json_atomically."""
+    write_text_atomically("".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows), path)
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -78,15 +102,63 @@ def save_run_config(config: dict, output_dir: str) -> None:
     write_json_atomically(config, os.path.join(output_dir, RUN_CONFIG_FILE))
 
 
-def start_run(config: dict, output_dir: str, completion_file: str) -> None:
+def start_run(config: dict, output_dir: str, completion_file: str, earlier_outputs: tuple[str, ...] = ()) -> None:
     """Saves a run's flags as its first write, after taking back an earlier run's claim to be complete.
 
     A finished run writes `completion_file` last (train_results.json, metrics.json: reproduce.sh skips
-    a stage that has it). A run started in the folder of a finished one removes that file first, so
-    if it is killed midway the folder never passes for complete with the earlier run's figures.
+    a stage that has it). A run started in the folder of a finished one removes that file first, and
+    the `earlier_outputs` that go with it (an evaluation's predictions.jsonl), so that if it is killed
+    midway the folder never passes for complete nor holds another run's figures beside its flags.
     """
-    try:
-        os.remove(os.path.join(output_dir, completion_file))
-    except FileNotFoundError:
-        pass
+    for name in (completion_file, *earlier_outputs):
+        try:
+            os.remove(os.path.join(output_dir, name))
+        except FileNotFoundError:
+            pass
     save_run_config(config, output_dir)
+
+
+@contextlib.contextmanager
+def claimed_output_dir(output_dir: str):
+    """Holds `output_dir` for one run: a second run started on it is refused, naming the first.
+
+    The claim is an exclusive flock on OUTPUT_DIR/run.lock, which names the holder (process, host,
+    start, command) while it runs and is emptied when it ends. The operating system drops the flock
+    of a process that dies, even by kill -9, so its claim is taken over, with a warning naming it.
+    Under several processes the first one claims for all. A folder this claim created and nothing
+    else wrote into is removed again, so a run refused before its first output leaves nothing behind.
+    """
+    if not is_main_process():
+        yield
+        return
+    check_output_dir(output_dir)
+    created = not os.path.isdir(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a run that has not named itself yet"
+        handle.close()
+        raise InputError(f"--output_dir {output_dir}: another run is writing into it ({holder}); wait for it to "
+                         "end or choose another folder") from None
+    try:
+        handle.seek(0)
+        left = handle.read().strip()
+        if left:
+            logger.warning("%s: taking over from a run that ended without releasing it (%s)", path, left)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                     f"{' '.join(sys.argv)}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        handle.close()  # drops the flock
+        if created and os.listdir(output_dir) == [LOCK_FILE]:
+            os.remove(path)
+            os.rmdir(output_dir)

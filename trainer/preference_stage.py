@@ -25,15 +25,15 @@ from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
                            TrainingDataFlags, check_adapter_folder, flag)
 from trainer.losses import LOSS_TYPES
-from trainer.modeling import check_attn_implementation, is_adapter_folder, load_model_for_training, lora_config
+from trainer.modeling import (BASE_FINGERPRINT_KEY, base_model_fingerprint, check_attn_implementation,
+                              is_adapter_folder, load_model_for_training, lora_config)
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
-from trainer.outputs import write_json_atomically
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeDPOConfig, MultiNegativeDPOTrainer,
                                         REFERENCE_ADAPTER_NAME)
 from trainer.prompts import PromptBuilder, evaluation_template, preference_example
-from trainer.training import (TRAIN_RESULTS_FILE, batch_layout, best_checkpoint_results,
-                              kept_weights, start_training_stage, time_budget_results, token_throughput,
-                              train_or_continue, training_callbacks)
+from trainer.training import (batch_layout, best_checkpoint_results, finish_training_stage, start_training_stage,
+                              time_budget_results, token_throughput, train_or_continue, training_callbacks,
+                              whole_run_metrics)
 
 logger = logging.getLogger("preference")
 
@@ -103,8 +103,8 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
                   "paper's), popular (drawn in proportion to 1 + how often each was the true item of a training "
                   "record), hinted (needs --hint_file: the k other candidates that the training counts rank "
                   "highest, the ones a model following the hint would name wrongly) or hard (the k other "
-                  "candidates the starting model scores highest, scored once before training and cached in the "
-                  "--adapter's folder).")
+                  "candidates the starting model scores highest, scored once before training and cached in "
+                  "--output_dir for a rerun).")
     beta: float = flag(1.0, "Inverse temperature of the implicit reward beta * log(pi / pi_ref); above 0.")
     packed_forward: bool = flag(
         True, "Compute each prompt once for all its 1 + neg_num titles; False scores 1 + neg_num padded sequences "
@@ -144,16 +144,18 @@ def train_preference(flags: PreferenceFlags) -> None:
     splits = [(sample_records(flags.train_file, flags.max_train_samples, flags.seed, flags.neg_num),
                PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens, seed=flags.seed,
                              template_index=flags.template_index,
-                             hints=flags.hints_for(flags.train_file)))]
+                             hints=flags.hints_for(flags.train_file), source=flags.train_file))]
     if flags.validates:
         splits.append((sample_records(flags.valid_file, flags.max_valid_samples, flags.seed, flags.neg_num),
                        PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens,
                                      template_index=evaluation_template(flags.template_index),
-                                     hints=flags.hints_for(flags.valid_file))))
+                                     hints=flags.hints_for(flags.valid_file), source=flags.valid_file)))
     popularity = target_counts(flags.train_file) if flags.negatives == "popular" else None
 
     model = load_model_for_training(model_path, torch_dtype, flags.load_in_4bit, flags.gradient_checkpointing,
                                     flags.attn_implementation)
+    fingerprint = base_model_fingerprint(model)
+    flags.check_adapter_base(flags.adapter, model_path, fingerprint)
     # A fresh adapter's random weights come from --seed, so a run repeats in any process.
     set_seed(flags.seed)
     peft_config = None
@@ -170,7 +172,8 @@ def train_preference(flags: PreferenceFlags) -> None:
         scores = None
         if flags.negatives == "hard":  # the starting model's own scores of every candidate
             scores = starting_model_scores(model, tokenizer, [builder.build(record, index) for index, record in examples],
-                                           [record for _, record in examples], flags.batch_size, flags.adapter)
+                                           [record for _, record in examples], flags.batch_size, model_path,
+                                           flags.adapter, flags.output_dir)
         datasets.append(preference_dataset(examples, flags.seed, builder, tokenizer, flags.neg_num, flags.negatives,
                                            popularity, scores))
     train_dataset, eval_dataset = datasets[0], datasets[1] if len(datasets) > 1 else None
@@ -198,18 +201,20 @@ def train_preference(flags: PreferenceFlags) -> None:
     )
     if is_main_process():
         trainer.model.print_trainable_parameters()
-    resolved_config = config | {"resolved_model_path": model_path} | batch_layout(config)
-    metrics = train_or_continue(trainer, flags.output_dir, resolved_config).metrics
-    results = (dict(metrics) | token_throughput(metrics, trainer.train_dataset[LENGTH_COLUMN])
+    resolved_config = (config | {"resolved_model_path": model_path, BASE_FINGERPRINT_KEY: fingerprint}
+                       | batch_layout(config))
+    metrics = whole_run_metrics(trainer, train_or_continue(trainer, flags.output_dir, resolved_config).metrics)
+    results = (metrics | token_throughput(metrics, trainer.train_dataset[LENGTH_COLUMN])
                | best_checkpoint_results(trainer.state) | time_budget_results(trainer))
     if eval_dataset is not None:
         results |= trainer.evaluate()
     results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset or [])}
 
-    if trainer.is_world_process_zero():
+    def save_adapter() -> None:
         # Only the trained adapter is saved; the frozen "ref" copy is the SFT adapter, already on disk.
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(flags.output_dir, selected_adapters=["default"])
-        tokenizer.save_pretrained(flags.output_dir)
-        trainer.save_state()
-        write_json_atomically(results, os.path.join(flags.output_dir, TRAIN_RESULTS_FILE))
-        logger.info("Saved the adapter to %s (%s)", flags.output_dir, kept_weights(results))
+        if trainer.is_world_process_zero():
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(flags.output_dir,
+                                                                            selected_adapters=["default"])
+            tokenizer.save_pretrained(flags.output_dir)
+
+    finish_training_stage(trainer, flags.output_dir, results, save_adapter)

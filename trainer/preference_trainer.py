@@ -22,7 +22,7 @@ from trl.trainer.utils import use_adapter
 
 from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps, pad_left
 from trainer.losses import LOSS_TYPES, preference_loss, rewards
-from trainer.training import SameOrderForAnyProcessCount
+from trainer.training import SameOrderForAnyProcessCount, GuardedTraining
 
 # DPOTrainer's name for the frozen copy of the adapter a run starts from (saved in every checkpoint).
 REFERENCE_ADAPTER_NAME = "ref"
@@ -121,8 +121,12 @@ class MultiNegativeCollator:
         }
 
 
-class MultiNegativeDPOTrainer(SameOrderForAnyProcessCount, DPOTrainer):
+class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOTrainer):
     """DPOTrainer over batches of one chosen and `args.neg_num` rejected completions per prompt."""
+
+    @property
+    def stage_name(self) -> str:
+        return self.args.preference_loss
 
     def __init__(self, model, args: MultiNegativeDPOConfig, processing_class, **kwargs):
         kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id, args.packed_forward))

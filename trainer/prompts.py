@@ -75,11 +75,13 @@ class PromptBuilder:
     the hint and the answer cue are never cut.
 
     `hints` (trainer.collaborative.CollaborativeHints, optional) adds HINT_PATTERN before the answer
-    cue, naming the candidates it returns for the record (computed from the whole history).
+    cue, naming the candidates it returns for the record (computed from the whole history). `source`
+    names the records' file in errors.
     """
 
     def __init__(self, domain: str, tokenizer=None, max_prompt_tokens: int | None = None,
-                 seed: int = 0, template_index: int | None = None, hints=None):
+                 seed: int = 0, template_index: int | None = None, hints=None, source: str | None = None):
+        self.source = source  # the data file the records come from, named in errors
         self.templates = templates_for(domain)
         self.words = domain_words(domain)
         self.hints = hints
@@ -117,7 +119,7 @@ class PromptBuilder:
         shortest = self._count_tokens(prompt_from(without_history))
         if shortest > self.max_prompt_tokens:
             raise InputError(
-                f"record {example_index}: the prompt needs {shortest} tokens without any history, "
+                f"{self.source or 'records'}: record {example_index}: the prompt needs {shortest} tokens without any history, "
                 f"over --max_prompt_tokens {self.max_prompt_tokens}; raise the budget"
             )
         # Fewer old titles, fewer tokens: bisect for the fewest to drop, a few tokenizations however

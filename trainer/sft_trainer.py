@@ -13,7 +13,7 @@ from trl import SFTTrainer
 
 from trainer.frozen_layers import completion_logps_from_frozen, pad_hidden_left
 from trainer.logprobs import completion_logps, pad_left
-from trainer.training import SameOrderForAnyProcessCount
+from trainer.training import SameOrderForAnyProcessCount, GuardedTraining
 
 IGNORED_LABEL = -100
 # With a frozen-layer cache: each row's place in the cache, and the batch's cached hidden states.
@@ -45,7 +45,7 @@ class AnswerCollator:
         return batch
 
 
-class AnswerOnlySFTTrainer(SameOrderForAnyProcessCount, SFTTrainer):
+class AnswerOnlySFTTrainer(GuardedTraining, SameOrderForAnyProcessCount, SFTTrainer):
     """SFTTrainer with the answer-only loss: each forward pass's loss is the mean NLL over its answer tokens.
 
     Needs AnswerCollator batches and prediction_loss_only=True (no logits are built to return).
@@ -53,6 +53,7 @@ class AnswerOnlySFTTrainer(SameOrderForAnyProcessCount, SFTTrainer):
     (AnswerCollator's frozen_cache) and the forward starts there.
     """
 
+    stage_name = "SFT"
     # The loss is a per-batch mean: Trainer divides it by the gradient-accumulation steps.
     loss_is_scaled_for_ga = False
 

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from typing import NamedTuple
 
@@ -11,18 +13,23 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from trainer.cli import is_main_process
-from trainer.errors import InputError
+from trainer.errors import InputError, TrainingDiverged
 from trainer.modeling import load_tokenizer, resolve_dtype, resolve_model_path
-from trainer.outputs import RUN_CONFIG_FILE, check_output_dir, start_run
+from trainer.outputs import RUN_CONFIG_FILE, check_output_dir, follow_umask, start_run, write_json_atomically
 
 logger = logging.getLogger("training")
 
 # A training stage's figures, written last: the stage finished (reproduce.sh's completion marker).
 TRAIN_RESULTS_FILE = "train_results.json"
+# The finished adapter at the top of the output folder: an earlier run's is removed when a run starts.
+FINAL_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+CHECKPOINT_FOLDER = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
 class StageStart(NamedTuple):
@@ -127,23 +134,122 @@ class SameOrderForAnyProcessCount:
         return sampler
 
 
-class LearningCurveCallback(TrainerCallback):
+class GuardedTraining:
+    """Trainer mixin for what a training run guarantees about its outputs.
+
+    A step whose loss or updated weights are not finite ends the run with TrainingDiverged: each
+    forward pass's loss is kept on the device, after each optimizer step the trainable weights are
+    checked too (a non-finite gradient reaches them through the update), and the host reads the
+    verdict once per step, before the step's checkpoint is saved. With several processes the verdict
+    is reduced over all of them, so all stop after the same step. (Without this, a diverged run ended
+    with rc 0 and a NaN adapter saved as finished.)
+
+    A checkpoint's files get the mode the umask gives (trainer.outputs.follow_umask), and its
+    trainer_state.json, which Trainer writes after every other file of it, marks it complete
+    (complete_checkpoints).
+    """
+
+    stage_name = "training"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._losses_finite = None
+        self.add_callback(NonFiniteCheck(self))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss.detach()).all()
+        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
+        return loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.is_world_process_zero():
+            follow_umask(os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+
+    def check_step(self) -> None:
+        """Raise TrainingDiverged if this optimizer step's losses or the trainable weights are not finite."""
+        weights = [parameter.detach().isfinite().all() for parameter in self.model.parameters()
+                   if parameter.requires_grad]
+        losses = self._losses_finite if self._losses_finite is not None else torch.tensor(True)
+        verdict = torch.stack([losses.to(weights[0].device), torch.stack(weights).all()]).float()
+        self._losses_finite = None
+        if self.accelerator.num_processes > 1:
+            verdict = self.accelerator.reduce(verdict, reduction="sum") / self.accelerator.num_processes
+        losses_finite, weights_finite = (value == 1.0 for value in verdict.tolist())
+        if losses_finite and weights_finite:
+            return
+        what = " and ".join(name for name, finite in (("the training loss", losses_finite),
+                                                      ("trained weights", weights_finite)) if not finite)
+        rate = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
+        raise TrainingDiverged(
+            f"{self.stage_name}: step {self.state.global_step}: {what} not finite at learning rate {rate:.3g} "
+            f"(--learning_rate {self.args.learning_rate:g}); stopped without saving an adapter as finished "
+            f"(checkpoints of earlier steps in {self.args.output_dir} stay); try a lower --learning_rate")
+
+
+class NonFiniteCheck(TrainerCallback):
+    """Runs GuardedTraining's check at the end of every optimizer step."""
+
+    def __init__(self, trainer: GuardedTraining):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.check_step()
+
+
+class LearningCurveCallback(TrainerCallback, ExportableState):
     """Adds wall seconds since the trainer was built and examples seen so far to every logged entry.
 
     With them, trainer_state.json (a checkpoint's too) places each logged point on a learning curve
     against time and against training examples, not only against optimizer steps. The clock starts
     when the trainer is built, not at the first step, so work done once before training (the
     reference log-probs of the preference stages) counts towards the seconds it costs.
+
+    A continued run goes on counting: every checkpoint records the seconds spent so far (in its
+    trainer_state.json, as this callback's state), and a run continuing from it starts its clocks
+    there, so the curves' seconds and train_results.json's train_runtime cover the whole run.
     """
+
+    def __init__(self):
+        self.started = self.train_started = None
+        self.seconds_before = self.train_seconds_before = 0.0
 
     def on_init_end(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_started = time.perf_counter()
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if state.global_step > 0 and saved:  # continuing from a checkpoint
+            self.seconds_before = saved["attributes"]["seconds_before"]
+            self.train_seconds_before = saved["attributes"]["train_seconds_before"]
+
+    def elapsed_seconds(self) -> float:
+        """Since the trainer was built, plus the earlier parts of a continued run."""
+        return self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0)
+
+    def state(self) -> dict:
+        train_seconds = time.perf_counter() - self.train_started if self.train_started else 0.0
+        return {"args": {}, "attributes": {"seconds_before": self.elapsed_seconds(),
+                                           "train_seconds_before": self.train_seconds_before + train_seconds}}
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Trainer.log has already appended this entry to the history; it is extended in place.
         entry = state.log_history[-1]
-        entry["elapsed_seconds"] = round(time.perf_counter() - self.started, 1)
+        entry["elapsed_seconds"] = round(self.elapsed_seconds(), 1)
         entry["examples_seen"] = examples_in_steps(args, state.global_step)
+
+
+def whole_run_metrics(trainer, metrics: dict) -> dict:
+    """Trainer's train metrics over the whole run: a continued run's train() reports only its own part."""
+    curve = next(callback for callback in trainer.callback_handler.callbacks
+                 if isinstance(callback, LearningCurveCallback))
+    runtime = metrics["train_runtime"] + curve.train_seconds_before
+    steps = trainer.state.global_step
+    return metrics | {"train_runtime": round(runtime, 4),
+                      "train_samples_per_second": round(examples_in_steps(trainer.args, steps) / runtime, 3),
+                      "train_steps_per_second": round(steps / runtime, 3)}
 
 
 def examples_in_steps(args, steps: int) -> int:
@@ -231,6 +337,19 @@ def kept_weights(results: dict) -> str:
             f"({results['best_validation_loss']:.4f})")
 
 
+def finish_training_stage(trainer, output_dir: str, results: dict, save_adapter) -> None:
+    """The end of every training stage: the adapter (`save_adapter()`, called by every process), the trainer's
+    state, then train_results.json, the stage's completion marker; every file with the umask's mode."""
+    save_adapter()
+    if not trainer.is_world_process_zero():
+        return
+    trainer.save_state()
+    follow_umask(output_dir)
+    write_json_atomically(results, os.path.join(output_dir, TRAIN_RESULTS_FILE))
+    validation = f"; validation loss {results['eval_loss']:.4f}" if "eval_loss" in results else ""
+    logger.info("Saved the adapter to %s (%s)%s", output_dir, kept_weights(results), validation)
+
+
 def batch_layout(flags: dict) -> dict:
     """Processes and prompts per optimizer step (micro-batch x accumulation x processes), for run_config.json."""
     processes = PartialState().num_processes
@@ -245,25 +364,34 @@ def train_or_continue(trainer, output_dir: str, run_config: dict):
     if is_main_process():
         if checkpoint:
             logger.info("Continuing from %s", checkpoint)
-        start_run(run_config, output_dir, TRAIN_RESULTS_FILE)
+        start_run(run_config, output_dir, TRAIN_RESULTS_FILE, FINAL_ADAPTER_FILES)
     return trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def checkpoint_to_resume(output_dir: str, run_config: dict) -> str | None:
-    """The last checkpoint a killed run of the same flags left in `output_dir`; None to start afresh.
+    """The last complete checkpoint a killed run of the same flags left in `output_dir`; None to start afresh.
 
     A stage saves its flags (run_config.json) before its first step and a checkpoint every
     --save_steps (or every evaluation with --select_best); run again with the same flags, it
     continues from the last checkpoint with the weights, optimizer, schedule, random states and
-    data position restored. Checkpoints written under other flags are never continued silently.
+    data position restored. A checkpoint that a kill cut short is removed with a warning and the one
+    before it is taken. Checkpoints written under other flags are never continued silently.
     """
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if last is None:
+    complete, incomplete = checkpoints_in(output_dir)
+    if not complete and not incomplete:
         return None
     config_path = os.path.join(output_dir, RUN_CONFIG_FILE)
     if not os.path.isfile(config_path):
-        raise InputError(f"--output_dir {output_dir} holds {os.path.basename(last)} but no {RUN_CONFIG_FILE} to tell "
-                         "which flags wrote it; remove the folder or choose another")
+        raise InputError(f"--output_dir {output_dir} holds {os.path.basename((complete + incomplete)[-1])} but no "
+                         f"{RUN_CONFIG_FILE} to tell which flags wrote it; remove the folder or choose another")
+    if incomplete and is_main_process():
+        for path in incomplete:
+            logger.warning("%s: incomplete (no readable %s: the run was stopped while writing it); removed, "
+                           "continuing from the last complete checkpoint if any", path, TRAINER_STATE_NAME)
+            shutil.rmtree(path, ignore_errors=True)
+    if not complete:
+        return None
+    last = complete[-1]
     with open(config_path, encoding="utf-8") as handle:
         saved = json.load(handle)
     # Through JSON, as saved: fire's tuples become lists.
@@ -275,3 +403,28 @@ def checkpoint_to_resume(output_dir: str, run_config: dict) -> str | None:
                          f"({name}: {saved.get(name)!r} then, {wanted.get(name)!r} now); rerun with the same "
                          "flags to continue it, or remove the folder or choose another to start afresh")
     return last
+
+
+def checkpoints_in(output_dir: str) -> tuple[list[str], list[str]]:
+    """The checkpoint folders of `output_dir` by step: (complete ones, incomplete ones).
+
+    Trainer writes a checkpoint's trainer_state.json after its weights, optimizer, schedule and random
+    states, so a checkpoint whose trainer_state.json reads as JSON was written whole; one without it
+    (or with a truncated one) was cut short by a kill.
+    """
+    if not os.path.isdir(output_dir):
+        return [], []
+    found = sorted((int(match.group(1)), os.path.join(output_dir, name)) for name in os.listdir(output_dir)
+                   if (match := CHECKPOINT_FOLDER.fullmatch(name)) and os.path.isdir(os.path.join(output_dir, name)))
+    complete, incomplete = [], []
+    for _, path in found:
+        (complete if is_complete_checkpoint(path) else incomplete).append(path)
+    return complete, incomplete
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    try:
+        with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as handle:
+            return "global_step" in json.load(handle)
+    except (OSError, ValueError):
+        return False
