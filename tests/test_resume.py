@@ -39,13 +39,31 @@ sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
+# Runs an entry script that is killed with SIGKILL while it writes the checkpoint of step KILL_AT_STEP:
+# after the adapter and optimizer files, before the random states and trainer_state.json.
+KILLER_WHILE_SAVING = """
+import os, runpy, signal, sys
+import transformers
+
+original_save_rng_state = transformers.Trainer._save_rng_state
+
+def save_rng_state_then_die(self, output_dir):
+    if self.state.global_step == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    original_save_rng_state(self, output_dir)
+
+transformers.Trainer._save_rng_state = save_rng_state_then_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
 # Tolerance on the final LoRA weights: the resumed run repeats the same float operations.
 WEIGHT_TOLERANCE = 1e-6
 
 
-def killed_at(step: int, script: str, flags: dict, output_dir) -> None:
+def killed_at(step: int, script: str, flags: dict, output_dir, killer: str = KILLER) -> None:
     arguments = [f"--{name}={value}" for name, value in flags.items()] + [f"--output_dir={output_dir}"]
-    completed = subprocess.run([sys.executable, "-c", KILLER, script, *arguments], cwd=REPO_ROOT,
+    completed = subprocess.run([sys.executable, "-c", killer, script, *arguments], cwd=REPO_ROOT,
                                env=os.environ | {"KILL_AT_STEP": str(step)}, capture_output=True, text=True,
                                timeout=600)
     assert completed.returncode == -9, completed.stderr[-3000:]
@@ -93,6 +111,26 @@ def test_sft_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model
     with pytest.raises(InputError, match=r"holds checkpoint-6 of a run with other flags \(learning_rate: 0.01 then, "
                                          r"0.02 now\)"):
         sft(output_dir=str(killed), **(flags | {"learning_rate": 0.02}))
+
+
+def test_sft_killed_while_writing_a_checkpoint_continues_from_the_one_before(tiny_model_dir, small_data_dir,
+                                                                             tmp_path, caplog):
+    """Killed inside the checkpoint of step 4 (its adapter and optimizer written, not its trainer state): the rerun
+    used to fail on that folder until it was removed by hand; now it drops it and continues from checkpoint-2."""
+    flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
+                 valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2, max_steps=6,
+                 save_steps=2, learning_rate=0.01, lora_dropout=0.1, seed=3)
+    sft(output_dir=str(tmp_path / "whole"), **flags)
+    killed = tmp_path / "killed"
+    killed_at(4, "sft.py", flags, killed, KILLER_WHILE_SAVING)
+    cut_short = killed / "checkpoint-4"
+    assert (cut_short / "adapter_model.safetensors").is_file() and not (cut_short / "trainer_state.json").exists()
+    second_checkpoint = (killed / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    with caplog.at_level("WARNING", logger="training"):
+        sft(output_dir=str(killed), **flags)
+    assert f"{cut_short}: incomplete" in caplog.text
+    assert (killed / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == second_checkpoint, "continued"
+    assert_same_adapter(tmp_path / "whole", killed)
 
 
 def test_preference_stage_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir,

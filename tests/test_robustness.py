@@ -23,7 +23,7 @@ from trainer.baselines import rules
 from trainer.errors import InputError, TrainingDiverged
 from trainer.evaluation import NonFiniteScores
 from trainer.modeling import base_model_fingerprint
-from trainer.outputs import LOCK_FILE
+from trainer.outputs import LOCK_FILE, write_json_atomically, write_jsonl_atomically
 from trainer.sft_trainer import AnswerOnlySFTTrainer
 
 
@@ -248,3 +248,11 @@ def test_the_fingerprint_is_the_same_for_the_same_weights_in_fp32_and_bf16(tiny_
     bf16 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
     assert base_model_fingerprint(fp32) == base_model_fingerprint(bf16) == base_model_fingerprint(
         lora_model(tiny_model_dir))
+
+
+def test_json_outputs_refuse_nan_instead_of_writing_bare_nan(tmp_path):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_jsonl_atomically([{"candidate_logps": [float("nan")]}], str(tmp_path / "predictions.jsonl"))
+    with pytest.raises(ValueError):
+        write_json_atomically({"eval_loss": float("inf")}, str(tmp_path / "metrics.json"))
+    assert os.listdir(tmp_path) == [], "nothing half-written either"
