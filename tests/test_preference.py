@@ -505,3 +505,54 @@ def test_select_best_keeps_the_preference_adapter_of_the_lowest_validation_loss(
     kept = load_file(output_dir / "adapter_model.safetensors")
     chosen = load_file(output_dir / f"checkpoint-{best}" / "adapter_model.safetensors")
     assert kept.keys() == chosen.keys() and all(torch.equal(kept[name], chosen[name]) for name in kept)
+
+
+def hand_loss(loss_type: str, chosen: float, rejected: list[float]) -> float:
+    """The three losses from one example's rewards r = beta (log pi - log pi_ref), written out."""
+    def minus_log_sigmoid(x: float) -> float:
+        return math.log1p(math.exp(-x))
+
+    if loss_type == "sdpo":  # -log sigmoid(-log sum_j exp(r_j - r_chosen))
+        return minus_log_sigmoid(-math.log(sum(math.exp(r - chosen) for r in rejected)))
+    if loss_type == "dmpo":  # -log sigmoid(r_chosen - mean_j r_j)
+        return minus_log_sigmoid(chosen - sum(rejected) / len(rejected))
+    return sum(minus_log_sigmoid(chosen - r) for r in rejected) / len(rejected)  # dpo: pairwise, averaged
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "sdpo", "dmpo"])
+def test_each_loss_through_the_stage_matches_its_formula_and_not_the_others(tiny_model_dir, tokenizer, tmp_path,
+                                                                             loss_type):
+    """The second step's logged loss, recomputed by hand from the first checkpoint's and the SFT adapter's
+    log-probs of the same 4 prompts x (1 + 3) titles. At the first step every reward is 0 (the policy starts
+    as its reference), where DPO and DMPO coincide; after one update the three formulas differ here by more
+    than 0.01, so a stage training with another loss than the one asked for fails. (Breaks caught: the
+    trainer's loss dispatch hard-coded to S-DPO passed every earlier preference-stage test.)"""
+    sft_dir = tmp_path / "sft"
+    lora_model(tiny_model_dir).save_pretrained(sft_dir)
+    train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(4)])
+    output_dir = tmp_path / loss_type
+    beta = 2.0
+    softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
+                output_dir=str(output_dir), loss_type=loss_type, neg_num=3, beta=beta, batch_size=4,
+                gradient_accumulation_steps=1, max_steps=2, save_steps=1, logging_steps=1, learning_rate=0.05,
+                warmup_ratio=0.0, lr_scheduler_type="constant", seed=5)
+    logged = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]
+    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    policy = PeftModel.from_pretrained(copy.deepcopy(base), str(output_dir / "checkpoint-1")).eval()
+    reference = PeftModel.from_pretrained(base, str(sft_dir)).eval()
+    rows = preference_dataset(sample_records(train_file, None, 5, 3), 5, PromptBuilder("music", tokenizer, 512, seed=5),
+                              tokenizer, 3)
+    losses = {name: 0.0 for name in ("dpo", "sdpo", "dmpo")}
+    with torch.no_grad():
+        for row in rows:
+            rewards = [beta * float(slow_completion_logp(policy, row["prompt_ids"], completion)
+                                    - slow_completion_logp(reference, row["prompt_ids"], completion))
+                       for completion in row["completion_ids"]]
+            for name in losses:
+                losses[name] += hand_loss(name, rewards[0], rewards[1:]) / len(rows)
+    assert logged[0] == pytest.approx(hand_loss(loss_type, 0.0, [0.0] * 3), abs=1e-4), "rewards 0 at step 1"
+    assert logged[1] == pytest.approx(losses[loss_type], abs=2e-4)
+    for other, value in losses.items():
+        if other != loss_type:
+            assert abs(value - losses[loss_type]) > 0.01, f"{other} and {loss_type} coincide on this batch"

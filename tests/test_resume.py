@@ -17,6 +17,7 @@ from sft import sft
 from softmax_dpo import softmax_dpo
 from trainer.errors import InputError
 from trainer.preference_stage import check_start_adapter
+from trainer.training import GuardedTraining
 
 # Runs an entry script with a callback that kills the process with SIGKILL at the end of step
 # KILL_AT_STEP: after that step's update, before anything of it is saved.
@@ -84,24 +85,38 @@ def assert_same_adapter(first, second):
         torch.testing.assert_close(first_weights[name], second_weights[name], atol=WEIGHT_TOLERANCE, rtol=0)
 
 
-def killed_and_continued(train, script: str, flags: dict, tmp_path):
-    """Trains uninterrupted, then kills the same run at step 3 and runs it again: the adapters must
-    be equal. Returns the folder of the killed and continued run."""
+def killed_and_continued(train, script: str, flags: dict, tmp_path, monkeypatch):
+    """Trains uninterrupted, then kills the same run at step 3 and runs it again: the adapters must be equal,
+    and the second run must have trained only the steps after checkpoint-2 (a seeded run restarted from
+    scratch reaches the same adapter, so the step count is what shows the continuation). Returns the folder
+    of the killed and continued run."""
     train(output_dir=str(tmp_path / "whole"), **flags)
     killed = tmp_path / "killed"
     killed_at(3, script, flags, killed)
     assert_killed_after_the_first_checkpoint(killed)
+    forward_passes = []
+    training_step = GuardedTraining.training_step
+
+    def counted_training_step(self, *args, **kwargs):
+        forward_passes.append(self.state.global_step)
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(GuardedTraining, "training_step", counted_training_step)
     train(output_dir=str(killed), **flags)
+    monkeypatch.undo()
+    accumulation = flags.get("gradient_accumulation_steps", 1)
+    assert len(forward_passes) == (flags["max_steps"] - 2) * accumulation and forward_passes[0] == 2
     assert_same_adapter(tmp_path / "whole", killed)
     return killed
 
 
-def test_sft_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir, tmp_path):
+def test_sft_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir, tmp_path,
+                                                                      monkeypatch):
     # Dropout on, so the restored random state matters; checkpoints at steps 2 and 4 of 6.
     flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json",
                  valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2, max_steps=6,
                  save_steps=2, learning_rate=0.01, lora_dropout=0.1, seed=3)
-    killed = killed_and_continued(sft, "sft.py", flags, tmp_path)
+    killed = killed_and_continued(sft, "sft.py", flags, tmp_path, monkeypatch)
     state = json.loads((killed / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     config = json.loads((killed / "run_config.json").read_text())
@@ -134,14 +149,14 @@ def test_sft_killed_while_writing_a_checkpoint_continues_from_the_one_before(tin
 
 
 def test_preference_stage_killed_between_checkpoints_continues_to_the_same_adapter(tiny_model_dir, small_data_dir,
-                                                                                  tmp_path):
+                                                                                  tmp_path, monkeypatch):
     # From an SFT adapter, which is also the frozen reference: the checkpoint must restore the trained copy only.
     sft_dir = tmp_path / "sft"
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
     flags = dict(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=f"{small_data_dir}/train.json",
                  valid_file=f"{small_data_dir}/valid.json", max_valid_samples=2, batch_size=2,
                  gradient_accumulation_steps=1, max_steps=5, save_steps=2, learning_rate=0.01, neg_num=3, seed=3)
-    killed_and_continued(softmax_dpo, "softmax_dpo.py", flags, tmp_path)
+    killed_and_continued(softmax_dpo, "softmax_dpo.py", flags, tmp_path, monkeypatch)
 
 
 def test_checkpoints_without_their_flags_are_not_continued(tiny_model_dir, small_data_dir, tmp_path):
