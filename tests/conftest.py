@@ -1,7 +1,6 @@
 """Fixtures: the shared data location, the embedded model and tokenizer, a tiny random LLaMA."""
 
 import json
-import math
 import os
 
 import pytest
@@ -80,27 +79,6 @@ def small_data_dir(tmp_path) -> str:
     for split, count in (("train", 12), ("valid", 4), ("test", 5)):
         write_records(tmp_path / f"{split}.json", [make_record(index) for index in range(count)])
     return str(tmp_path)
-
-
-def evaluated_losses(checkpoint) -> dict[int, float]:
-    """Validation loss by step, from the evaluations logged up to a checkpoint."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
-
-
-def first_overshooting_run(train, output_root, learning_rates) -> tuple:
-    """Two training steps with a validation after each, `train(output_dir=..., learning_rate=...)`, at each
-    learning rate in turn until the second validation loss is above the first, both finite: a run whose last
-    weights are not its best. Steps that large are chaotic, so which rate overshoots depends on the
-    machine's float arithmetic. Returns that run's folder and its validation losses by step."""
-    for learning_rate in learning_rates:
-        output_dir = output_root / f"lr-{learning_rate}"
-        train(output_dir=str(output_dir), learning_rate=learning_rate)
-        losses = evaluated_losses(output_dir / "checkpoint-2")
-        assert sorted(losses) == [1, 2]
-        if all(map(math.isfinite, losses.values())) and losses[2] > losses[1]:
-            return output_dir, losses
-    pytest.fail(f"no learning rate of {learning_rates} made the second step worse than the first: {losses}")
 
 
 def lora_model(model_dir: str, seed: int = 0):

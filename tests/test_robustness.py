@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+import transformers
 from conftest import REPO_ROOT, lora_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
@@ -24,6 +25,7 @@ from trainer.errors import InputError, TrainingDiverged
 from trainer.evaluation import NonFiniteScores
 from trainer.modeling import base_model_fingerprint
 from trainer.outputs import LOCK_FILE, write_json_atomically, write_jsonl_atomically
+from trainer.prompts import PromptBuilder
 from trainer.sft_trainer import AnswerOnlySFTTrainer
 
 
@@ -256,3 +258,70 @@ def test_json_outputs_refuse_nan_instead_of_writing_bare_nan(tmp_path):
     with pytest.raises(ValueError):
         write_json_atomically({"eval_loss": float("inf")}, str(tmp_path / "metrics.json"))
     assert os.listdir(tmp_path) == [], "nothing half-written either"
+
+
+@pytest.mark.parametrize("stage", ["sft", "preference"])
+def test_a_training_prompts_hint_leaves_its_own_record_out(tiny_model_dir, small_data_dir, tmp_path, monkeypatch,
+                                                          stage):
+    """Every made-up record is the only one whose history leads to its answer, so with its own record left out
+    a training prompt's hint names nothing; a validation prompt (counted against the training file) does name
+    it. (Break caught: the stages' hints built from the validation file, which turns leave-one-out off.)"""
+    built = []
+    build = PromptBuilder.build
+
+    def recorded_build(self, record, index):
+        prompt = build(self, record, index)
+        built.append((self.source, record.target, prompt.split("most often listened to next: ")[1].split(". ")[0]))
+        return prompt
+
+    monkeypatch.setattr(PromptBuilder, "build", recorded_build)
+    flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json", max_steps=1,
+                 valid_file=f"{small_data_dir}/valid.json", hint_file=f"{small_data_dir}/train.json",
+                 output_dir=str(tmp_path / stage), batch_size=2)
+    if stage == "sft":
+        sft(**flags)
+    else:
+        lora_model(tiny_model_dir).save_pretrained(tmp_path / "adapter")
+        softmax_dpo(adapter=str(tmp_path / "adapter"), gradient_accumulation_steps=1, **flags)
+    training = [hint for source, _, hint in built if source == flags["train_file"]]
+    validation = [(target, hint) for source, target, hint in built if source == flags["valid_file"]]
+    assert len(training) == 12 and set(training) == {"none of them"}
+    assert validation and all(hint == target for target, hint in validation)
+
+
+@pytest.mark.parametrize("stage", ["sft", "preference"])
+def test_select_best_keeps_the_best_of_four_in_the_middle(tiny_model_dir, small_data_dir, tmp_path, monkeypatch,
+                                                         stage):
+    """The validation losses are set by hand (2.0, 1.0, 1.5, 3.0 after steps 1 to 4), so the best is the second
+    of four, neither first nor last, whatever the machine's arithmetic. (Breaks caught: keeping the first or the
+    last checkpoint; the older tests' best was always the first of two, found by chaotic learning rates.)"""
+    losses = {1: 2.0, 2: 1.0, 3: 1.5, 4: 3.0}
+    evaluate = transformers.Trainer.evaluate
+
+    measured = []  # the true validation loss of every evaluation, in order
+
+    def evaluate_with_set_losses(self, *args, **kwargs):
+        metrics = evaluate(self, *args, **kwargs)
+        measured.append(metrics["eval_loss"])
+        return metrics | {"eval_loss": losses[self.state.global_step]}
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", evaluate_with_set_losses)
+    output_dir = tmp_path / stage
+    flags = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json", max_steps=4, eval_steps=1,
+                 valid_file=f"{small_data_dir}/valid.json", output_dir=str(output_dir), batch_size=2,
+                 select_best=True, learning_rate=0.05, warmup_ratio=0.0)
+    if stage == "sft":
+        sft(**flags)
+    else:
+        lora_model(tiny_model_dir).save_pretrained(tmp_path / "adapter")
+        softmax_dpo(adapter=str(tmp_path / "adapter"), gradient_accumulation_steps=1, neg_num=2, **flags)
+    results = json.loads((output_dir / "train_results.json").read_text())
+    assert (results["best_checkpoint_step"], results["best_validation_loss"]) == (2, 1.0)
+    assert len(measured) == 5 and measured[4] == pytest.approx(measured[1], rel=1e-5), \
+        "the evaluation after training is of the kept weights, step 2's"
+    kept, best = load_file(output_dir / "adapter_model.safetensors"), load_file(
+        output_dir / "checkpoint-2" / "adapter_model.safetensors")
+    assert kept.keys() == best.keys() and all(torch.equal(kept[name], best[name]) for name in kept)
+    for other in (1, 3, 4):
+        weights = load_file(output_dir / f"checkpoint-{other}" / "adapter_model.safetensors")
+        assert any(not torch.equal(kept[name], weights[name]) for name in kept), f"checkpoint-{other} differs"
