@@ -110,6 +110,11 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     sft_results = json.loads((run_dir / "sft" / "train_results.json").read_text())
     assert (sft_results["stopped_after_step"], sft_results["examples_trained"]) == (1, 2)
     assert json.loads((run_dir / "sft" / "trainer_state.json").read_text())["global_step"] == 1
+    # Each preference stage trains its own loss and k (swapping two would pass every figure check above).
+    for stage, loss, negatives in (("dpo", "dpo", 1), ("softmax_dpo", "sdpo", 3), ("dmpo", "dmpo", 3)):
+        config = json.loads((run_dir / stage / "run_config.json").read_text())
+        assert (config["loss_type"], config["neg_num"], config["adapter"]) == (loss, negatives, str(run_dir / "sft"))
+        assert json.loads((run_dir / stage / "eval" / "run_config.json").read_text())["adapter"] == str(run_dir / stage)
     for stage in ("dpo", "softmax_dpo", "dmpo"):
         assert json.loads((run_dir / stage / "run_config.json").read_text())["max_train_seconds"] == 30
         assert "stopped_by_time_budget" not in json.loads((run_dir / stage / "train_results.json").read_text())
