@@ -24,6 +24,7 @@ from trainer.metrics import paired_bootstrap_interval
 from trainer.outputs import write_text_atomically
 
 SPLITS = ("authors", "clean")
+HINT_RECENCY = 0.5  # leak_2x2.sh's, the cpu profile's
 MODELS = ("sft", "dpo", "sdpo")
 MEASURES = {"HR@1": lambda row: row["hit"], "ranked HR@1": lambda row: row["true_item_rank"] == 1}
 
@@ -44,35 +45,50 @@ def difference_cell(first: list[dict], second: list[dict], measure, seed: int) -
     return f"{(sum(a) - sum(b)) / len(a):+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def rule_answers(authors_dir: str, indices: list[int]) -> list[str]:
-    """The candidate-list rule's answer on the authors' validation records of `indices`."""
-    counts = TrainingCounts(load_records(os.path.join(authors_dir, "train.json")), recency=1.0)
-    records = load_records(os.path.join(authors_dir, "valid.json"))
+def rule_answers(data_dir: str, indices: list[int], rule: str) -> list[str]:
+    """A rule's answer (trainer/audit.py: candidate_list, or transitions at the hints' recency 0.5, the hint's
+    first title) on the validation records of `indices`, with counts from the folder's training split."""
+    counts = TrainingCounts(load_records(os.path.join(data_dir, "train.json")), recency=HINT_RECENCY)
+    records = load_records(os.path.join(data_dir, "valid.json"))
     answers = []
     for index in indices:
-        keys = rule_keys(counts, records[index], collections.Counter())["candidate_list"]
+        keys = rule_keys(counts, records[index], collections.Counter())[rule]
         answers.append(records[index].candidates[max(range(len(keys)), key=keys.__getitem__)])
     return answers
 
 
-def tables(output_dir: str = "output/leak-2x2", authors_dir: str = "data/lastfm-llara", seed: int = 0) -> None:
+def tables(output_dir: str = "output/leak-2x2", authors_dir: str = "data/lastfm-llara", clean_dir: str = "data/lastfm",
+           seed: int = 0) -> None:
     """Print the study's tables and write them to OUTPUT_DIR/leak_2x2.md.
 
     Args:
         output_dir: The study's folder (leak_2x2.sh's OUT).
         authors_dir: The authors' split, whose training counts the candidate-list rule reads.
+        clean_dir: The clean split (for the transitions rule, the hint's first title, on its prompts).
         seed: Seeds the bootstrap.
     """
     lines = []
     answers = None
     for hints in ("True", "False"):
-        found = {(trained, model, evaluated): read_predictions(output_dir, trained, hints, model, evaluated)
-                 for trained in SPLITS for model in MODELS for evaluated in SPLITS}
+        try:
+            found = {(trained, model, evaluated): read_predictions(output_dir, trained, hints, model, evaluated)
+                     for trained in SPLITS for model in MODELS for evaluated in SPLITS}
+        except InputError as missing:
+            lines += [f"## Hints {hints}: not finished ({missing})", ""]
+            continue
         if answers is None:
             indices = [row["index"] for row in found[("authors", "sft", "authors")]]
-            answers = rule_answers(authors_dir, indices)
+            answers = rule_answers(authors_dir, indices, "candidate_list")
             rule_right = sum(answer == row["true_item"] for answer, row in
                              zip(answers, found[("authors", "sft", "authors")])) / len(answers)
+            # The transitions rule as a stage: what the hint's first title gets on each split's prompts.
+            hinted = {split: rule_answers(folder, indices, "transitions")
+                      for split, folder in zip(SPLITS, (authors_dir, clean_dir))}
+            hint_rows = {split: [{"index": row["index"], "true_item": row["true_item"],
+                                  "hit": answer == row["true_item"], "true_item_rank": 1 if answer == row["true_item"] else 2,
+                                  "top_scored_candidate": answer}
+                                 for answer, row in zip(hinted[split], found[("authors", "sft", split)])]
+                         for split in SPLITS}
         lines += [f"## Hints {hints}", "", "| model | trained on | HR@1 on authors' | on clean | ranked HR@1 on authors' "
                   "| on clean | top-scored = candidate-list rule's answer (authors') |", "|---|---|---|---|---|---|---|"]
         for model in MODELS:
@@ -83,8 +99,19 @@ def tables(output_dir: str = "output/leak-2x2", authors_dir: str = "data/lastfm-
                 agreement = sum(row["top_scored_candidate"] == answer
                                 for row, answer in zip(rows["authors"], answers)) / len(answers)
                 lines.append(f"| {model} | {trained} | " + " | ".join(cells) + f" | {agreement:.3f} |")
-        lines += ["", f"The candidate-list rule is right on {rule_right:.3f} of these authors' prompts.", "",
+        rows = {evaluated: hint_rows[evaluated] for evaluated in SPLITS}
+        cells = [f"{sum(row['hit'] for row in rows[evaluated]) / len(rows[evaluated]):.3f}" for evaluated in SPLITS]
+        lines.append(f"| transitions rule (the hint's first title) | | {cells[0]} | {cells[1]} | | | |")
+        agreement = {f"{model} trained on {trained}": sum(
+            row["top_scored_candidate"] == hint["top_scored_candidate"]
+            for row, hint in zip(found[(trained, model, "authors")], hint_rows["authors"])) / len(answers)
+            for model in MODELS for trained in SPLITS}
+        lines += ["", f"The candidate-list rule is right on {rule_right:.3f} of these authors' prompts. "
+                  "Top-scored candidate = the transitions rule's answer, on the authors' prompts: "
+                  + ", ".join(f"{model} {value:.3f}" for model, value in agreement.items()) + ".", "",
                   "| paired difference (same prompts) | HR@1 [95% CI] | ranked HR@1 [95% CI] |", "|---|---|---|"]
+        cells = [difference_cell(hint_rows["authors"], hint_rows["clean"], measure, seed) for measure in MEASURES.values()]
+        lines.append("| transitions rule: on authors' - on clean | " + " | ".join(cells) + " |")
         for model in MODELS:
             for trained in SPLITS:
                 cells = [difference_cell(found[(trained, model, "authors")], found[(trained, model, "clean")],
