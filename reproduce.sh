@@ -6,8 +6,9 @@
 # the stages built on it, naming the setting that changed; --force redoes them all. First the data is audited for leaks (data/audit.py: rules
 # without a model that read the candidate lists, the true item's position, records and sequences shared
 # between splits); the audit's table is part of results.md. Two rules without a model, the most popular
-# candidate and the candidate that most often followed the history in training (trainer/baselines.py),
-# are scored on the same prompts as reference points. The LastFM split is the clean one by default:
+# candidate and the candidate that most often followed the history in training, ItemKNN, and two
+# sequential recommenders trained from scratch on the training split, SASRec and GRU4Rec
+# (trainer/baselines.py), are scored on the same prompts as reference points. The LastFM split is the clean one by default:
 # the authors' histories and true items, with negatives drawn independently of the true item
 # (NEGATIVE_DRAW=llara: the authors' own lists, which give the true item away; docs/leak.md).
 #   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
@@ -46,6 +47,7 @@
 #   SFT_MAX_SECONDS      0       120     0      end SFT after the first optimizer step past this many seconds (0: no
 #                                               limit), then validate and save as usual; the schedule keeps its length
 #   PREF_MAX_SECONDS     0       30      0      the same for each preference stage
+#   BASELINE_MAX_EPOCHS (50: SASRec and GRU4Rec stop earlier, when validation HR@1 stops improving),
 #   BETA (1.0), NEG_NUM (3: S-DPO and DMPO; DPO uses 1), SEED (42), NUM_PROCESSES (1),
 #   ACCELERATE_CONFIG (unset; see sft.sh), MODEL_NAME (embedded-smollm2), NEGATIVE_DRAW (independent; llara
 #   for the authors' lists), DATA_DIR (data/lastfm; data/lastfm-llara with NEGATIVE_DRAW=llara),
@@ -68,6 +70,7 @@ RUN_DIR=${RUN_DIR:-output/reproduce-$PROFILE$split_suffix}
 SAMPLE_SEED=${SAMPLE_SEED:-0}
 BETA=${BETA:-1.0}
 NEG_NUM=${NEG_NUM:-3}
+BASELINE_MAX_EPOCHS=${BASELINE_MAX_EPOCHS:-50}
 
 force=false
 case ${1:-} in
@@ -175,20 +178,26 @@ evaluate() {
         SCORE_CANDIDATES=$SCORE_CANDIDATES BATCH_SIZE=$EVAL_BATCH_SIZE bash inference.sh
 }
 
-# Scores a rule without a model on the same test prompts into RUN_DIR/rule/eval.
-score_rule() {
+# Scores a baseline (a rule without a model, or a sequential model trained on the training split and
+# early-stopped on the validation split: trainer/baselines.py) on the same test prompts into RUN_DIR/name/eval.
+score_baseline() {
     local sample_flag=()
     if [[ -n $EVAL_SAMPLES ]]; then
         sample_flag=(--max_samples "$EVAL_SAMPLES")
     fi
-    python -m trainer.baselines --rule "$1" --train_file "$DATA_DIR/train.json" --test_file "$DATA_DIR/test.json" \
-        --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED" --recency "$HINT_RECENCY"
+    python -m trainer.baselines --rule "$1" --train_file "$DATA_DIR/train.json" --valid_file "$DATA_DIR/valid.json" \
+        --test_file "$DATA_DIR/test.json" --output_dir "$RUN_DIR/$1/eval" "${sample_flag[@]}" --seed "$SAMPLE_SEED" \
+        --recency "$HINT_RECENCY" --training_seed "$SEED" --max_epochs "$BASELINE_MAX_EPOCHS"
 }
 
 run_stage audit "$RUN_DIR/audit/audit.json" "$DATA_SETTINGS" \
     python data/audit.py --data_dir "$DATA_DIR" --output_dir "$RUN_DIR/audit" --recency "$HINT_RECENCY"
 for rule in popularity transitions; do
-    run_stage "$rule" "$RUN_DIR/$rule/eval/metrics.json" "$DATA_SETTINGS"$'\n'"$EVAL_SETTINGS" score_rule "$rule"
+    run_stage "$rule" "$RUN_DIR/$rule/eval/metrics.json" "$DATA_SETTINGS"$'\n'"$EVAL_SETTINGS" score_baseline "$rule"
+done
+for baseline in itemknn sasrec gru4rec; do
+    run_stage "$baseline" "$RUN_DIR/$baseline/eval/metrics.json" \
+        "$DATA_SETTINGS"$'\n'"$EVAL_SETTINGS"$'\n'"$(settings_of SEED BASELINE_MAX_EPOCHS)" score_baseline "$baseline"
 done
 run_stage base "$RUN_DIR/base/eval/metrics.json" "$DATA_SETTINGS"$'\n'"$EVAL_SETTINGS" evaluate base ""
 set_best_flags 0.2
@@ -208,7 +217,8 @@ for name in sft dpo softmax_dpo dmpo; do
         evaluate "$name" "$RUN_DIR/$name"
 done
 # The table's sizes (prompts, training examples, steps) are read from what each stage folder records.
-python -m trainer.results --run_dir "$RUN_DIR" --stages popularity,transitions,base,sft,dpo,softmax_dpo,dmpo \
-    --pairs sft:base,dpo:sft,softmax_dpo:dpo,dmpo:dpo,softmax_dpo:dmpo,softmax_dpo:popularity,softmax_dpo:transitions \
+python -m trainer.results --run_dir "$RUN_DIR" \
+    --stages popularity,transitions,itemknn,sasrec,gru4rec,base,sft,dpo,softmax_dpo,dmpo \
+    --pairs sft:base,dpo:sft,softmax_dpo:dpo,dmpo:dpo,softmax_dpo:dmpo,softmax_dpo:popularity,softmax_dpo:transitions,softmax_dpo:itemknn,softmax_dpo:sasrec,softmax_dpo:gru4rec \
     --train_file "$DATA_DIR/train.json" --audit_file "$RUN_DIR/audit/audit.json" \
     --title "$(data_description), profile $PROFILE, hints $HINTS (recency $HINT_RECENCY)"

@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trainer import audit  # noqa: E402
-from trainer.baselines import popularity_rank, target_counts  # noqa: E402
+from trainer.baselines import TRAINING_LOG_FILE, popularity_rank, target_counts  # noqa: E402
 from trainer.cli import run  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
@@ -79,6 +79,9 @@ def stage_summary(run_dir: str, stage: str, counts=None) -> dict:
         chance = [(len(prediction["candidates"]) + 1) / 2 for prediction in predictions]
         row["random_pick_popularity_rank"] = round(sum(chance) / len(chance), 2)
     row["eval_seconds"] = metrics.get("seconds")
+    baseline_log = os.path.join(stage_dir, EVAL_FOLDER, TRAINING_LOG_FILE)
+    if os.path.isfile(baseline_log):  # a sequential baseline trained inside its evaluation (trainer.baselines)
+        row["train_seconds"] = read_json(baseline_log)[-1]["seconds"]
     train_results = os.path.join(stage_dir, TRAIN_RESULTS_FILE)
     if os.path.isfile(train_results):
         training = read_json(train_results)
