@@ -15,7 +15,7 @@ DATA_DIR=${DATA_DIR:-data/lastfm}
 OUT=${OUT:-output/baselines-search}
 SEEDS=${SEEDS:-42 7}
 # hidden size, dropout, learning rate
-SETTINGS=("64 0.2 0.001" "128 0.2 0.001" "64 0.5 0.001" "64 0.2 0.003" "32 0.2 0.001")
+SETTINGS=("64 0.2 0.001" "128 0.2 0.001" "64 0.5 0.001" "64 0.2 0.003" "32 0.2 0.001" "128 0.2 0.003" "64 0.5 0.003")
 for model in sasrec gru4rec; do
     for setting in "${SETTINGS[@]}"; do
         read -r hidden dropout rate <<< "$setting"
