@@ -118,7 +118,7 @@ class TrainingSettings:
 
     hidden_size: int = 64
     dropout: float = 0.2
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     batch_size: int = 256
     max_epochs: int = 50
     patience: int = 3
