@@ -12,9 +12,10 @@ Both read a record's history (its newest `max_length` titles, as the prompts hol
 predict its true item from the state at the history's last position, with a cross-entropy over the
 whole catalogue. The published models predict every item of a user's sequence from the ones before
 it; the records here are windows sliding over those sequences, one per item, so predicting each
-window's last item trains on every item of every sequence once, as they do, at a tenth of the cost. After each epoch the candidates of every validation record are scored by
-the model's last position; training stops when the validation HR@1 has not improved for `patience`
-epochs, and the weights of the best epoch are kept. Why not RecBole itself: README, "Trained baselines".
+window's last item trains on every item of every sequence once, as they do, at a tenth of the cost.
+After each epoch the candidates of every validation record are scored by the model's last position;
+training stops when the validation HR@1 has not improved for `patience` epochs, and the weights of
+the best epoch are kept. The settings' search, and why not RecBole itself: docs/baselines.md.
 """
 
 import copy
