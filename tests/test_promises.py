@@ -1,4 +1,4 @@
-"""Promises of the README that no other test held (issue 31): each test names the break it catches."""
+"""Promises of README.md and docs/stages.md that no other test held (issue 31): each test names the break it catches."""
 
 import json
 
@@ -33,7 +33,7 @@ def test_sft_goes_on_from_the_adapter_it_is_given(tiny_model_dir, small_data_dir
 
 
 def test_the_preference_stage_trains_with_dropout_off(tiny_model_dir, small_data_dir, tmp_path, monkeypatch):
-    """README: LoRA dropout is off while a preference stage trains (a dropout mask on the policy but not on
+    """docs/stages.md: LoRA dropout is off while a preference stage trains (a dropout mask on the policy but not on
     the reference would bias every reward). Break caught: DPOConfig's disable_dropout turned off."""
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=list(LLAMA_PROJECTIONS),

@@ -65,7 +65,7 @@ class Flags:
 
 @dataclasses.dataclass
 class OutputFlags(Flags):
-    output_dir: str = flag("output", "Folder for this stage's outputs (README, \"The stage scripts\") and "
+    output_dir: str = flag("output", "Folder for this stage's outputs (docs/stages.md, \"Outputs\") and "
                                      "run_config.json, the flags it ran with.")
 
 
