@@ -110,8 +110,8 @@ def read_predictions(path: str) -> list[dict]:
 
 
 def analyse(output_dir: str = "output/leak-fingerprint", authors_dir: str = "data/lastfm-llara", seed: int = 0) -> None:
-    """Print and write OUT/curve.md and curve.json: per checkpoint, ranked HR@1 on both probes, their paired
-    difference, and agreement with the candidate-list rule.
+    """Print and write OUT/curve.md, curve.json and curve.png: per checkpoint, ranked HR@1 on both probes, their
+    paired difference, and agreement with the candidate-list rule.
 
     Args:
         output_dir: The study's folder (build's and leak_fingerprint.sh's outputs).
@@ -156,7 +156,34 @@ def analyse(output_dir: str = "output/leak-fingerprint", authors_dir: str = "dat
     text = "\n".join(lines) + "\n"
     write_text_atomically(text, os.path.join(output_dir, "curve.md"))
     write_json_atomically({"rule_hr_at_1": rule_hr, "checkpoints": rows}, os.path.join(output_dir, "curve.json"))
+    draw_curve(rows, rule_hr, os.path.join(output_dir, "curve.png"))
     print(text)
+
+
+def draw_curve(rows: list[dict], rule_hr: dict, path: str) -> None:
+    """Ranked HR@1 on both probes against training steps, the paired difference's interval as a band, and
+    the candidate-list rule's HR@1 on the authors' probe for scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    steps = [row["step"] for row in rows]
+    figure, axis = pyplot.subplots(figsize=(7, 4))
+    for probe, colour in zip(PROBES, ("tab:red", "tab:blue")):
+        axis.plot(steps, [row["ranked_hr_at_1"][probe] for row in rows], marker="o", color=colour,
+                  label=f"ranked HR@1, {probe}' probe" if probe == "authors" else f"ranked HR@1, {probe} probe")
+    axis.fill_between(steps, [row["ranked_hr_at_1"]["clean"] + row["difference_ci95"][0] for row in rows],
+                      [row["ranked_hr_at_1"]["clean"] + row["difference_ci95"][1] for row in rows], color="tab:red",
+                      alpha=0.15, label="clean + 95% interval of the paired difference")
+    axis.axhline(rule_hr["authors"], color="grey", linestyle="--", label="candidate-list rule, authors' probe")
+    axis.set_xlabel("SFT steps (4 records each)")
+    axis.set_ylabel("HR@1")
+    axis.set_ylim(0, 1.02)
+    axis.legend(fontsize=8, loc="center right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
 
 
 COMMANDS = {"build": build, "analyse": analyse}
