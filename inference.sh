@@ -23,7 +23,7 @@
 #   BATCH_SIZE     prompts generated (and their candidates scored) together by one process
 #                  (EVAL_BATCH_SIZE: 16)
 #   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (SCORE_CANDIDATES:
-#                  False; about 2.3x the evaluation time of a trained model on a CPU)
+#                  False; about 1.7x the evaluation time of a trained model on a CPU, bench/README.md)
 #   HINTS          True: every prompt names the candidates that most often followed its history in
 #                  DATA_DIR/train.json, as for a model trained with HINTS=True (True)
 #   HINT_RECENCY   weight of a history title in the hint by recency, as the model was trained

@@ -36,7 +36,7 @@
 #   EVAL_SAMPLES         500     all     all    test prompts, a fixed sample drawn with SAMPLE_SEED (0)
 #   EVAL_BATCH_SIZE      16      64      16     test prompts generated (and scored) together
 #   SCORE_CANDIDATES     False   True    True   also rank the candidates by log-probability (ranking metrics;
-#                                               about 2.3x the evaluation time on a CPU)
+#                                               about 1.7x the evaluation time on a CPU, bench/README.md)
 #   HINTS                True    True    False  every prompt names the candidates that most often followed its
 #                                               history in the training split (trainer/collaborative.py); False
 #                                               keeps the paper's text-only prompts

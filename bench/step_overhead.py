@@ -85,6 +85,8 @@ def measure(model_dir: str, train_file: str, output_dir: str, steps: int, warmup
     from transformers import TrainerCallback
 
     from trainer import preference_trainer
+    # The stage's entry script lies at the repository root, outside the installed package.
+    sys.path.insert(0, REPO_ROOT)
     from softmax_dpo import softmax_dpo
 
     trainer_class = preference_trainer.MultiNegativeDPOTrainer
@@ -158,7 +160,7 @@ def measure(model_dir: str, train_file: str, output_dir: str, steps: int, warmup
 
 
 def bench(steps: int = 40, warmup: int = 5, device: str = "cpu", layers: int = 30, hidden: int = 64,
-          batch_sizes: str | tuple[int, ...] = (1, 4, 16), model_name: str | None = None,
+          batch_sizes: int | str | tuple[int, ...] = (1, 4, 16), model_name: str | None = None,
           train_file: str = "data/lastfm/train.json", worker: int | None = None, batch_size: int = 4):
     """Print seconds per preference step and where they go, for each setting, then the micro-batch sweep.
 
@@ -168,7 +170,7 @@ def bench(steps: int = 40, warmup: int = 5, device: str = "cpu", layers: int = 3
         device: cpu or cuda (the model goes where training puts it; this only adds CUDA's timings).
         layers: Layers of the random model (the embedded model has 30).
         hidden: Its width (the embedded model: 576).
-        batch_sizes: Micro-batch sizes of the sweep ("1,4,16").
+        batch_sizes: Micro-batch sizes of the sweep ("1,4,16", or one size).
         model_name: A model folder instead of the random one.
         train_file: LastFM training records (bash sft.sh prepares data/lastfm).
         worker: Internal: run one setting (its index) and print its result as JSON.
@@ -181,6 +183,8 @@ def bench(steps: int = 40, warmup: int = 5, device: str = "cpu", layers: int = 3
                              SETTINGS[worker][1])
         print("RESULT " + json.dumps(result))
         return
+    if isinstance(batch_sizes, int):
+        batch_sizes = (batch_sizes,)
     sizes = [int(size) for size in (batch_sizes.split(",") if isinstance(batch_sizes, str) else batch_sizes)]
     runs = [(index, 4) for index in range(len(SETTINGS))] + [(len(SETTINGS) - 1, size) for size in sizes]
     print("setting | prompts a step | s/step | prompts/s | " + " | ".join(f"{part} %" for part in (*PARTS, "other")))
