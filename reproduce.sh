@@ -216,9 +216,11 @@ for name in sft dpo softmax_dpo dmpo; do
     run_stage "$name/eval" "$RUN_DIR/$name/eval/metrics.json" "$(< "$RUN_DIR/$name/$SETTINGS_FILE")"$'\n'"$EVAL_SETTINGS" \
         evaluate "$name" "$RUN_DIR/$name"
 done
-# The table's sizes (prompts, training examples, steps) are read from what each stage folder records.
+# The table's sizes (prompts, training examples, steps) are read from what each stage folder records. Pairs: the
+# stages in order, S-DPO against every reference, and every trained stage against the rule its hints name
+# and against SASRec, the strongest trained baseline (docs/baselines.md).
 python -m trainer.results --run_dir "$RUN_DIR" \
     --stages popularity,transitions,itemknn,sasrec,gru4rec,base,sft,dpo,softmax_dpo,dmpo \
-    --pairs sft:base,dpo:sft,softmax_dpo:dpo,dmpo:dpo,softmax_dpo:dmpo,softmax_dpo:popularity,softmax_dpo:transitions,softmax_dpo:itemknn,softmax_dpo:sasrec,softmax_dpo:gru4rec \
+    --pairs sft:base,dpo:sft,softmax_dpo:dpo,dmpo:dpo,softmax_dpo:dmpo,softmax_dpo:popularity,softmax_dpo:transitions,softmax_dpo:itemknn,softmax_dpo:sasrec,softmax_dpo:gru4rec,sft:transitions,dpo:transitions,dmpo:transitions,sft:sasrec,dpo:sasrec,dmpo:sasrec \
     --train_file "$DATA_DIR/train.json" --audit_file "$RUN_DIR/audit/audit.json" \
     --title "$(data_description), profile $PROFILE, hints $HINTS (recency $HINT_RECENCY)"

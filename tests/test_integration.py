@@ -71,7 +71,8 @@ SHORT_REPRODUCTION = {"PROFILE": "gpu", "NUM_PROCESSES": "2", "SFT_SAMPLES": "4"
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
 RULES = ("popularity", "transitions", "itemknn", "sasrec", "gru4rec")
 PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_dpo - dmpo", "softmax_dpo - popularity",
-         "softmax_dpo - transitions", "softmax_dpo - itemknn", "softmax_dpo - sasrec", "softmax_dpo - gru4rec")
+         "softmax_dpo - transitions", "softmax_dpo - itemknn", "softmax_dpo - sasrec", "softmax_dpo - gru4rec",
+         "sft - transitions", "dpo - transitions", "dmpo - transitions", "sft - sasrec", "dpo - sasrec", "dmpo - sasrec")
 
 
 def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_skips_them(shared_data_dir,

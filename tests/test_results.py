@@ -16,10 +16,15 @@ from trainer.metrics import paired_bootstrap_interval
 from trainer.results import curves, results
 
 
-def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=None, first_index: int = 0):
+def write_stage(run_dir, stage, hits, trained: bool, ranked: bool = True, ranks=None, first_index: int = 0,
+                answers=None):
+    """A stage's evaluation; `answers` are the named candidates (by default the true item "T" on a hit, "W" on
+    a miss)."""
     eval_dir = run_dir / stage / "eval"
     eval_dir.mkdir(parents=True)
-    rows = [{"index": first_index + index, "hit": hit, "valid": True} for index, hit in enumerate(hits)]
+    answers = answers or ["T" if hit else "W" for hit in hits]
+    rows = [{"index": first_index + index, "hit": hit, "valid": answer is not None, "matched_candidate": answer}
+            for index, (hit, answer) in enumerate(zip(hits, answers))]
     for row, rank in zip(rows, ranks or []):
         row["true_item_rank"] = rank
     (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -90,6 +95,21 @@ def test_results_compare_stages_in_pairs_on_the_same_prompts(tmp_path):
     assert [comparison["stages"] for comparison in comparisons] == [["dpo", "base"]]
     with pytest.raises(InputError, match="--pairs: 'dpo:dmpo'"):
         results(run_dir=str(tmp_path), stages="base,sft,dpo", pairs="dpo:dmpo")
+
+
+def test_a_paired_comparison_counts_same_answers_and_who_alone_is_right(tmp_path):
+    """By hand: prompts 1-2 both right (same answer T), 3 only the first right, 4 only the second, 5 both wrong
+    with different answers, 6 both invalid (no answer is not the same answer): same 2 of 6, 1 and 1 alone."""
+    write_stage(tmp_path, "rule", [True, True, False, True, False, False], trained=False,
+                answers=["T", "T", "A", "T", "B", None])
+    write_stage(tmp_path, "model", [True, True, True, False, False, False], trained=False,
+                answers=["T", "T", "T", "C", "D", None])
+    results(run_dir=str(tmp_path), stages="rule,model", pairs="model:rule")
+    comparison = json.loads((tmp_path / "results.json").read_text())["paired_differences"][0]
+    assert comparison["same_answer"] == pytest.approx(2 / 6)
+    assert (comparison["only_first_right"], comparison["only_second_right"]) == (1, 1)
+    assert "| model - rule | +0.000 [" in (tmp_path / "results.md").read_text()
+    assert "| 0.333 | 1 | 1 |" in (tmp_path / "results.md").read_text()
 
 
 def test_a_pair_evaluated_on_different_prompts_is_refused(tmp_path):

@@ -93,12 +93,17 @@ def stage_summary(run_dir: str, stage: str, counts=None) -> dict:
 
 def paired_comparison(run_dir: str, better: str, worse: str, seed: int) -> dict:
     """`better` minus `worse` on the same prompts: HR@1 (and ranked HR@1 where both scored the
-    candidates), each with its paired 95% bootstrap interval."""
+    candidates), each with its paired 95% bootstrap interval; how often both name the same candidate,
+    and on how many prompts only one of them is right (what the difference rests on)."""
     first, second = read_predictions(run_dir, better), read_predictions(run_dir, worse)
     if [row["index"] for row in first] != [row["index"] for row in second]:
         raise InputError(f"{better} and {worse} were not evaluated on the same prompts; "
                          "a paired comparison needs the same test sample")
-    comparison = {"stages": [better, worse]}
+    comparison = {"stages": [better, worse],
+                  "same_answer": sum(a["matched_candidate"] is not None and a["matched_candidate"] == b["matched_candidate"]
+                                     for a, b in zip(first, second)) / len(first),
+                  "only_first_right": sum(a["hit"] and not b["hit"] for a, b in zip(first, second)),
+                  "only_second_right": sum(b["hit"] and not a["hit"] for a, b in zip(first, second))}
     measures = {"hit_ratio_at_1": lambda row: row["hit"]}
     if all("true_item_rank" in row for row in first + second):
         measures["ranking_hit_ratio_at_1"] = lambda row: row["true_item_rank"] == 1
@@ -155,8 +160,10 @@ def markdown_table(rows: list[dict], comparisons: list[dict]) -> str:
     table = "\n".join(lines) + "\n"
     if comparisons:
         table += ("\nPaired differences on the same prompts, with 95% paired bootstrap intervals "
-                  "(an interval above 0 means the first stage is better):\n\n"
-                  "| comparison | HR@1 difference [95% CI] | ranked HR@1 difference [95% CI] |\n|---|---|---|\n")
+                  "(an interval above 0 means the first stage is better); how often both name the same candidate, "
+                  "and on how many prompts only one of the two is right:\n\n"
+                  "| comparison | HR@1 difference [95% CI] | ranked HR@1 difference [95% CI] | same answer | "
+                  "only the first right | only the second right |\n|---|---|---|---|---|---|\n")
         for comparison in comparisons:
             cells = []
             for name in ("hit_ratio_at_1", "ranking_hit_ratio_at_1"):
@@ -165,7 +172,9 @@ def markdown_table(rows: list[dict], comparisons: list[dict]) -> str:
                     cells.append(f"{comparison[f'{name}_difference']:+.3f} [{low:+.3f}, {high:+.3f}]")
                 else:
                     cells.append("")
-            table += f"| {' - '.join(comparison['stages'])} | {cells[0]} | {cells[1]} |\n"
+            table += (f"| {' - '.join(comparison['stages'])} | {cells[0]} | {cells[1]} | "
+                      f"{comparison['same_answer']:.3f} | {comparison['only_first_right']} | "
+                      f"{comparison['only_second_right']} |\n")
     if "true_item_popularity_rank" in rows[0]:
         table += ("\nPopularity rank: where the named candidate sits among its prompt's candidates by how often "
                   "each was the true item of a training record (1 = most often; ties share the mean place). "
