@@ -68,6 +68,10 @@ def test_recent_history_titles_weigh_more_by_hand():
         ("A", 1.0), ("B", 1.0), ("C", 0.5), ("D", 0.0)]
     hints = CollaborativeHints(statistics, size=3, exclude_own=False, recency=0.25)
     assert hints.titles(newest_x) == ["A", "B"]
+    # Hard negatives weigh the history by the same recency: at recency 1 B would come first.
+    assert hints.hard_negatives(newest_x, 2) == ["A", "B"]
+    with pytest.raises(ValueError, match="a hint names at least one candidate, got size 0"):
+        CollaborativeHints(statistics, size=0, exclude_own=False)
 
 
 def test_hints_name_followed_candidates_best_first_and_stop_at_their_size():

@@ -66,6 +66,19 @@ def test_dmpo_keeps_each_rejected_reference_term():
     assert dmpo_loss(*base, beta=1.0).item() == pytest.approx(math.log(2), abs=1e-6)
 
 
+def test_each_prompt_of_a_batch_gets_its_own_loss():
+    """Two prompts with different rejected rewards (references 0, beta 1): chosen 0 and rejected [1, 3] or
+    [-2, 0]. DMPO per prompt: -log sigmoid(0 - 2) and -log sigmoid(0 + 1); DPO: the mean over j of
+    -log sigmoid(0 - r_j); S-DPO: -log sigmoid(-log(e^1 + e^3)) and -log sigmoid(-log(e^-2 + e^0)). A mean
+    over the whole batch, or over the wrong axis, gives other numbers."""
+    batch = as_tensors([0.0, 0.0], [[1.0, 3.0], [-2.0, 0.0]], [0.0, 0.0], [[0.0, 0.0], [0.0, 0.0]])
+    assert dmpo_loss(*batch, beta=1.0).tolist() == pytest.approx([-log_sigmoid(-2.0), -log_sigmoid(1.0)], abs=1e-6)
+    assert dpo_loss(*batch, beta=1.0).tolist() == pytest.approx(
+        [(-log_sigmoid(-1.0) - log_sigmoid(-3.0)) / 2, (-log_sigmoid(2.0) - log_sigmoid(0.0)) / 2], abs=1e-6)
+    assert sdpo_loss(*batch, beta=1.0).tolist() == pytest.approx(
+        [-log_sigmoid(-math.log(math.exp(1) + math.exp(3))), -log_sigmoid(-math.log(math.exp(-2) + 1))], abs=1e-6)
+
+
 def test_sdpo_with_one_negative_equals_trl_sigmoid_dpo_formula():
     torch.manual_seed(0)
     chosen, rejected, ref_chosen, ref_rejected = (torch.randn(16) * 5 for _ in range(4))

@@ -1,5 +1,7 @@
 """The answer-matching rule and the summary metrics, on hand-made cases."""
 
+import math
+
 import pytest
 
 from trainer.metrics import match_answer, named_candidates, summarize, summarize_ranks, true_item_rank, wilson_interval
@@ -45,6 +47,16 @@ def test_named_candidates_lists_every_separate_mention_in_candidate_order():
     assert named_candidates("Muse then Genesis then Hope", CANDIDATES) == ["Genesis", "Hope", "Muse"]
 
 
+def test_a_title_is_not_named_inside_a_longer_word_or_at_the_end_of_a_longer_title():
+    """Word edges are judged by the title's own first and last characters: "A-ha" starts with a letter, so a
+    letter before it joins it ("BA-ha"), and ends with one ("A-hab"). A title inside a longer candidate that
+    ends where it ends ("Bowie" in "David Bowie") is not named either."""
+    assert named_candidates("BA-ha", ["A-ha", "Yes"]) == []
+    assert named_candidates("A-hab", ["A-ha", "Yes"]) == []
+    assert named_candidates("(A-ha)", ["A-ha", "Yes"]) == ["A-ha"]
+    assert named_candidates("David Bowie", ["Bowie", "David Bowie"]) == ["David Bowie"]
+
+
 def test_partly_overlapping_titles_both_count():
     # Neither mention lies inside the other, so the answer names two candidates.
     assert named_candidates("Alpha Beta Gamma", ["Alpha Beta", "Beta Gamma"]) == ["Alpha Beta", "Beta Gamma"]
@@ -78,6 +90,16 @@ def test_true_item_rank_breaks_ties_against_the_true_item():
     assert true_item_rank([0.0] * 20, 7) == 20, "scoring every candidate alike earns no hit"
     with pytest.raises(ValueError, match="non-finite candidate scores"):
         true_item_rank([float("nan")] * 3, 0)
+
+
+def test_ranking_metrics_count_a_rank_equal_to_the_cutoff():
+    """Rank 5 is inside HR@5 and NDCG@5, rank 10 inside NDCG@10: 1 / log2(6) and 1 / log2(11), halved."""
+    metrics = summarize_ranks([5, 10])
+    assert metrics["ranking_hit_ratio_at_5"] == 0.5
+    assert metrics["ranking_ndcg_at_5"] == pytest.approx(1 / math.log2(6) / 2)
+    assert metrics["ranking_ndcg_at_10"] == pytest.approx((1 / math.log2(6) + 1 / math.log2(11)) / 2)
+    with pytest.raises(ValueError, match="no rows to summarize"):
+        summarize_ranks([])
 
 
 def test_ranking_metrics_by_hand():

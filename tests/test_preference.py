@@ -29,7 +29,8 @@ from trainer.evaluation import answer_and_score
 from trainer.logprobs import (collate_packed, completion_logps, first_predicting_position, pack_example,
                               packed_attention, packed_attention_mask, packed_completion_logps)
 from trainer.modeling import load_tokenizer
-from trainer.negatives import SCORE_CACHE_FOLDER, highest_scored_others, sample_negatives, sample_popular_negatives
+from trainer.negatives import (SCORE_CACHE_FOLDER, _cache_key, highest_scored_others, sample_negatives,
+                               sample_popular_negatives)
 from trainer.preference_stage import preference_dataset, sample_records
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeCollator, MultiNegativeDPOConfig,
                                         MultiNegativeDPOTrainer, REFERENCE_COLUMN)
@@ -416,8 +417,18 @@ def test_popular_negatives_follow_training_popularity_and_repeat(tokenizer, tmp_
     draws = collections.Counter(sample_popular_negatives(record, 1, seed, 0, counts)[0] for seed in range(6000))
     for title, weight in zip(others, (1, 3, 6)):
         assert draws[title] / 6000 == pytest.approx(weight / 10, abs=0.02)
-    assert sample_popular_negatives(record, 3, 7, 0, counts) == sample_popular_negatives(record, 3, 7, 0, counts)
     assert sorted(sample_popular_negatives(record, 3, 7, 0, counts)) == sorted(others)
+    with pytest.raises(ValueError, match="cannot draw 4 negatives from 3"):
+        sample_popular_negatives(record, 4, 7, 0, counts)
+    # A title never a true item weighs 1, as one counted 0 times: 1, 1 and 2 of 4 here.
+    draws = collections.Counter(sample_popular_negatives(record, 1, seed, 0, {others[2]: 1})[0] for seed in range(6000))
+    for title, weight in zip(others, (1, 1, 2)):
+        assert draws[title] / 6000 == pytest.approx(weight / 4, abs=0.02)
+    # Seeded by run and example: the same draw again, in the same order, and another for another example.
+    wide = parse_record(make_record(0, num_candidates=20), "made-up", 0)
+    first = sample_popular_negatives(wide, 10, 7, 0, counts)
+    assert first == sample_popular_negatives(wide, 10, 7, 0, counts)
+    assert first != sample_popular_negatives(wide, 10, 7, 1, counts)
     # Through the stage: the training file's true items give the counts.
     train_file = write_records(tmp_path / "train.json", [make_record(0), make_record(1)])
     builder = PromptBuilder("music", template_index=0)
@@ -459,8 +470,37 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
         rejected = [tokenizer.decode(ids[:-1]).strip() for ids in example["completion_ids"][1:]]
         assert rejected == highest_scored_others(record, row, 2)
     # A rerun of the stage reads the cache instead of scoring again.
-    monkeypatch.setattr("trainer.evaluation.answer_and_score", lambda *args, **kwargs: pytest.fail("scored twice"))
+    with monkeypatch.context() as patched:
+        patched.setattr("trainer.evaluation.answer_and_score", lambda *args, **kwargs: pytest.fail("scored twice"))
+        softmax_dpo(**run)
+    # Other adapter weights in the same folder are another starting model: scored again.
+    lora_model(tiny_model_dir, seed=1).save_pretrained(sft_dir)
     softmax_dpo(**run)
+    assert len(list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())) == 2
+
+
+def test_the_score_cache_key_follows_the_base_the_adapter_weights_the_prompts_and_the_candidates(tmp_path,
+                                                                                                 monkeypatch):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / "README.md").write_text("about the adapter")
+    records = [parse_record(make_record(0), "made-up", 0)]
+    key = _cache_key("base", str(adapter), ["prompt"], records)
+    assert key == _cache_key("base", str(adapter), ["prompt"], records)
+    (adapter / "README.md").write_text("edited")  # not the weights
+    assert _cache_key("base", str(adapter), ["prompt"], records) == key
+    shuffled = parse_record(make_record(0) | {"itemList": make_record(0)["itemList"][::-1]}, "made-up", 0)
+    others = [_cache_key("other base", str(adapter), ["prompt"], records),
+              _cache_key("base", None, ["prompt"], records),
+              _cache_key("base", str(adapter), ["other prompt"], records),
+              _cache_key("base", str(adapter), ["prompt"], [shuffled])]
+    (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
+    others.append(_cache_key("base", str(adapter), ["prompt"], records))
+    assert len({key, *others}) == 6
+    # Without an adapter, no folder is read: the working folder's files do not count.
+    monkeypatch.chdir(adapter)
+    assert _cache_key("base", None, ["prompt"], records) == others[1]
 
 
 def test_qlora_preference_training_runs_in_4bit(tokenizer, small_data_dir, tmp_path):

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Mutation testing of the core with mutmut: every mutant of the modules named in pyproject.toml's
+# [tool.mutmut] runs against the fast tests that cover its function, then the score of each module is
+# printed (scripts/mutation_report.py). Not part of the test suite or of CI's time: about an hour on 2 cores.
+# A rerun goes on where the last one stopped (mutmut keeps its state in mutants/, which git ignores).
+#   bash scripts/mutation.sh
+#
+#   MAX_CHILDREN    mutants tested at once (2)
+#   SHARED_DATA_DIR the shared data folder of the tests (../shared/data beside the repository)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q mutmut==3.8.0
+SHARED_DATA_DIR=${SHARED_DATA_DIR:-$(cd .. && pwd)/shared/data}
+export SHARED_DATA_DIR
+# One thread per mutant: MAX_CHILDREN of them share the cores.
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} mutmut run --max-children "${MAX_CHILDREN:-2}"
+mutmut results --all true | python scripts/mutation_report.py
