@@ -2,8 +2,10 @@
 
 A mutant counts as caught when a test fails (killed) or runs past mutmut's time limit (timeout: a
 mutant that loops forever is noticed too). One that no selected test reaches ("no tests") counts
-against the score, as a survivor does: both are behaviour nothing checks. Survivors are listed by name
-for `mutmut show NAME`.
+against the score, as a survivor does: both are behaviour nothing checks. The score is over the
+mutants checked so far (a run stopped early leaves some "not checked"). Survivors are listed by name
+for `mutmut show NAME`; which of them are equivalent is a judgement the report cannot make
+(tests/README.md lists them).
 """
 
 import collections
@@ -11,7 +13,7 @@ import re
 import sys
 
 CAUGHT = ("killed", "timeout")
-COLUMNS = ("killed", "timeout", "survived", "no tests", "other")
+COLUMNS = ("killed", "timeout", "survived", "no tests", "not checked", "other")
 # mutmut names a mutant <module>.x_<function>__mutmut_<n>, or <module>.xǁ<Class>ǁ<method>__mutmut_<n>.
 MUTANT_LINE = re.compile(r"^\s*(?P<name>(?P<module>[\w.]+?)\.x[_ǁ]\S*__mutmut_\d+): (?P<status>.+?)\s*$")
 
@@ -29,13 +31,15 @@ def main() -> None:
             survivors[module].append(f"{match['name']} ({status})")
     if not counts:
         sys.exit("error: no mutant results on stdin (run `mutmut run` first)")
-    print("| module | mutants | " + " | ".join(COLUMNS) + " | caught |")
+    print("| module | mutants | " + " | ".join(COLUMNS) + " | caught of checked |")
     print("|---" * (len(COLUMNS) + 3) + "|")
     for module, by_status in sorted(counts.items()):
         total = sum(by_status.values())
+        checked = total - by_status["not checked"]
         caught = sum(by_status[status] for status in CAUGHT)
         cells = " | ".join(str(by_status[status]) for status in COLUMNS)
-        print(f"| {module} | {total} | {cells} | {caught / total:.1%} |")
+        score = f"{caught / checked:.1%}" if checked else "-"
+        print(f"| {module} | {total} | {cells} | {score} |")
     for module, names in sorted(survivors.items()):
         print(f"\n{module}: {len(names)} not caught")
         for name in names:

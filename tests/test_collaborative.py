@@ -127,6 +127,10 @@ def test_load_hints_leaves_records_out_of_their_own_hint_only_for_the_counted_fi
     assert load_hints(train, 1, test).titles(TRAINING[0]) == ["A"]
     with pytest.raises(InputError, match="--hint_size must be at least 1"):
         load_hints(train, 0, test)
+    for recency in (0.0, 1.5):
+        with pytest.raises(InputError, match=r"--hint_recency must lie in \(0, 1\]"):
+            load_hints(train, 3, test, recency=recency)
+    assert load_hints(train, 3, test, recency=1.0).recency == 1.0
     with pytest.raises(InputError, match="missing.json: file not found"):
         load_hints(str(tmp_path / "missing.json"), 3, test)
 

@@ -54,6 +54,9 @@ def test_a_title_is_not_named_inside_a_longer_word_or_at_the_end_of_a_longer_tit
     assert named_candidates("BA-ha", ["A-ha", "Yes"]) == []
     assert named_candidates("A-hab", ["A-ha", "Yes"]) == []
     assert named_candidates("(A-ha)", ["A-ha", "Yes"]) == ["A-ha"]
+    assert named_candidates("Jay-Zed", ["Jay-Z", "Yes"]) == []  # the last character, not the one before it
+    # Every occurrence is tried in turn: the clean one between two that run into a word counts.
+    assert named_candidates("Hopeless Hope Hopeful", ["Hope", "Yes"]) == ["Hope"]
     assert named_candidates("David Bowie", ["Bowie", "David Bowie"]) == ["David Bowie"]
 
 

@@ -29,8 +29,8 @@ from trainer.evaluation import answer_and_score
 from trainer.logprobs import (collate_packed, completion_logps, first_predicting_position, pack_example,
                               packed_attention, packed_attention_mask, packed_completion_logps)
 from trainer.modeling import load_tokenizer
-from trainer.negatives import (SCORE_CACHE_FOLDER, _cache_key, highest_scored_others, sample_negatives,
-                               sample_popular_negatives)
+from trainer.negatives import (SCORE_CACHE_FOLDER, _cache_key, highest_scored_others, rejected_titles,
+                               sample_negatives, sample_popular_negatives)
 from trainer.preference_stage import preference_dataset, sample_records
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeCollator, MultiNegativeDPOConfig,
                                         MultiNegativeDPOTrainer, REFERENCE_COLUMN)
@@ -429,6 +429,9 @@ def test_popular_negatives_follow_training_popularity_and_repeat(tokenizer, tmp_
     first = sample_popular_negatives(wide, 10, 7, 0, counts)
     assert first == sample_popular_negatives(wide, 10, 7, 0, counts)
     assert first != sample_popular_negatives(wide, 10, 7, 1, counts)
+    assert first != sample_popular_negatives(wide, 10, 8, 0, counts)
+    # The stage asks for them by name, with its seed and the example's index.
+    assert rejected_titles(wide, 0, "popular", 10, 7, popularity=counts) == first
     # Through the stage: the training file's true items give the counts.
     train_file = write_records(tmp_path / "train.json", [make_record(0), make_record(1)])
     builder = PromptBuilder("music", template_index=0)
