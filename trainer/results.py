@@ -99,11 +99,13 @@ def paired_comparison(run_dir: str, better: str, worse: str, seed: int) -> dict:
     if [row["index"] for row in first] != [row["index"] for row in second]:
         raise InputError(f"{better} and {worse} were not evaluated on the same prompts; "
                          "a paired comparison needs the same test sample")
+    pairs = list(zip(first, second))
     comparison = {"stages": [better, worse],
-                  "same_answer": sum(a["matched_candidate"] is not None and a["matched_candidate"] == b["matched_candidate"]
-                                     for a, b in zip(first, second)) / len(first),
-                  "only_first_right": sum(a["hit"] and not b["hit"] for a, b in zip(first, second)),
-                  "only_second_right": sum(b["hit"] and not a["hit"] for a, b in zip(first, second))}
+                  # An invalid answer names no candidate, so two invalid answers are not the same answer.
+                  "same_answer": sum(a["matched_candidate"] is not None
+                                     and a["matched_candidate"] == b["matched_candidate"] for a, b in pairs) / len(pairs),
+                  "only_first_right": sum(a["hit"] and not b["hit"] for a, b in pairs),
+                  "only_second_right": sum(b["hit"] and not a["hit"] for a, b in pairs)}
     measures = {"hit_ratio_at_1": lambda row: row["hit"]}
     if all("true_item_rank" in row for row in first + second):
         measures["ranking_hit_ratio_at_1"] = lambda row: row["true_item_rank"] == 1
