@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The S-DPO paper's comparison on LastFM in one command: the base model, SFT, then DPO, S-DPO and
 # DMPO from the same SFT adapter, each evaluated on the same test prompts; RUN_DIR/results.md,
-# results.json and results.png collect them. A rerun skips every stage whose outputs are complete and
-# were made with the same settings (and says so); a stage made with other settings is made again, with
-# the stages built on it, naming the setting that changed; --force redoes them all. First the data is audited for leaks (data/audit.py: rules
-# without a model that read the candidate lists, the true item's position, records and sequences shared
-# between splits); the audit's table is part of results.md. Two rules without a model, the most popular
-# candidate and the candidate that most often followed the history in training, ItemKNN, and two
-# sequential recommenders trained from scratch on the training split, SASRec and GRU4Rec
-# (trainer/baselines.py), are scored on the same prompts as reference points. The LastFM split is the clean one by default:
-# the authors' histories and true items, with negatives drawn independently of the true item
+# results.json and results.png collect them. A rerun skips every stage whose outputs are complete
+# and were made with the same settings (and says so); a stage made with other settings is made
+# again, with the stages built on it, naming the setting that changed; --force redoes them all.
+# First the data is audited for leaks (data/audit.py: rules without a model that read the candidate
+# lists, the true item's position, records and sequences shared between splits); the audit's table
+# is part of results.md. Two rules without a model, the most popular candidate and the candidate
+# that most often followed the history in training, ItemKNN, and two sequential recommenders trained
+# from scratch on the training split, SASRec and GRU4Rec (trainer/baselines.py), are scored on the
+# same prompts as reference points. The LastFM split is the clean one by default: the authors'
+# histories and true items, with negatives drawn independently of the true item
 # (NEGATIVE_DRAW=llara: the authors' own lists, which give the true item away; docs/leak.md).
-#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, under an hour
+#   bash reproduce.sh                    # PROFILE=cpu: subsets and a 500-prompt test sample, 2-core CPU, about an hour
 #   PROFILE=gpu bash reproduce.sh        # the cpu recipe on all training (SFT) and test prompts, one GPU, large batches
 #   PROFILE=paper bash reproduce.sh      # all 47,872 training and 2,495 test prompts, the authors' settings (GPU)
 #   bash reproduce.sh --force            # redo every stage
