@@ -8,10 +8,13 @@ draws its own dropout masks, equal only in distribution.
 """
 
 import json
+import multiprocessing
 import os
 import subprocess
+import time
 
 import pytest
+import torch.distributed
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO_ROOT, make_record, write_records
@@ -21,6 +24,7 @@ from transformers.models.llama import modeling_llama
 from inference import inference
 from sft import sft
 from softmax_dpo import softmax_dpo
+from trainer.cli import end_process_group
 
 CONFIG_FOLDER = os.path.join(REPO_ROOT, "configs", "accelerate")
 # Same sums in another order, and gloo's all-reduce: float32 rounding, nothing more.
@@ -177,3 +181,32 @@ def test_an_unknown_configuration_name_is_an_error_listing_the_known_ones(data_d
     assert completed.returncode == 2
     assert completed.stderr.strip() == ("error: ACCELERATE_CONFIG=zero9 is neither a file nor one of: "
                                         "ddp fsdp multinode zero2 zero3")
+
+
+
+def end_after(rank: int, seconds: float, succeeded: bool, group_file: str, returned_at) -> None:
+    """One process of a two-process gloo group: works `seconds`, then ends the group as an entry script does."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{group_file}", rank=rank, world_size=2)
+    time.sleep(seconds)
+    end_process_group(wait_for_the_others=succeeded)
+    returned_at[rank] = time.monotonic()
+    if torch.distributed.is_initialized():
+        raise AssertionError("the group is still up")
+
+
+@pytest.mark.parametrize("succeeded", [True, False])
+def test_a_finished_process_ends_its_group_only_once_the_others_are_done(tmp_path, succeeded):
+    """Rank 1 finishes first while rank 0 still works (saves the adapter): after a run that succeeded it waits
+    for rank 0 before ending the group; after a failure it ends at once, since rank 0 may never arrive."""
+    context = multiprocessing.get_context("fork")
+    returned_at = context.Array("d", 2)
+    work_seconds = {0: 2.0, 1: 0.0}
+    processes = [context.Process(target=end_after, args=(rank, work_seconds[rank], succeeded, str(tmp_path / "group"),
+                                                         returned_at)) for rank in work_seconds]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0, 0]
+    rank_1_waited = returned_at[1] >= returned_at[0] - 0.5
+    assert rank_1_waited == succeeded

@@ -6,6 +6,7 @@ a run writes, in trainer/outputs.py."""
 import contextlib
 import difflib
 import functools
+import gc
 import inspect
 import logging
 import os
@@ -102,10 +103,12 @@ def run(entry) -> None:
 
     # Fire prints help on stderr; help belongs on stdout, so `--help | less` works.
     help_requested = any(flag in sys.argv[1:] for flag in HELP_FLAGS)
+    succeeded = False
     try:
         check_flag_names(entry, sys.argv[1:])
         with contextlib.redirect_stderr(sys.stdout) if help_requested else contextlib.nullcontext():
             fire.Fire(checked_entry, serialize=lambda result: None)
+        succeeded = True
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -113,9 +116,22 @@ def run(entry) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     finally:
-        # A process group left to the interpreter's exit can abort it there ("terminate called without an
-        # active exception", seen once with gloo after a finished two-process run), failing a run that succeeded.
-        # Looked up, not imported: an entry that never loaded torch has no group to end.
-        distributed = sys.modules.get("torch.distributed")
-        if distributed is not None and distributed.is_available() and distributed.is_initialized():
-            distributed.destroy_process_group()
+        end_process_group(wait_for_the_others=succeeded)
+
+
+def end_process_group(wait_for_the_others: bool) -> None:
+    """End the process group of a run with several processes, before the interpreter exits.
+
+    Left to the interpreter's exit, or ended by one process while another still works (rank 0 saving the
+    adapter), gloo can abort the process that finished first ("terminate called without an active
+    exception", SIGABRT), failing a run that succeeded. So: free the run's objects (a trainer's DDP model
+    holds gloo work) while the interpreter is whole, wait until every process is done, then end the group.
+    A failed process does not wait: the others may never arrive, and the launcher ends them."""
+    # Looked up, not imported: an entry that never loaded torch has no group to end.
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    gc.collect()
+    if wait_for_the_others:
+        distributed.barrier()
+    distributed.destroy_process_group()
