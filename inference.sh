@@ -15,7 +15,7 @@
 #   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
 #   NEGATIVE_DRAW  LastFM candidates: independent of the true item, or llara (the S-DPO authors',
 #                  which give the true item away; DATA_DIR then defaults to data/lastfm-llara) (independent)
-#   DATA_DIR       folder holding test.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
+#   DATA_DIR       folder holding test.json; prepared from data/lastfm-source if missing (data/lastfm)
 #   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
 #   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (EVAL_SAMPLES: 500,
 #                  about 4.5 minutes on 2 CPU cores)

@@ -15,7 +15,7 @@
 #   MODEL_NAME         base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
 #   NEGATIVE_DRAW      LastFM candidates: independent of the true item, or llara (the S-DPO authors',
 #                      which give the true item away; DATA_DIR then defaults to data/lastfm-llara) (independent)
-#   DATA_DIR           folder with train.json and valid.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
+#   DATA_DIR           folder with train.json and valid.json; prepared from data/lastfm-source if missing (data/lastfm)
 #   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/sft)
 #   MAX_TRAIN_SAMPLES  training records, a seeded sample; empty for all (SFT_SAMPLES: 256)
 #   MAX_VALID_SAMPLES  validation records for the validation loss; 0 for none (SFT_VALID_SAMPLES: 100)

@@ -16,7 +16,7 @@
 #   ADAPTER            LoRA adapter to start from, also the frozen reference (output/sft, what sft.sh writes)
 #   NEGATIVE_DRAW      LastFM candidates: independent of the true item, or llara (the S-DPO authors',
 #                      which give the true item away; DATA_DIR then defaults to data/lastfm-llara) (independent)
-#   DATA_DIR           folder with train.json and valid.json; prepared from SHARED_DATA_DIR if missing (data/lastfm)
+#   DATA_DIR           folder with train.json and valid.json; prepared from data/lastfm-source if missing (data/lastfm)
 #   OUTPUT_DIR         where the adapter, tokenizer and logs go (output/softmax_dpo)
 #   LOSS_TYPE          sdpo, dpo or dmpo (sdpo)
 #   NEG_NUM            rejected titles per prompt (3)

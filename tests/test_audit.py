@@ -206,8 +206,8 @@ def test_position_test_by_hand():
     assert found["true_item_at_position"] == [30, 10]
 
 
-def test_lastfm_conversions_the_llara_draw_leaks_the_default_does_not(shared_data_dir, tmp_path, caplog):
-    source = os.path.join(shared_data_dir, "lastfm")
+def test_lastfm_conversions_the_llara_draw_leaks_the_default_does_not(lastfm_source, tmp_path, caplog):
+    source = lastfm_source
     with caplog.at_level(logging.WARNING, logger="prepare"):
         prepare(source=source, output_dir=str(tmp_path / "llara"), negative_draw="llara")
     assert "candidate_list leaks" in caplog.text and "HR@1 0.982 on the test split" in caplog.text

@@ -18,7 +18,7 @@ def run_script(script, env_overrides, *args):
                           timeout=900)
 
 
-def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(shared_data_dir, tmp_path):
+def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(tmp_path):
     data_dir, sft_dir, sdpo_dir, eval_dir = (tmp_path / name for name in ("lastfm", "sft", "sdpo", "eval"))
     sft = run_script("sft.sh", {"DATA_DIR": str(data_dir), "OUTPUT_DIR": str(sft_dir), "MAX_TRAIN_SAMPLES": "8",
                                 "MAX_VALID_SAMPLES": "4"}, "--max_steps", "2", "--logging_steps", "1")
@@ -75,8 +75,7 @@ PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_
          "sft - transitions", "dpo - transitions", "dmpo - transitions", "sft - sasrec", "dpo - sasrec", "dmpo - sasrec")
 
 
-def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_skips_them(shared_data_dir,
-                                                                                       tiny_model_dir, tmp_path):
+def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_skips_them(tiny_model_dir, tmp_path):
     run_dir, out = tmp_path / "run", tmp_path / "out"
     env = SHORT_REPRODUCTION | {"RUN_DIR": str(run_dir), "DATA_DIR": str(tmp_path / "lastfm"),
                                 "MODEL_NAME": tiny_model_dir, "OUT": str(out), "DEVICE_DIR": str(tmp_path / "device"),

@@ -12,6 +12,7 @@ from conftest import REPO_ROOT
 
 from trainer.errors import InputError
 from trainer.interaction_log import prepare_log, split_windows, windows
+from trainer.llara_files import read_split as read_llara_split
 
 HETREC = "hetrec-lastfm-2k"
 
@@ -61,7 +62,7 @@ def test_windows_split_by_time_first_interactions_only(tmp_path):
     # By time: the 20% latest of the 14 targets (times 108, 110, 120) are the test split, across both users.
     assert sorted(record["trueSelection"] for record in records["test"]) == ["The Film 17", "The Film 18", "The Film 8"]
     assert (output / "llara" / "id2name.txt").read_text(encoding="utf-8").splitlines()[0] == "0::The Film 1"
-    frame = pd.read_pickle(output / "llara" / "train_data.df")
+    frame = read_llara_split(str(output / "llara" / "train_data.tsv"))
     assert list(frame.columns) == ["seq", "len_seq", "next"] and all(len(seq) == 3 for seq in frame["seq"])
 
 

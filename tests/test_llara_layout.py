@@ -10,13 +10,14 @@ import pytest
 
 from trainer.data import load_records, parse_record
 from trainer.errors import InputError
+from trainer.llara_files import read_split, split_paths, to_text, write_split_text
 from trainer.llara_layout import (Catalogue, PoolWithout, independent_candidates, movielens_title, prepare, sample_candidates,
                                   splitmix64)
 
 
-def test_llara_draw_reproduces_the_golden_validation_file(shared_data_dir, tmp_path):
-    counts = prepare(source=os.path.join(shared_data_dir, "lastfm"), output_dir=str(tmp_path), negative_draw="llara",
-                     audit=False)
+def test_llara_draw_reproduces_the_golden_validation_file(lastfm_source, shared_data_dir, tmp_path):
+    """From the split the repository ships as text to the S-DPO authors' own file, record for record."""
+    counts = prepare(source=lastfm_source, output_dir=str(tmp_path), negative_draw="llara", audit=False)
     assert counts == {"train": 47872, "valid": 2767, "test": 2495}
     with open(tmp_path / "valid.json", encoding="utf-8") as handle:
         converted = json.load(handle)
@@ -141,11 +142,15 @@ def test_movielens_layout_with_rating_pairs_and_capitalised_split_files(tmp_path
     assert sorted(record["itemList"]) == ["Café au lait", "Chasers", "Chasers (2)"]  # a film listed twice
 
 
-def write_llara(folder, rows, titles=("A", "B", "C", "D", "E")):
+def write_llara(folder, rows, titles=("A", "B", "C", "D", "E"), suffix=".df"):
     folder.mkdir(exist_ok=True)
     (folder / "id2name.txt").write_text("".join(f"{i}::{t}\n" for i, t in enumerate(titles)))
-    for name in ("train_data.df", "val_data.df", "test_data.df"):
-        pd.DataFrame(rows, columns=["seq", "len_seq", "next"]).to_pickle(folder / name)
+    for stem in ("train_data", "val_data", "test_data"):
+        frame = pd.DataFrame(rows, columns=["seq", "len_seq", "next"])
+        if suffix == ".df":
+            frame.to_pickle(folder / f"{stem}.df")
+        else:
+            write_split_text(frame, str(folder / f"{stem}.tsv"))
 
 
 def test_small_conversion_and_padding(tmp_path):
@@ -223,3 +228,91 @@ def test_a_damaged_split_file_is_named_and_nothing_is_written(tmp_path, damage):
     with pytest.raises(InputError, match=message):
         prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_split_holds_the_authors_pickles_row_for_row(lastfm_source, shared_data_dir):
+    """data/lastfm-source (text) against the LLaRA pickles it was exported from: every row, every field."""
+    for split, text_path in split_paths(lastfm_source).items():
+        assert text_path.endswith(".tsv"), "the repository ships text, no pickle"
+        pickle_path = split_paths(os.path.join(shared_data_dir, "lastfm"), (".df",))[split]
+        shipped, original = read_split(text_path), read_split(pickle_path)
+        assert len(shipped) == len(original) > 0
+        for column in ("seq", "len_seq", "next"):
+            assert [np.asarray(value).tolist() for value in shipped[column]] == \
+                [np.asarray(value).tolist() for value in original[column]], (split, column)
+    with open(os.path.join(shared_data_dir, "lastfm", "id2name.txt"), "rb") as original:
+        assert (open(os.path.join(lastfm_source, "id2name.txt"), "rb").read() == original.read())
+
+
+def test_text_and_pickle_splits_convert_to_the_same_records(tmp_path):
+    pad = 5
+    rows = [([0, 1, 2, pad], 3, 3), ([pad, pad, pad, pad], 1, 0), ([1, 2, 3, pad], 3, 0)]
+    write_llara(tmp_path / "pickles", rows)
+    write_llara(tmp_path / "text", rows, suffix=".tsv")
+    for source in ("pickles", "text"):
+        prepare(str(tmp_path / source), str(tmp_path / f"out-{source}"), num_negatives=1, audit=False)
+    for split in ("train", "valid", "test"):
+        assert (tmp_path / "out-text" / f"{split}.json").read_text() == (tmp_path / "out-pickles" / f"{split}.json").read_text()
+
+
+def test_to_text_round_trips_ids_and_rating_pairs_and_keeps_the_title_file(tmp_path):
+    """MovieLens' (id, rating) pairs, padding anywhere and an empty seq survive the export unchanged."""
+    source = tmp_path / "movielens"
+    source.mkdir()
+    (source / "u.item").write_bytes("1|Café (1995)|x\n2|B (1990)|x\n".encode("latin-1"))
+    frames = {"train_data.df": pd.DataFrame({"seq": [[(0, 4), (1, 3), (2, 0)], []], "len_seq": [2, 0],
+                                             "next": [(1, 5), (0, 1)]}),
+              "Val_data.df": pd.DataFrame({"seq": [[2, 0, 2]], "len_seq": [1], "next": [1]}),
+              "Test_data.df": pd.DataFrame({"seq": [[0, 1]], "len_seq": [2], "next": [0]})}
+    for name, frame in frames.items():
+        frame.to_pickle(source / name)
+    counts = to_text(str(source), str(tmp_path / "text"))
+    assert counts == {"train_data.tsv": 2, "Val_data.tsv": 1, "Test_data.tsv": 1}
+    assert (tmp_path / "text" / "u.item").read_bytes() == (source / "u.item").read_bytes()
+    assert (tmp_path / "text" / "train_data.tsv").read_text() == "seq\tlen_seq\tnext\n0,4 1,3 2,0\t2\t1,5\n\t0\t0,1\n"
+    for name, frame in frames.items():
+        again = read_split(str(tmp_path / "text" / name.replace(".df", ".tsv")))
+        for column in ("seq", "len_seq", "next"):
+            assert [np.asarray(value).tolist() for value in again[column]] == \
+                [np.asarray(value).tolist() for value in frame[column]]
+
+
+def test_a_text_split_is_read_before_a_pickle_of_the_same_split(tmp_path):
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)])
+    write_split_text(pd.DataFrame({"seq": [[0, 1, 2, 5]], "len_seq": [3], "next": [4]}),
+                     str(tmp_path / "src" / "train_data.tsv"))
+    assert split_paths(str(tmp_path / "src"))["train"].endswith("train_data.tsv")
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1, audit=False)
+    assert load_records(str(tmp_path / "out" / "train.json"))[0].target == "E"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("0 1 x\t3\t4", r"line 3: field 'seq': 'x' is not an id"),
+    ("0 1 2\tthree\t4", r"line 3: field 'len_seq': 'three' is not a count"),
+    ("0 1 2\t3\t4,5,6", r"line 3: field 'next': '4,5,6' is not an id"),
+    ("0 1 2\t3", r"line 3: expected 3 tab-separated fields \(seq, len_seq, next\), got 2"),
+])
+def test_a_bad_line_of_a_text_split_is_named_and_nothing_is_written(tmp_path, line, message):
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)], suffix=".tsv")
+    path = tmp_path / "src" / "val_data.tsv"
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(InputError, match="val_data.tsv: " + message):
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_text_split_names_the_line_of_an_unknown_id_and_checks_its_header(tmp_path):
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3), ([0, 1, 2, 5], 3, 42)], suffix=".tsv")
+    with pytest.raises(InputError, match=r"train_data.tsv: row 1 \(line 3\): field 'next': unknown item id 42"):
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    path = tmp_path / "src" / "train_data.tsv"
+    path.write_text("history\tnext\n" + path.read_text().split("\n", 1)[1])
+    with pytest.raises(InputError, match=r"train_data.tsv: line 1: expected the header 'seq\\tlen_seq\\tnext'"):
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+
+
+def test_a_missing_split_file_names_both_forms(tmp_path):
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)])
+    os.remove(tmp_path / "src" / "test_data.df")
+    with pytest.raises(InputError, match=r"no test split: expected test_data.tsv or Test_data.tsv or test_data.df"):
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)

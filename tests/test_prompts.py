@@ -1,5 +1,7 @@
 """trainer/prompts.py: templates, prompt building within a token budget, and tokenization."""
 
+import os
+
 import pytest
 
 from trainer.data import TITLE_SEPARATOR, Record
@@ -84,11 +86,11 @@ def test_supervised_example_masks_the_prompt_and_ends_with_eos(tokenizer):
     assert tokenizer.decode(example["input_ids"][prompt_length:-1]) == " Genesis P-Orridge"
 
 
-def test_separate_tokenization_equals_joint_for_every_lastfm_title(tokenizer, shared_data_dir):
+def test_separate_tokenization_equals_joint_for_every_lastfm_title(tokenizer, lastfm_source):
     """Prompt and answer tokenized apart give the same ids as the joined text, for every title."""
     prompt = "Choose one. " + ANSWER_CUE
     prompt_ids = encode_prompt(tokenizer, prompt)
-    with open(f"{shared_data_dir}/lastfm/id2name.txt", encoding="utf-8") as handle:
+    with open(os.path.join(lastfm_source, "id2name.txt"), encoding="utf-8") as handle:
         titles = [line.rstrip("\n").split("::", 1)[1] for line in handle if line.strip()]
     mismatched = [
         title for title in titles

@@ -14,7 +14,7 @@ The way LLaRA builds its LastFM, Steam and MovieLens sets, from a log instead of
              times are validation, after the (1 - test) quantile test: training never sees the
              future of a validation or test target, the usual leakage-free split (default);
        user  a seeded --valid_fraction / --test_fraction of the users with all their windows;
-  5. write the LLaRA layout (id2name.txt, train_data.df, val_data.df, test_data.df, with seq
+  5. write the LLaRA layout (id2name.txt, train_data.tsv, val_data.tsv, test_data.tsv as text, with seq
      right-padded by the id len(items) as LLaRA's files are) into --llara_dir, then convert it with
      data/prepare.py: rows with fewer than --min_history items are dropped and each record gets
      --num_negatives negatives, drawn uniformly from the items outside its history (--negative_draw
@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from trainer.errors import InputError
-from trainer.llara_layout import ID_SEPARATOR, SPLITS, movielens_title, prepare
+from trainer.llara_files import SPLIT_STEMS, TEXT_SUFFIX, write_split_text
+from trainer.llara_layout import ID_SEPARATOR, movielens_title, prepare
 from trainer.outputs import save_run_config, write_text_atomically
 
 logger = logging.getLogger("prepare_log")
@@ -215,7 +216,7 @@ def prepare_log(
         interactions: The log: CSV (.csv), other delimited text (tab unless --separator) or JSON lines (.jsonl).
         items: The item-title table, read the same way (MovieLens' u.item: --items_separator '|').
         output_dir: Folder for train.json, valid.json, test.json and run_config.json.
-        llara_dir: Folder for the LLaRA layout (id2name.txt and *_data.df); default OUTPUT_DIR/llara.
+        llara_dir: Folder for the LLaRA layout (id2name.txt and *_data.tsv, text); default OUTPUT_DIR/llara.
         user_column: The log's user column.
         item_column: The log's item column (ids as in the title table's --item_id_column).
         time_column: The log's time column, or several compared in order ("year,month,day").
@@ -311,11 +312,11 @@ def prepare_log(
     os.makedirs(llara_dir, exist_ok=True)
     write_text_atomically("".join(f"{index}{ID_SEPARATOR}{titles[item]}\n" for index, item in enumerate(item_keys)),
                           os.path.join(llara_dir, "id2name.txt"))
-    for name, file_names in SPLITS.items():
+    for name, stems in SPLIT_STEMS.items():
         chosen = split_of == name
         frame = pd.DataFrame({"seq": found.histories[chosen].tolist(), "len_seq": found.lengths[chosen],
                               "next": found.targets[chosen]})
-        frame.to_pickle(os.path.join(llara_dir, file_names[0]))
+        write_split_text(frame, os.path.join(llara_dir, stems[0] + TEXT_SUFFIX))
     records = prepare(llara_dir, output_dir, num_negatives=num_negatives, min_history=min_history,
                       padding_id=padding_id, negative_draw=negative_draw, seed=seed, audit=audit)
     counts = {"interactions": len(log), "users": len(set(users.tolist())), "items": len(item_keys),

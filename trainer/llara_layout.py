@@ -6,9 +6,10 @@ Input folder (the layout LLaRA and the S-DPO paper use, for LastFM, Steam and Mo
                                       reads them, ids count from 0 (id - 1), the year is dropped and a
                                       trailing article comes first ("Usual Suspects, The (1995)" ->
                                       "The Usual Suspects")
-    train_data.df, val_data.df (or Val_data.df), test_data.df (or Test_data.df)
-                                      pandas DataFrames (pickle) with columns seq (item ids, padded;
-                                      MovieLens: (id, rating) pairs), len_seq, next (id or pair)
+    train_data.tsv, val_data.tsv (or Val_data.tsv), test_data.tsv (or Test_data.tsv)
+                                      the splits as plain text (trainer/llara_files.py), or LLaRA's own
+    train_data.df, val_data.df, ...   pandas DataFrames (pickle); either way the columns seq (item ids,
+                                      padded; MovieLens: (id, rating) pairs), len_seq, next (id or pair)
 
 Output folder:
     train.json, valid.json, test.json lists of {"historyList", "itemList", "trueSelection"}
@@ -29,10 +30,10 @@ Either way, rows with len_seq < --min_history (LLaRA: 3) are dropped and the his
 non-padding ids of seq, in order. The converted folder is then audited for leaks (trainer/audit.py:
 audit.json and audit.md beside the records; a warning names each leak flagged).
 
-Pickle runs code when loaded: only convert files you trust.
+Pickle runs code when loaded: only convert pickles you trust (the text files run nothing).
 
 Usage:
-    python data/prepare.py --source ../shared/data/lastfm --output_dir data/lastfm
+    python data/prepare.py --source data/lastfm-source --output_dir data/lastfm
 """
 
 import json
@@ -47,15 +48,13 @@ import pandas as pd
 
 from trainer.data import HISTORY_SEPARATOR, prompt_safe_title, prompt_safety_problem
 from trainer.errors import InputError
+from trainer.llara_files import TEXT_FIRST_ROW_LINE, TEXT_SUFFIX, TITLE_FILES, read_split, split_paths
 from trainer import audit as leak_audit
 from trainer.outputs import save_run_config, stage_json_list
 
 logger = logging.getLogger("prepare")
 
-# Each split's file names, as LLaRA's loaders spell them (LastFM lower case, MovieLens and Steam capitalised).
-SPLITS = {"train": ("train_data.df",), "valid": ("val_data.df", "Val_data.df"), "test": ("test_data.df", "Test_data.df")}
 ID_SEPARATOR = "::"
-TITLE_FILES = ("id2name.txt", "u.item")
 NEGATIVE_DRAWS = ("independent", "llara")
 RENAMED_DRAWS = {"fast": "independent"}  # old name -> new name, refused with a pointer
 CHUNK_ROWS = 50_000  # rows converted together: array operations, yet flat memory whatever a split's size
@@ -331,6 +330,11 @@ def distinct_per_row(positions: np.ndarray) -> np.ndarray:
     return (ordered[:, 1:] != ordered[:, :-1]).sum(axis=1) + 1 - (ordered[:, 0] < 0)
 
 
+def row_name(source_name: str, row: int) -> str:
+    """A DataFrame row as an error message names it: `row 7`, and in a text split file its line too."""
+    return f"row {row} (line {row + TEXT_FIRST_ROW_LINE})" if source_name.endswith(TEXT_SUFFIX) else f"row {row}"
+
+
 def convert_split(
     frame: pd.DataFrame,
     titles: dict[int, str],
@@ -372,7 +376,7 @@ def convert_split(
             first = unknown.argmax()
             field, value = (("seq", seq[first][unknown_in_history[first]][0]) if unknown_in_history[first].any()
                             else ("next", next_ids[first]))
-            raise InputError(f"{source_name}: row {rows[first]}: field '{field}': unknown item id {value}")
+            raise InputError(f"{source_name}: {row_name(source_name, rows[first])}: field '{field}': unknown item id {value}")
         history = np.where(in_history, history, -1)
 
         if negative_draw == "llara":
@@ -384,7 +388,7 @@ def convert_split(
             available = len(catalogue.ids) - distinct_per_row(excluded)
             if (available < num_negatives).any():
                 first = (available < num_negatives).argmax()
-                raise InputError(f"{source_name}: row {rows[first]}: --num_negatives {num_negatives}: only "
+                raise InputError(f"{source_name}: {row_name(source_name, rows[first])}: --num_negatives {num_negatives}: only "
                                  f"{available[first]} items are left to draw from")
             record_seeds = splitmix64(split_seed, rows.astype(np.uint64))
             candidates = independent_candidates(excluded, targets, len(catalogue.ids), num_negatives, record_seeds)
@@ -408,17 +412,6 @@ def convert_split(
                    f'"trueSelection": "{target_titles[index]}"}}')
 
 
-def read_frame(path: str) -> pd.DataFrame:
-    """A LLaRA split file: a pickled DataFrame; a truncated or foreign file is an error naming it."""
-    try:
-        frame = pd.read_pickle(path)
-    except Exception as error:  # pickle raises many kinds for a damaged file
-        raise InputError(f"{path}: not a readable pickled DataFrame ({type(error).__name__}: {error})") from None
-    if not isinstance(frame, pd.DataFrame):
-        raise InputError(f"{path}: holds a {type(frame).__name__}, not a DataFrame")
-    return frame
-
-
 def prepare(
     source: str,
     output_dir: str,
@@ -432,7 +425,7 @@ def prepare(
     """Convert a LLaRA-layout folder into train.json, valid.json and test.json, then audit them for leaks.
 
     Args:
-        source: Folder holding id2name.txt (or MovieLens' u.item) and {train,val,test}_data.df.
+        source: Folder holding id2name.txt (or MovieLens' u.item) and the train, val and test splits, as text (*_data.tsv) or pickles (*_data.df).
         output_dir: Folder to write train.json, valid.json, test.json and run_config.json (these flags) into (created if missing).
         num_negatives: Negatives per record; the record has num_negatives + 1 candidates.
         min_history: Keep rows whose len_seq is at least this (LLaRA uses 3).
@@ -452,12 +445,7 @@ def prepare(
         raise InputError(f"--negative_draw must be one of {NEGATIVE_DRAWS}, got {negative_draw!r}")
     titles, _ = load_item_titles(source)
     padding_id = len(titles) if padding_id is None else padding_id
-    split_files = {}
-    for split, file_names in SPLITS.items():
-        paths = [os.path.join(source, file_name) for file_name in file_names]
-        split_files[split] = next((path for path in paths if os.path.isfile(path)), None)
-        if split_files[split] is None:
-            raise InputError(f"{paths[0]}: file not found")
+    split_files = split_paths(source)
     # Every split is staged in a temporary file and renamed into place only when all converted, so
     # bad input leaves the output folder as it was; records stream through, never all in memory.
     created = not os.path.isdir(output_dir)
@@ -466,7 +454,7 @@ def prepare(
     try:
         for split_number, (split, path) in enumerate(split_files.items()):
             split_seed = splitmix64(np.uint64(seed), np.uint64(split_number))
-            records = convert_split(read_frame(path), titles, padding_id, num_negatives, min_history, path,
+            records = convert_split(read_split(path), titles, padding_id, num_negatives, min_history, path,
                                     negative_draw, split_seed)
             staged[split] = stage_json_list(records, output_dir)
     except BaseException:

@@ -12,7 +12,7 @@
 #   CLEAN_DIR      the clean split (data/lastfm)
 #   OUT            where every run goes: OUT/<training split>-hints<True|False>/<sft|dpo|sdpo>/eval-<split>/
 #   VALID_SAMPLES  validation prompts, a sample seeded by 0 (200)
-#   LASTFM_SOURCE  the LLaRA-layout LastFM folder the splits are converted from ($SHARED_DATA_DIR/lastfm)
+#   LASTFM_SOURCE  the LLaRA-layout LastFM folder the splits are converted from (data/lastfm-source)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTHORS_DIR=${AUTHORS_DIR:-data/lastfm-llara}
@@ -58,7 +58,7 @@ for split in authors clean; do
     if [[ ! -f ${SPLIT_DIRS[$split]}/valid.json ]]; then
         draw=independent
         [[ $split == authors ]] && draw=llara
-        python data/prepare.py --source "${LASTFM_SOURCE:-${SHARED_DATA_DIR:-../shared/data}/lastfm}" \
+        python data/prepare.py --source "${LASTFM_SOURCE:-data/lastfm-source}" \
             --output_dir "${SPLIT_DIRS[$split]}" --negative_draw "$draw"
     fi
 done
