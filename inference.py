@@ -49,7 +49,7 @@ def inference(flags: InferenceFlags) -> None:
     """Generate one greedy answer per test prompt and score it against the candidates."""
     config = dataclasses.asdict(flags)
     records = load_records(flags.test_file)
-    indices = select_indices(len(records), flags.max_samples, flags.seed)
+    indices = select_indices(len(records), flags.max_samples, flags.sample_seed)
     records = [records[index] for index in indices]
 
     check_output_dir(flags.output_dir)

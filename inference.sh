@@ -4,30 +4,26 @@
 # `bash reproduce.sh`, sized by PROFILE (cpu unless set; the profiles are in reproduce.sh --help).
 # Settings are variables, each overridable from the environment; extra flags go to inference.py:
 #   ADAPTER= bash inference.sh                      # the base model alone
-#   MAX_SAMPLES= bash inference.sh                  # the whole test split
-# Defaults in parentheses: the profile's setting of that name, then the cpu profile's value.
+#   EVAL_MAX_SAMPLES= bash inference.sh             # the whole test split
 #
-#   PROFILE        cpu, gpu or paper (cpu)
+#   PROFILE        cpu, gpu, paper (configs/profiles/) or a profile file of your own (cpu)
+#   EVAL_<FLAG>    inference.py's --<flag>; the profile sets EVAL_MAX_SAMPLES (test records, a fixed
+#                  seeded sample; empty for all), EVAL_SAMPLE_SEED (its seed), EVAL_BATCH_SIZE (prompts
+#                  generated, and their candidates scored, together by one process) and
+#                  EVAL_SCORE_CANDIDATES (also rank the candidates by log-probability: ranking metrics)
+#   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
+#   HINTS, HINT_RECENCY  True: every prompt names the candidates that most often followed its history
+#                  in DATA_DIR/train.json, as for a model trained with the same hints
 #   NUM_PROCESSES  processes, each evaluating its share of the prompts: one per GPU, or processes
 #                  sharing the CPUs where there is no GPU (1)
 #   ACCELERATE_CONFIG  an accelerate configuration (configs/accelerate/) or a file; unset: plain processes
 #   MODEL_NAME     base model: embedded-smollm2, a model folder or a hub id (embedded-smollm2)
-#   ADAPTER        LoRA adapter folder; empty for the base model (output/sft, what sft.sh writes)
 #   NEGATIVE_DRAW  LastFM candidates: independent of the true item, or llara (the S-DPO authors',
 #                  which give the true item away; DATA_DIR then defaults to data/lastfm-llara) (independent)
 #   DATA_DIR       folder holding test.json; prepared from data/lastfm-source if missing (data/lastfm)
+#   DOMAIN         the prompts' wording, as the model was trained (what DATA_DIR's converter recorded, else music)
 #   OUTPUT_DIR     where metrics.json and predictions.jsonl go (output/eval)
-#   MAX_SAMPLES    test records evaluated, a fixed seeded sample; empty for all (EVAL_SAMPLES: 500,
-#                  about 4.5 minutes on 2 CPU cores)
-#   SAMPLE_SEED    seed of that sample (0)
-#   BATCH_SIZE     prompts generated (and their candidates scored) together by one process
-#                  (EVAL_BATCH_SIZE: 16)
-#   SCORE_CANDIDATES  also rank the candidates by log-probability, True or False (SCORE_CANDIDATES:
-#                  False; about 1.7x the evaluation time of a trained model on a CPU, bench/README.md)
-#   HINTS          True: every prompt names the candidates that most often followed its history in
-#                  DATA_DIR/train.json, as for a model trained with HINTS=True (True)
-#   HINT_RECENCY   weight of a history title in the hint by recency, as the model was trained
-#                  (HINT_RECENCY: 0.5)
+# The profiles' values: `bash reproduce.sh --help`.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
@@ -35,9 +31,6 @@ source scripts/common.sh
 set_shared_settings
 ADAPTER=${ADAPTER-output/sft}
 OUTPUT_DIR=${OUTPUT_DIR:-output/eval}
-MAX_SAMPLES=${MAX_SAMPLES-$EVAL_SAMPLES}
-SAMPLE_SEED=${SAMPLE_SEED:-0}
-BATCH_SIZE=${BATCH_SIZE:-$EVAL_BATCH_SIZE}
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
     show_help "$(basename "$0")" inference.py
@@ -45,23 +38,19 @@ if [[ ${1:-} == --help || ${1:-} == -h ]]; then
 fi
 
 ensure_lastfm_data "$DATA_DIR"
+set_domain
 set_hint_flags
+stage_flags EVAL
 adapter_flag=()
 if [[ -n $ADAPTER ]]; then
     adapter_flag=(--adapter "$ADAPTER")
 fi
-sample_flag=()
-if [[ -n $MAX_SAMPLES ]]; then
-    sample_flag=(--max_samples "$MAX_SAMPLES")
-fi
 launch inference.py \
     --model_name "$MODEL_NAME" \
+    --domain "$DOMAIN" \
     "${adapter_flag[@]}" \
     --test_file "$DATA_DIR/test.json" \
     --output_dir "$OUTPUT_DIR" \
-    "${sample_flag[@]}" \
-    --seed "$SAMPLE_SEED" \
-    --batch_size "$BATCH_SIZE" \
-    --score_candidates "$SCORE_CANDIDATES" \
     "${hint_flags[@]}" \
+    "${stage_flag_list[@]}" \
     "$@"

@@ -14,57 +14,109 @@ print_header() {
     echo
 }
 
-# Sets every profile setting the environment leaves unset to the value of profile $1 (cpu, gpu or
-# paper; `bash reproduce.sh --help` shows the table). reproduce.sh reads them all; sft.sh,
-# softmax_dpo.sh and inference.sh take their defaults from their own stage's settings (PROFILE=cpu
-# unless set), so a stage script run alone runs that stage of `bash reproduce.sh`. The one place
-# these sizes are written.
-set_profile_defaults() {
-    local defaults
-    case $1 in
-        cpu) defaults=(256 1 3e-4 4 4 100 0 64 128 1 3e-4 8 2 32 500 16 False True False 0.5 0 0) ;;
-        gpu) defaults=("" 1 3e-4 64 64 500 0 64 4096 1 3e-4 32 32 500 "" 64 True True False 0.5 120 30) ;;
-        paper) defaults=("" 5 1e-5 128 4 500 0.1 32 "" 3 1e-5 128 4 500 "" 16 True False True 1 0 0) ;;
-        *) echo "error: PROFILE must be cpu, gpu or paper, got '$1'" >&2; exit 2 ;;
-    esac
-    # `-` keeps a setting set to empty (all records); `:-` fills an empty one.
-    SFT_SAMPLES=${SFT_SAMPLES-${defaults[0]}}
-    SFT_EPOCHS=${SFT_EPOCHS:-${defaults[1]}}
-    SFT_LEARNING_RATE=${SFT_LEARNING_RATE:-${defaults[2]}}
-    SFT_EFFECTIVE_BATCH=${SFT_EFFECTIVE_BATCH:-${defaults[3]}}
-    SFT_BATCH_SIZE=${SFT_BATCH_SIZE:-${defaults[4]}}
-    SFT_VALID_SAMPLES=${SFT_VALID_SAMPLES:-${defaults[5]}}
-    SFT_LORA_DROPOUT=${SFT_LORA_DROPOUT:-${defaults[6]}}
-    SFT_LORA_ALPHA=${SFT_LORA_ALPHA:-${defaults[7]}}
-    PREF_SAMPLES=${PREF_SAMPLES-${defaults[8]}}
-    PREF_EPOCHS=${PREF_EPOCHS:-${defaults[9]}}
-    PREF_LEARNING_RATE=${PREF_LEARNING_RATE:-${defaults[10]}}
-    PREF_EFFECTIVE_BATCH=${PREF_EFFECTIVE_BATCH:-${defaults[11]}}
-    PREF_BATCH_SIZE=${PREF_BATCH_SIZE:-${defaults[12]}}
-    PREF_VALID_SAMPLES=${PREF_VALID_SAMPLES:-${defaults[13]}}
-    EVAL_SAMPLES=${EVAL_SAMPLES-${defaults[14]}}
-    EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-${defaults[15]}}
-    SCORE_CANDIDATES=${SCORE_CANDIDATES:-${defaults[16]}}
-    HINTS=${HINTS:-${defaults[17]}}
-    SELECT_BEST=${SELECT_BEST:-${defaults[18]}}
-    HINT_RECENCY=${HINT_RECENCY:-${defaults[19]}}
-    SFT_MAX_SECONDS=${SFT_MAX_SECONDS:-${defaults[20]}}
-    PREF_MAX_SECONDS=${PREF_MAX_SECONDS:-${defaults[21]}}
-    local setting
-    for setting in SCORE_CANDIDATES HINTS SELECT_BEST; do
-        if [[ ${!setting} != True && ${!setting} != False ]]; then
-            echo "error: $setting must be True or False, got '${!setting}'" >&2
+# The profiles: configs/profiles/NAME.env, one `NAME=value  # why` a line (configs/profiles/README.md).
+# A stage's settings are named after its flags: SFT_<FLAG> for sft.py, PREF_<FLAG> for dpo.py and
+# softmax_dpo.py, EVAL_<FLAG> for inference.py, BASELINE_<FLAG> for trainer.baselines (stage_flags).
+PROFILES_DIR=configs/profiles
+STAGE_PREFIXES=(SFT PREF EVAL BASELINE)
+
+# Sets each setting of profile $1 (a name in configs/profiles, or a file) that the environment leaves
+# unset; one the environment sets, even to empty, is kept. The one reader of the profile files.
+load_profile() {
+    local file=$1
+    if [[ ! -f $file ]]; then
+        file=$PROFILES_DIR/$1.env
+    fi
+    if [[ ! -f $file ]]; then
+        echo "error: PROFILE must name a file or one of: $(profile_names) ($PROFILES_DIR), got '$1'" >&2
+        exit 2
+    fi
+    local line number=0 name
+    while IFS= read -r line || [[ -n $line ]]; do
+        number=$(( number + 1 ))
+        line=${line%%#*}
+        line=${line%"${line##*[![:space:]]}"}
+        if [[ -z $line ]]; then
+            continue
+        fi
+        if [[ ! $line =~ ^([A-Z][A-Z0-9_]*)=([^[:space:]]*)$ ]]; then
+            echo "error: $file: line $number: expected NAME=value (no spaces in the value), got '$line'" >&2
+            exit 2
+        fi
+        name=${BASH_REMATCH[1]}
+        if [[ -z ${!name+set} ]]; then
+            printf -v "$name" '%s' "${BASH_REMATCH[2]}"
+        fi
+    done < "$file"
+}
+
+# The profiles' names, from the files in configs/profiles.
+profile_names() {
+    local file names=()
+    for file in "$PROFILES_DIR"/*.env; do
+        names+=("$(basename "$file" .env)")
+    done
+    echo "${names[*]}"
+}
+
+# Prints the profiles side by side, a setting a line, in the order of the first profile's file.
+profile_table() {
+    local files=("$PROFILES_DIR"/cpu.env "$PROFILES_DIR"/gpu.env "$PROFILES_DIR"/paper.env)
+    awk -F'=' '
+        FNR == 1 { column++; header[column] = FILENAME; sub(/.*\//, "", header[column]); sub(/\.env$/, "", header[column]) }
+        { sub(/#.*/, ""); gsub(/[ \t]+$/, "") }
+        /^[A-Z][A-Z0-9_]*=/ { if (!($1 in seen)) { seen[$1] = 1; order[++names] = $1 } value[$1, column] = ($2 == "" ? "-" : $2) }
+        END {
+            printf "  %-27s", "setting"; for (c = 1; c <= column; c++) printf " %-12s", header[c]; print ""
+            for (n = 1; n <= names; n++) {
+                printf "  %-27s", order[n]; for (c = 1; c <= column; c++) printf " %-12s", value[order[n], c]; print ""
+            }
+        }' "${files[@]}"
+}
+
+# Old names of settings, each refused with its new one. A setting is named after its stage's flag
+# (configs/profiles/README.md).
+RENAMED_SETTINGS=(
+    SFT_SAMPLES=SFT_MAX_TRAIN_SAMPLES SFT_EPOCHS=SFT_NUM_TRAIN_EPOCHS SFT_EFFECTIVE_BATCH=SFT_EFFECTIVE_BATCH_SIZE
+    SFT_VALID_SAMPLES=SFT_MAX_VALID_SAMPLES SFT_MAX_SECONDS=SFT_MAX_TRAIN_SECONDS
+    PREF_SAMPLES=PREF_MAX_TRAIN_SAMPLES PREF_EPOCHS=PREF_NUM_TRAIN_EPOCHS PREF_EFFECTIVE_BATCH=PREF_EFFECTIVE_BATCH_SIZE
+    PREF_VALID_SAMPLES=PREF_MAX_VALID_SAMPLES PREF_MAX_SECONDS=PREF_MAX_TRAIN_SECONDS
+    EVAL_SAMPLES=EVAL_MAX_SAMPLES SAMPLE_SEED=EVAL_SAMPLE_SEED SCORE_CANDIDATES=EVAL_SCORE_CANDIDATES
+    SELECT_BEST="SFT_SELECT_BEST and PREF_SELECT_BEST" BETA=PREF_BETA NEG_NUM=PREF_NEG_NUM LOSS_TYPE=PREF_LOSS_TYPE
+    NEGATIVES=PREF_NEGATIVES
+    MAX_TRAIN_SAMPLES="SFT_MAX_TRAIN_SAMPLES or PREF_MAX_TRAIN_SAMPLES"
+    MAX_VALID_SAMPLES="SFT_MAX_VALID_SAMPLES or PREF_MAX_VALID_SAMPLES"
+    EPOCHS="SFT_NUM_TRAIN_EPOCHS or PREF_NUM_TRAIN_EPOCHS"
+    EFFECTIVE_BATCH_SIZE="SFT_EFFECTIVE_BATCH_SIZE or PREF_EFFECTIVE_BATCH_SIZE"
+    BATCH_SIZE="SFT_BATCH_SIZE, PREF_BATCH_SIZE or EVAL_BATCH_SIZE"
+    LEARNING_RATE="SFT_LEARNING_RATE or PREF_LEARNING_RATE"
+    MAX_TRAIN_SECONDS="SFT_MAX_TRAIN_SECONDS or PREF_MAX_TRAIN_SECONDS"
+    LORA_DROPOUT=SFT_LORA_DROPOUT LORA_ALPHA=SFT_LORA_ALPHA MAX_SAMPLES=EVAL_MAX_SAMPLES
+    GRAD_ACCUM="SFT_EFFECTIVE_BATCH_SIZE or PREF_EFFECTIVE_BATCH_SIZE (the accumulation follows from it)"
+)
+
+refuse_renamed_settings() {
+    local renamed old
+    for renamed in "${RENAMED_SETTINGS[@]}"; do
+        old=${renamed%%=*}
+        if [[ -n ${!old+set} ]]; then
+            echo "error: $old is now called ${renamed#*=} (configs/profiles/README.md)" >&2
             exit 2
         fi
     done
 }
 
 # Sets the settings every stage script and reproduce.sh share, each kept where the environment sets
-# it: PROFILE (cpu) and its defaults, NUM_PROCESSES (1), MODEL_NAME (embedded-smollm2), NEGATIVE_DRAW
-# (independent), DATA_DIR (data/lastfm; data/lastfm-llara for NEGATIVE_DRAW=llara) and SEED (42).
+# it: PROFILE (cpu) and its settings, NUM_PROCESSES (1), MODEL_NAME (embedded-smollm2), NEGATIVE_DRAW
+# (independent), DATA_DIR (data/lastfm; data/lastfm-llara for NEGATIVE_DRAW=llara).
 set_shared_settings() {
+    refuse_renamed_settings
     PROFILE=${PROFILE:-cpu}
-    set_profile_defaults "$PROFILE"
+    load_profile "$PROFILE"
+    if [[ $HINTS != True && $HINTS != False ]]; then
+        echo "error: HINTS must be True or False, got '$HINTS'" >&2
+        exit 2
+    fi
     NUM_PROCESSES=${NUM_PROCESSES:-1}
     MODEL_NAME=${MODEL_NAME:-embedded-smollm2}
     NEGATIVE_DRAW=${NEGATIVE_DRAW:-independent}
@@ -74,22 +126,40 @@ set_shared_settings() {
         *) echo "error: NEGATIVE_DRAW must be independent or llara, got '$NEGATIVE_DRAW'" >&2; exit 2 ;;
     esac
     DATA_DIR=${DATA_DIR:-$LASTFM_DIR}
-    SEED=${SEED:-42}
 }
 
-# Sets the training settings sft.sh and softmax_dpo.sh share, each kept where the environment sets
-# it, from the profile settings of stage $1 (SFT or PREF): MAX_TRAIN_SAMPLES ($1_SAMPLES),
-# MAX_VALID_SAMPLES, EPOCHS, EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, MAX_TRAIN_SECONDS.
-set_training_stage_settings() {
-    local samples=$1_SAMPLES valid=$1_VALID_SAMPLES epochs=$1_EPOCHS effective=$1_EFFECTIVE_BATCH
-    local batch=$1_BATCH_SIZE rate=$1_LEARNING_RATE seconds=$1_MAX_SECONDS
-    MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-${!samples}}
-    MAX_VALID_SAMPLES=${MAX_VALID_SAMPLES:-${!valid}}
-    EPOCHS=${EPOCHS:-${!epochs}}
-    EFFECTIVE_BATCH_SIZE=${EFFECTIVE_BATCH_SIZE:-${!effective}}
-    BATCH_SIZE=${BATCH_SIZE:-${!batch}}
-    LEARNING_RATE=${LEARNING_RATE:-${!rate}}
-    MAX_TRAIN_SECONDS=${MAX_TRAIN_SECONDS:-${!seconds}}
+# Sets stage_flag_list to the flags of stage prefix $1's settings: each shell variable $1_NAME (from
+# the profile or the environment) becomes --name value, an empty one left out (the flag's default).
+# With $2 = training, $1_BATCH_SIZE and $1_EFFECTIVE_BATCH_SIZE become --batch_size and
+# --gradient_accumulation_steps (set_batch_layout).
+stage_flags() {
+    local prefix=$1 kind=${2:-} name setting
+    stage_flag_list=()
+    if [[ $kind == training ]]; then
+        set_batch_layout "$prefix"
+        stage_flag_list=(--batch_size "$layout_batch_size" --gradient_accumulation_steps "$layout_accumulation")
+    fi
+    for name in $(compgen -v "${prefix}_"); do
+        setting=${name#"${prefix}_"}
+        if [[ $kind == training && ( $setting == BATCH_SIZE || $setting == EFFECTIVE_BATCH_SIZE ) ]]; then
+            continue
+        fi
+        if [[ -n ${!name} ]]; then
+            stage_flag_list+=("--${setting,,}" "${!name}")
+        fi
+    done
+}
+
+# Prints NAME=value a line for the settings of stage prefix $1 but those named $2... (without the
+# prefix): reproduce.sh's record of what decides a stage's outputs.
+stage_settings() {
+    local prefix=$1 name
+    shift
+    for name in $(compgen -v "${prefix}_"); do
+        if [[ " $* " != *" ${name#"${prefix}_"} "* ]]; then
+            printf '%s=%s\n' "$name" "${!name}"
+        fi
+    done
 }
 
 # Converts the LastFM data (LLaRA layout) into DATA_DIR once, the candidates drawn by NEGATIVE_DRAW
@@ -106,7 +176,7 @@ ensure_lastfm_data() {
         fi
     elif [[ -f $data_dir/train.json && -f $data_dir/valid.json && -f $data_dir/test.json ]]; then
         local recorded
-        recorded=$(recorded_negative_draw "$data_dir")
+        recorded=$(recorded_setting "$data_dir" negative_draw)
         if [[ $recorded == "$NEGATIVE_DRAW" ]]; then
             return
         fi
@@ -121,11 +191,20 @@ ensure_lastfm_data() {
     python data/prepare.py --source "$source" --output_dir "$data_dir" --negative_draw "$NEGATIVE_DRAW"
 }
 
-# The --negative_draw a data folder's run_config.json records (data/prepare.py writes it), or nothing.
-recorded_negative_draw() {
+# The flag $2 a data folder's run_config.json records (data/prepare.py writes it), or nothing.
+recorded_setting() {
     local config=$1/run_config.json
     if [[ -f $config ]]; then
-        python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("negative_draw", ""))' "$config"
+        python -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$config" "$2"
+    fi
+}
+
+# Sets DOMAIN, the prompts' wording (music, movie, book or game), where the environment leaves it
+# unset: the --domain DATA_DIR's converter recorded (data/prepare.py, data/prepare_log.py), else music.
+set_domain() {
+    if [[ -z ${DOMAIN:-} ]]; then
+        DOMAIN=$(recorded_setting "$DATA_DIR" domain)
+        DOMAIN=${DOMAIN:-music}
     fi
 }
 
@@ -170,27 +249,34 @@ accelerate_config_file() {
     fi
 }
 
-# Sets BATCH_SIZE and GRAD_ACCUM so that one optimizer step sees EFFECTIVE_BATCH_SIZE prompts
-# whatever NUM_PROCESSES is: each process takes EFFECTIVE_BATCH_SIZE / NUM_PROCESSES of them, in
-# forward passes of the largest size up to BATCH_SIZE that divides its share, accumulated.
+# Sets layout_batch_size and layout_accumulation so that one optimizer step of stage prefix $1 sees
+# $1_EFFECTIVE_BATCH_SIZE prompts whatever NUM_PROCESSES is: each process takes its equal share, in
+# forward passes of the largest size up to $1_BATCH_SIZE that divides the share, accumulated.
 set_batch_layout() {
-    if [[ -n ${GRAD_ACCUM:-} ]]; then
-        echo "error: GRAD_ACCUM follows from EFFECTIVE_BATCH_SIZE, BATCH_SIZE and NUM_PROCESSES;" \
-            "set EFFECTIVE_BATCH_SIZE (prompts per optimizer step, all processes together) instead" >&2
+    local effective_name=$1_EFFECTIVE_BATCH_SIZE batch_name=$1_BATCH_SIZE
+    local effective=${!effective_name} batch=${!batch_name}
+    if [[ -n $(compgen -v "$1_GRADIENT_ACCUMULATION_STEPS") ]]; then
+        echo "error: $1_GRADIENT_ACCUMULATION_STEPS follows from $effective_name, $batch_name and NUM_PROCESSES;" \
+            "set $effective_name (prompts per optimizer step, all processes together) instead" >&2
         exit 2
     fi
-    if (( EFFECTIVE_BATCH_SIZE < 1 || BATCH_SIZE < 1 || EFFECTIVE_BATCH_SIZE % NUM_PROCESSES != 0 )); then
-        echo "error: EFFECTIVE_BATCH_SIZE=$EFFECTIVE_BATCH_SIZE prompts per optimizer step cannot be shared" \
+    if [[ ! $effective =~ ^[0-9]+$ || ! $batch =~ ^[0-9]+$ ]] || (( effective < 1 || batch < 1 )); then
+        echo "error: $effective_name and $batch_name must be whole numbers of prompts, at least 1; got" \
+            "'$effective' and '$batch'" >&2
+        exit 2
+    fi
+    if (( effective % NUM_PROCESSES != 0 )); then
+        echo "error: $effective_name=$effective prompts per optimizer step cannot be shared" \
             "equally by NUM_PROCESSES=$NUM_PROCESSES processes: make it a multiple of $NUM_PROCESSES" >&2
         exit 2
     fi
-    local share=$(( EFFECTIVE_BATCH_SIZE / NUM_PROCESSES ))
-    local size=$(( BATCH_SIZE < share ? BATCH_SIZE : share ))
+    local share=$(( effective / NUM_PROCESSES ))
+    local size=$(( batch < share ? batch : share ))
     while (( share % size != 0 )); do
         size=$(( size - 1 ))
     done
-    BATCH_SIZE=$size
-    GRAD_ACCUM=$(( share / size ))
+    layout_batch_size=$size
+    layout_accumulation=$(( share / size ))
 }
 
 # Sets hint_flags from HINTS: with True, every prompt also names the candidates that other users
@@ -203,33 +289,25 @@ set_hint_flags() {
     fi
 }
 
-# Runs a training stage (sft.py, dpo.py or softmax_dpo.py) with the settings every stage script
-# defines (MODEL_NAME, DATA_DIR, OUTPUT_DIR, MAX_TRAIN_SAMPLES, MAX_VALID_SAMPLES, EPOCHS,
-# EFFECTIVE_BATCH_SIZE, BATCH_SIZE, LEARNING_RATE, MAX_TRAIN_SECONDS, SEED, HINTS), then the stage's
-# own flags and the user's, which come last and so override: launch_training_stage script [flag ...]
+# Runs a training stage (sft.py, dpo.py or softmax_dpo.py): the settings every stage script shares
+# (MODEL_NAME, DOMAIN, DATA_DIR, OUTPUT_DIR, SEED, the hints), then its settings (stage prefix $2: SFT or
+# PREF), then the script's own flags and the user's, which come last and so override:
+# launch_training_stage script prefix [flag ...]
 launch_training_stage() {
-    local python_script=$1
-    shift
+    local python_script=$1 prefix=$2
+    shift 2
     ensure_lastfm_data "$DATA_DIR"
+    set_domain
     set_hint_flags
-    set_batch_layout
-    local sample_flag=()
-    if [[ -n $MAX_TRAIN_SAMPLES ]]; then
-        sample_flag=(--max_train_samples "$MAX_TRAIN_SAMPLES")
-    fi
+    stage_flags "$prefix" training
     launch "$python_script" \
         --model_name "$MODEL_NAME" \
+        --domain "$DOMAIN" \
         --train_file "$DATA_DIR/train.json" \
         --valid_file "$DATA_DIR/valid.json" \
         --output_dir "$OUTPUT_DIR" \
-        "${sample_flag[@]}" \
-        --max_valid_samples "$MAX_VALID_SAMPLES" \
-        --num_train_epochs "$EPOCHS" \
-        --batch_size "$BATCH_SIZE" \
-        --gradient_accumulation_steps "$GRAD_ACCUM" \
-        --learning_rate "$LEARNING_RATE" \
-        --max_train_seconds "$MAX_TRAIN_SECONDS" \
         --seed "$SEED" \
         "${hint_flags[@]}" \
+        "${stage_flag_list[@]}" \
         "$@"
 }

@@ -69,7 +69,7 @@ def test_recent_history_titles_weigh_more_by_hand():
     hints = CollaborativeHints(statistics, size=3, exclude_own=False, recency=0.25)
     assert hints.titles(newest_x) == ["A", "B"]
     # Hard negatives weigh the history by the same recency: at recency 1 B would come first.
-    assert hints.hard_negatives(newest_x, 2) == ["A", "B"]
+    assert hints.hinted_negatives(newest_x, 2) == ["A", "B"]
     with pytest.raises(ValueError, match="a hint names at least one candidate, got size 0"):
         CollaborativeHints(statistics, size=0, exclude_own=False)
 
@@ -84,15 +84,15 @@ def test_hints_name_followed_candidates_best_first_and_stop_at_their_size():
     assert CollaborativeHints(statistics, size=3, exclude_own=False).titles(nothing_followed) == []
 
 
-def test_hard_negatives_are_the_highest_ranked_candidates_other_than_the_answer():
+def test_hinted_negatives_are_the_highest_ranked_candidates_other_than_the_answer():
     hints = CollaborativeHints(ItemStatistics(TRAINING), size=1, exclude_own=False)
     # After X and Z: B 3, A 2, then C and D at 0 (C more popular); the answer A is skipped.
     record = Record(history=("X", "Z"), candidates=("D", "C", "B", "A"), target="A")
-    assert hints.hard_negatives(record, 1) == ["B"]
-    assert hints.hard_negatives(record, 3) == ["B", "C", "D"]
+    assert hints.hinted_negatives(record, 1) == ["B"]
+    assert hints.hinted_negatives(record, 3) == ["B", "C", "D"]
     # Left out of its own counts, training record 2 (X, Y, Z -> B) scores A 3, B 4 - 3 = 1, C 1, D 0.
     own = CollaborativeHints(ItemStatistics(TRAINING), size=1, exclude_own=True)
-    assert own.hard_negatives(TRAINING[2], 2) == ["A", "C"]
+    assert own.hinted_negatives(TRAINING[2], 2) == ["A", "C"]
 
 
 def test_the_hint_sentence_sits_before_the_answer_cue_of_every_template():
@@ -158,7 +158,7 @@ def test_transitions_rule_answers_the_candidate_that_most_often_followed_the_his
                                                         "trueSelection": "A"}])
     for recency, answer in ((1.0, "B"), (0.25, "A")):
         rules(rule="transitions", train_file=train, test_file=recent, output_dir=str(tmp_path / f"r{recency}"),
-              recency=recency)
+              hint_recency=recency)
         assert json.loads((tmp_path / f"r{recency}" / "predictions.jsonl").read_text())["answer"] == answer
         assert load_hints(train, 1, recent, recency).titles(Record(("Z", "X"), CANDIDATES, "A")) == [answer]
     with pytest.raises(InputError, match="--rule: expected one of"):

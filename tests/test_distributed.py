@@ -33,7 +33,6 @@ WEIGHT_TOLERANCE = 1e-5
 
 def run_stage(script: str, processes: int, settings: dict, *flags: str) -> subprocess.CompletedProcess:
     env = os.environ | {"NUM_PROCESSES": str(processes)} | settings
-    env.pop("GRAD_ACCUM", None)
     completed = subprocess.run(["bash", script, *flags], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                                timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -71,8 +70,8 @@ def sft_runs(tiny_model_dir, data_dir, tmp_path_factory):
     sft(model_name=tiny_model_dir, train_file=str(data_dir / "train.json"), valid_file=str(data_dir / "valid.json"),
         output_dir=str(runs[1]), max_valid_samples=4, batch_size=1, gradient_accumulation_steps=4, **training)
     run_stage("sft.sh", 2, {"MODEL_NAME": tiny_model_dir, "DATA_DIR": str(data_dir), "OUTPUT_DIR": str(runs[2]),
-                            "MAX_TRAIN_SAMPLES": "", "MAX_VALID_SAMPLES": "4", "EFFECTIVE_BATCH_SIZE": "4",
-                            "BATCH_SIZE": "1", "ACCELERATE_CONFIG": "ddp", "HINTS": "False"},
+                            "SFT_MAX_TRAIN_SAMPLES": "", "SFT_MAX_VALID_SAMPLES": "4", "SFT_EFFECTIVE_BATCH_SIZE": "4",
+                            "SFT_BATCH_SIZE": "1", "ACCELERATE_CONFIG": "ddp", "HINTS": "False"},
               *(f"--{name}={value}" for name, value in training.items()))
     return runs
 
@@ -102,8 +101,9 @@ def test_two_processes_train_a_preference_stage_as_one_and_share_the_reference_p
                 valid_file=str(data_dir / "valid.json"), output_dir=str(runs[1]), max_valid_samples=4,
                 batch_size=1, gradient_accumulation_steps=4, **training)
     run_stage("softmax_dpo.sh", 2, {"MODEL_NAME": tiny_model_dir, "DATA_DIR": str(data_dir),
-                                    "ADAPTER": str(sft_runs[1]), "OUTPUT_DIR": str(runs[2]), "MAX_TRAIN_SAMPLES": "",
-                                    "MAX_VALID_SAMPLES": "4", "EFFECTIVE_BATCH_SIZE": "4", "BATCH_SIZE": "1",
+                                    "ADAPTER": str(sft_runs[1]), "OUTPUT_DIR": str(runs[2]),
+                                    "PREF_MAX_TRAIN_SAMPLES": "", "PREF_MAX_VALID_SAMPLES": "4",
+                                    "PREF_EFFECTIVE_BATCH_SIZE": "4", "PREF_BATCH_SIZE": "1",
                                     "HINTS": "False"},
               *(f"--{name}={value}" for name, value in training.items()))
     one, two = runs[1], runs[2]
@@ -119,8 +119,8 @@ def test_two_processes_evaluate_every_prompt_once_in_order(sft_runs, tiny_model_
     inference(model_name=tiny_model_dir, adapter=str(sft_runs[2]), test_file=str(data_dir / "test.json"),
               output_dir=str(outputs[1]), batch_size=2, max_new_tokens=6)
     run_stage("inference.sh", 2, {"MODEL_NAME": tiny_model_dir, "DATA_DIR": str(data_dir), "ADAPTER": str(sft_runs[2]),
-                                  "OUTPUT_DIR": str(outputs[2]), "MAX_SAMPLES": "", "BATCH_SIZE": "2", "HINTS": "False",
-                                  "SCORE_CANDIDATES": "True"},
+                                  "OUTPUT_DIR": str(outputs[2]), "EVAL_MAX_SAMPLES": "", "EVAL_BATCH_SIZE": "2",
+                                  "HINTS": "False", "EVAL_SCORE_CANDIDATES": "True"},
               "--max_new_tokens", "6")
     predictions = {processes: (folder / "predictions.jsonl").read_text() for processes, folder in outputs.items()}
     assert len(predictions[1].splitlines()) == 7 and predictions[1] == predictions[2]
@@ -131,12 +131,11 @@ def test_two_processes_evaluate_every_prompt_once_in_order(sft_runs, tiny_model_
     assert metrics[1] == metrics[2]
 
 
-def batch_layout(effective: int, most: int, processes: int) -> subprocess.CompletedProcess:
-    script = ("source scripts/common.sh; EFFECTIVE_BATCH_SIZE=$1 BATCH_SIZE=$2 NUM_PROCESSES=$3; "
-              "set_batch_layout; echo $BATCH_SIZE $GRAD_ACCUM")
-    env = {name: value for name, value in os.environ.items() if name != "GRAD_ACCUM"}
+def batch_layout(effective: int, most: int, processes: int, **settings: str) -> subprocess.CompletedProcess:
+    script = ("source scripts/common.sh; SFT_EFFECTIVE_BATCH_SIZE=$1 SFT_BATCH_SIZE=$2 NUM_PROCESSES=$3; "
+              "set_batch_layout SFT; echo $layout_batch_size $layout_accumulation")
     return subprocess.run(["bash", "-c", script, "layout", str(effective), str(most), str(processes)], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True)
+                          env=os.environ | settings, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("effective, most, processes, expected", [
@@ -154,7 +153,17 @@ def test_an_optimizer_step_keeps_its_prompts_for_any_process_count(effective, mo
 def test_a_step_that_the_processes_cannot_share_equally_is_an_error():
     completed = batch_layout(128, 4, 3)
     assert completed.returncode == 2
-    assert "EFFECTIVE_BATCH_SIZE=128" in completed.stderr and "NUM_PROCESSES=3" in completed.stderr
+    assert "SFT_EFFECTIVE_BATCH_SIZE=128" in completed.stderr and "NUM_PROCESSES=3" in completed.stderr
+
+
+@pytest.mark.parametrize("effective, most, settings, message", [
+    ("8x", 4, {}, "must be whole numbers of prompts, at least 1; got '8x' and '4'"),
+    (8, 0, {}, "got '8' and '0'"),
+    (8, 4, {"SFT_GRADIENT_ACCUMULATION_STEPS": "2"}, "SFT_GRADIENT_ACCUMULATION_STEPS follows from"),
+])
+def test_a_batch_layout_that_is_not_one_is_an_error(effective, most, settings, message):
+    completed = batch_layout(effective, most, 1, **settings)
+    assert completed.returncode == 2 and message in completed.stderr
 
 
 @pytest.mark.parametrize("name, distributed_type", [("ddp", "MULTI_GPU"), ("zero2", "DEEPSPEED"),

@@ -51,7 +51,11 @@ def test_shared_flags_are_defined_once_and_read_alike_in_every_stage():
 def test_one_vocabulary_across_stages():
     for entry in STAGES:
         names = set(inspect.signature(entry).parameters)
-        assert not names & {"sft_adapter", "resume_from_checkpoint", "sample_seed", "num_negatives"}, entry.__name__
+        assert not names & {"sft_adapter", "resume_from_checkpoint", "num_negatives", "training_seed", "recency"}, \
+            entry.__name__
+    # --seed seeds training wherever it is a flag; the evaluation sample has its own name.
+    assert "seed" not in inspect.signature(inference).parameters
+    assert {"seed", "sample_seed"} <= set(inspect.signature(rules).parameters)
     for entry in (sft, softmax_dpo, dpo, inference):
         assert "adapter" in inspect.signature(entry).parameters
     # Groups come first, data before the model, each stage's own flags last.
@@ -81,7 +85,7 @@ def test_stages_change_defaults_not_help():
     (inference, {"max_samples": 0}, "--max_samples must be at least 1"),
     (inference, {"max_new_tokens": 0}, "--max_new_tokens must be at least 1"),
     (rules, {"rule": "recency"}, "--rule: expected one of"),
-    (rules, {"recency": 1.5}, "--recency must lie in"),
+    (rules, {"hint_recency": 1.5}, "--hint_recency must lie in"),
     (sft, {"hint_recency": 0.0}, "--hint_recency must lie in"),
     (inference, {"hint_size": 0}, "--hint_size must be at least 1"),
     (sft, {"max_train_seconds": -1}, "--max_train_seconds must be 0"),

@@ -14,20 +14,24 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from inference import inference
+from trainer.audit import audit_command
 from trainer.baselines import rules
 from trainer.cli import check_flag_names
 from trainer.data import parse_record
 from trainer.errors import InputError
+from trainer.interaction_log import prepare_log
 from trainer.evaluation import answer_and_score, score_answers
+from trainer.llara_layout import prepare
 from trainer.modeling import load_model, load_model_for_evaluation, load_tokenizer
 from trainer.outputs import check_output_dir, stage_json_list, write_json_atomically
 from trainer.prompts import PromptBuilder, encode_answer, encode_prompt
+from trainer.results import results
 
 
 def test_inference_writes_metrics_and_predictions(tiny_model_dir, small_data_dir, tmp_path):
     output_dir = str(tmp_path / "eval")
     inference(test_file=f"{small_data_dir}/test.json", output_dir=output_dir, model_name=tiny_model_dir,
-              max_samples=3, seed=0, batch_size=2, max_new_tokens=4)
+              max_samples=3, sample_seed=0, batch_size=2, max_new_tokens=4)
     with open(os.path.join(output_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
     assert metrics["n"] == 3
@@ -196,6 +200,18 @@ def test_check_flag_names_accepts_fire_spellings_and_names_the_wrong_one():
         check_flag_names(entry, ["--packed", "--learning_rat", "1e-4"])
     with pytest.raises(InputError, match=r"--seed: no such flag \(--help lists them\)"):
         check_flag_names(entry, ["--seed=3"])
+
+
+@pytest.mark.parametrize("command, old, new", [
+    (inference, "seed", "sample_seed"), (rules, "training_seed", "seed"), (rules, "recency", "hint_recency"),
+    (audit_command, "recency", "hint_recency"), (audit_command, "seed", "bootstrap_seed"),
+    (results, "seed", "bootstrap_seed"), (prepare, "num_negatives", "negatives_per_list"),
+    (prepare_log, "num_negatives", "negatives_per_list")])
+def test_a_renamed_flag_is_refused_with_its_new_name(command, old, new):
+    """One name per concept: --seed seeds training, --sample_seed the test sample, --bootstrap_seed the intervals."""
+    with pytest.raises(InputError, match=f"^--{old} is now called --{new}$"):
+        check_flag_names(command, [f"--{old}=3"])
+    check_flag_names(command, [f"--{new}=3"])
 
 
 def test_outputs_get_the_mode_of_any_new_file(tmp_path):

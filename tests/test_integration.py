@@ -20,8 +20,8 @@ def run_script(script, env_overrides, *args):
 
 def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(tmp_path):
     data_dir, sft_dir, sdpo_dir, eval_dir = (tmp_path / name for name in ("lastfm", "sft", "sdpo", "eval"))
-    sft = run_script("sft.sh", {"DATA_DIR": str(data_dir), "OUTPUT_DIR": str(sft_dir), "MAX_TRAIN_SAMPLES": "8",
-                                "MAX_VALID_SAMPLES": "4"}, "--max_steps", "2", "--logging_steps", "1")
+    sft = run_script("sft.sh", {"DATA_DIR": str(data_dir), "OUTPUT_DIR": str(sft_dir), "SFT_MAX_TRAIN_SAMPLES": "8",
+                                "SFT_MAX_VALID_SAMPLES": "4"}, "--max_steps", "2", "--logging_steps", "1")
     assert sft.returncode == 0, sft.stderr[-3000:]
     assert {"train.json", "valid.json", "test.json"} <= set(os.listdir(data_dir)), "sft.sh prepares the data"
     assert os.path.isfile(sft_dir / "adapter_model.safetensors")
@@ -31,15 +31,16 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(tmp_p
     assert (sft_config["lora_alpha"], sft_config["hint_recency"]) == (64, 0.5), "the cpu profile's settings"
 
     sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sft_dir),
-                                         "OUTPUT_DIR": str(sdpo_dir), "MAX_TRAIN_SAMPLES": "4",
-                                         "MAX_VALID_SAMPLES": "2", "EFFECTIVE_BATCH_SIZE": "2", "BATCH_SIZE": "2"},
+                                         "OUTPUT_DIR": str(sdpo_dir), "PREF_MAX_TRAIN_SAMPLES": "4",
+                                         "PREF_MAX_VALID_SAMPLES": "2", "PREF_EFFECTIVE_BATCH_SIZE": "2",
+                                         "PREF_BATCH_SIZE": "2"},
                       "--max_steps", "1")
     assert sdpo.returncode == 0, sdpo.stderr[-3000:]
     state = json.loads((sdpo_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 1 and "logps/chosen" in state["log_history"][0]
 
     evaluation = run_script("inference.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sdpo_dir),
-                                             "OUTPUT_DIR": str(eval_dir), "MAX_SAMPLES": "4"})
+                                             "OUTPUT_DIR": str(eval_dir), "EVAL_MAX_SAMPLES": "4"})
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["n"] == 4 and 0 <= metrics["hit_ratio_at_1"] <= metrics["valid_ratio"] <= 1
@@ -63,11 +64,14 @@ def test_stage_scripts_answer_help(script, flag):
 # CPU) and the tiny model: the whole pipeline as a multi-GPU run takes it, each stage's prompts shared by
 # the processes, then packed for the trip back from a GPU machine; the embedded model's stages are tested
 # above.
-SHORT_REPRODUCTION = {"PROFILE": "gpu", "NUM_PROCESSES": "2", "SFT_SAMPLES": "4", "SFT_EFFECTIVE_BATCH": "2", "SFT_BATCH_SIZE": "2",
-                      "SFT_VALID_SAMPLES": "2", "PREF_SAMPLES": "2", "PREF_EFFECTIVE_BATCH": "2", "PREF_BATCH_SIZE": "2",
-                      "PREF_VALID_SAMPLES": "2", "EVAL_SAMPLES": "3", "SCORE_CANDIDATES": "True", "SELECT_BEST": "True",
+SHORT_REPRODUCTION = {"PROFILE": "gpu", "NUM_PROCESSES": "2", "SFT_MAX_TRAIN_SAMPLES": "4",
+                      "SFT_EFFECTIVE_BATCH_SIZE": "2", "SFT_BATCH_SIZE": "2", "SFT_MAX_VALID_SAMPLES": "2",
+                      "PREF_MAX_TRAIN_SAMPLES": "2", "PREF_EFFECTIVE_BATCH_SIZE": "2", "PREF_BATCH_SIZE": "2",
+                      "PREF_MAX_VALID_SAMPLES": "2", "EVAL_MAX_SAMPLES": "3", "EVAL_SCORE_CANDIDATES": "True",
+                      "SFT_SELECT_BEST": "True", "SFT_EVAL_STEPS": "0.2", "PREF_SELECT_BEST": "True",
+                      "PREF_EVAL_STEPS": "0.1",
                       # SFT's time budget ends it after the first of its two steps, on both processes alike.
-                      "SFT_MAX_SECONDS": "0.001", "BASELINE_MAX_EPOCHS": "1"}
+                      "SFT_MAX_TRAIN_SECONDS": "0.001", "BASELINE_MAX_EPOCHS": "1"}
 STAGES = ("base", "sft", "dpo", "softmax_dpo", "dmpo")
 RULES = ("popularity", "transitions", "itemknn", "sasrec", "gru4rec")
 PAIRS = ("sft - base", "dpo - sft", "softmax_dpo - dpo", "dmpo - dpo", "softmax_dpo - dmpo", "softmax_dpo - popularity",
@@ -118,7 +122,7 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     for stage in ("dpo", "softmax_dpo", "dmpo"):
         assert json.loads((run_dir / stage / "run_config.json").read_text())["max_train_seconds"] == 30
         assert "stopped_by_time_budget" not in json.loads((run_dir / stage / "train_results.json").read_text())
-    assert json.loads((run_dir / "transitions" / "eval" / "run_config.json").read_text())["recency"] == 0.5
+    assert json.loads((run_dir / "transitions" / "eval" / "run_config.json").read_text())["hint_recency"] == 0.5
     assert {json.loads((run_dir / stage / name / "run_config.json").read_text())["hint_recency"]
             for stage, name in (("sft", ""), ("softmax_dpo", ""), ("dmpo", "eval"))} == {0.5}
     table = (run_dir / "results.md").read_text()
@@ -135,13 +139,22 @@ def test_device_run_reproduces_every_stage_with_two_processes_packs_them_then_sk
     assert second.stdout.count("complete, skipped") == 1 + 5 + 9, second.stdout
     assert "done in" not in second.stdout
 
-    # Another evaluation sample: the rules and every evaluation are made again, the training stages kept.
-    third = run_script("reproduce.sh", env | {"EVAL_SAMPLES": "2"})
+    # Each evaluation records its adapter's settings and its own, each preference stage SFT's and its own: a
+    # changed setting remakes the stages built on it.
+    records = {stage: (run_dir / stage / "reproduce_settings.txt").read_text().splitlines()
+               for stage in ("sft", "dpo", "dpo/eval", "sasrec")}
+    assert records["dpo"][:len(records["sft"])] == records["sft"]
+    assert records["dpo/eval"] == records["dpo"] + ["EVAL_MAX_SAMPLES=3", "EVAL_SAMPLE_SEED=0", "EVAL_SCORE_CANDIDATES=True"]
+    assert {"PREF_LOSS_TYPE=dpo", "PREF_NEG_NUM=1", "SFT_LORA_ALPHA=64"} <= set(records["dpo"])
+    assert not any(line.startswith(("SFT_BATCH_SIZE", "PREF_BATCH_SIZE")) for line in records["dpo"]), "how, not what"
+    assert "BASELINE_MAX_EPOCHS=1" in records["sasrec"] and "EVAL_MAX_SAMPLES=3" in records["sasrec"]
+
+    # Another baseline setting: the three baselines are made again (ItemKNN shares their record), the rest kept.
+    third = run_script("reproduce.sh", env | {"BASELINE_MAX_EPOCHS": "2"})
     assert third.returncode == 0, third.stderr[-3000:]
-    assert third.stdout.count("made with other settings (EVAL_SAMPLES: 3 then, 2 now); made again") == 5 + 5
-    assert third.stdout.count("complete, skipped") == 1 + 4, third.stdout
-    results = json.loads((run_dir / "results.json").read_text())
-    assert all(row["evaluated_prompts"] == 2 for row in results["stages"]), "the table reads what the stages record"
+    assert third.stdout.count("made with other settings (BASELINE_MAX_EPOCHS: 1 then, 2 now); made again") == 3
+    assert third.stdout.count("complete, skipped") == 1 + 2 + 1 + 4 + 4, third.stdout
+    assert "BASELINE_MAX_EPOCHS=2" in (run_dir / "sasrec" / "reproduce_settings.txt").read_text()
 
 
 def ensure_lastfm_data(data_dir, default_dir, negative_draw, source):

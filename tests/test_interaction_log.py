@@ -44,7 +44,7 @@ def test_windows_split_by_time_first_interactions_only(tmp_path):
     write_movielens(tmp_path / "ml", first + second, titles)
     output = tmp_path / "out"
     counts = prepare_log(str(tmp_path / "ml" / "u.data"), str(tmp_path / "ml" / "u.item"), str(output),
-                         min_user_interactions=1, min_item_interactions=1, num_negatives=4, history_size=3,
+                         min_user_interactions=1, min_item_interactions=1, negatives_per_list=4, history_size=3,
                          valid_fraction=0.2, test_fraction=0.2, **MOVIELENS_FLAGS)
     assert counts["interactions"] == 16 and counts["users"] == 2 and counts["items"] == 16
     records = {name: read_split(output, name) for name in ("train", "valid", "test")}
@@ -144,7 +144,7 @@ def test_command_line_takes_comma_separated_column_names(tmp_path):
     """fire turns 'a,b,c' into a tuple: the list-valued flags accept both forms."""
     write_movielens(tmp_path / "ml", [(1, item, item) for item in range(1, 6)], {item: f"Film {item} (1990)"
                                                                                 for item in range(1, 8)})
-    flags = MOVIELENS_FLAGS | {"min_user_interactions": 1, "min_item_interactions": 1, "num_negatives": 1,
+    flags = MOVIELENS_FLAGS | {"min_user_interactions": 1, "min_item_interactions": 1, "negatives_per_list": 1,
                                "history_size": 2, "min_history": 1, "split": "user", "valid_fraction": 0.3,
                                "test_fraction": 0.3}
     completed = subprocess.run([sys.executable, "data/prepare_log.py", "--interactions", str(tmp_path / "ml" / "u.data"),

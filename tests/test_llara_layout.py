@@ -30,7 +30,7 @@ def test_llara_draw_reproduces_the_golden_validation_file(lastfm_source, shared_
 
 def test_candidates_hold_the_true_item_and_no_history_item():
     catalogue = Catalogue(range(50))
-    candidates = sample_candidates(history_ids=[1, 2, 3], next_id=7, catalogue=catalogue, num_negatives=19)
+    candidates = sample_candidates(history_ids=[1, 2, 3], next_id=7, catalogue=catalogue, negatives_per_list=19)
     assert len(candidates) == len(set(candidates)) == 20
     assert 7 in candidates and not {1, 2, 3} & set(candidates)
     assert candidates == sample_candidates([1, 2, 3], 7, catalogue, 19)
@@ -55,13 +55,13 @@ def test_pool_read_in_place_samples_as_the_filtered_list(num_items):
 
 
 def test_too_few_items_for_the_negatives_is_an_error():
-    with pytest.raises(InputError, match="--num_negatives 19: only 6 items"):
+    with pytest.raises(InputError, match="--negatives_per_list 19: only 6 items"):
         sample_candidates([0, 1, 2], 3, Catalogue(range(10)), 19)
 
 
-def draw_independent(excluded, targets, catalogue_size, num_negatives, rows):
+def draw_independent(excluded, targets, catalogue_size, negatives_per_list, rows):
     seeds = splitmix64(np.uint64(7), np.asarray(rows, dtype=np.uint64))
-    return independent_candidates(np.asarray(excluded), np.asarray(targets), catalogue_size, num_negatives, seeds)
+    return independent_candidates(np.asarray(excluded), np.asarray(targets), catalogue_size, negatives_per_list, seeds)
 
 
 def test_independent_draw_is_uniform_over_the_allowed_items_without_replacement():
@@ -100,7 +100,7 @@ def test_independent_conversion_is_seeded_valid_and_never_offers_the_history(tmp
     rows = [([i % 40, (i + 1) % 40, (i + 2) % 40, pad], 3, (i + 3) % 40) for i in range(120)]
     write_llara(tmp_path / "src", rows, titles=[f"T{i}" for i in range(40)])
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        prepare(str(tmp_path / "src"), str(tmp_path / name), num_negatives=19, negative_draw="independent", seed=seed)
+        prepare(str(tmp_path / "src"), str(tmp_path / name), negatives_per_list=19, negative_draw="independent", seed=seed)
     read = {name: (tmp_path / name / "train.json").read_text() for name in "abc"}
     assert read["a"] == read["b"] != read["c"]
     assert (tmp_path / "a" / "train.json").read_text() != (tmp_path / "a" / "test.json").read_text()
@@ -110,8 +110,8 @@ def test_independent_conversion_is_seeded_valid_and_never_offers_the_history(tmp
 
 def test_independent_draw_with_too_few_items_names_the_row(tmp_path):
     write_llara(tmp_path / "src", [([0, 1, 5, 5], 2, 2), ([0, 1, 2, 5], 3, 3)])
-    with pytest.raises(InputError, match=r"train_data.df: row 1: --num_negatives 2: only 1 items"):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=2, min_history=2, negative_draw="independent")
+    with pytest.raises(InputError, match=r"train_data.df: row 1: --negatives_per_list 2: only 1 items"):
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=2, min_history=2, negative_draw="independent")
     assert not (tmp_path / "out").exists()
 
 
@@ -135,7 +135,7 @@ def test_movielens_layout_with_rating_pairs_and_capitalised_split_files(tmp_path
     rows = [([(0, 4), (1, 3), (2, 5), pad], 3, (3, 4))]
     for file_name in ("train_data.df", "Val_data.df", "Test_data.df"):
         pd.DataFrame(rows, columns=["seq", "len_seq", "next"]).to_pickle(source / file_name)
-    prepare(str(source), str(tmp_path / "out"), num_negatives=2)
+    prepare(str(source), str(tmp_path / "out"), negatives_per_list=2)
     record = json.loads((tmp_path / "out" / "test.json").read_text(encoding="utf-8"))[0]
     assert record["historyList"] == "Toy Story::GoldenEye::The Usual Suspects"
     assert record["trueSelection"] == "Café au lait"
@@ -156,7 +156,7 @@ def write_llara(folder, rows, titles=("A", "B", "C", "D", "E"), suffix=".df"):
 def test_small_conversion_and_padding(tmp_path):
     pad = 5
     write_llara(tmp_path / "src", [([0, 1, 2, pad], 3, 3), ([0, pad, pad, pad], 1, 1)])
-    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     records = json.loads((tmp_path / "out" / "train.json").read_text())
     assert len(records) == 1  # the len_seq=1 row is dropped
     assert records[0]["historyList"] == "A::B::C" and records[0]["trueSelection"] == "D"
@@ -166,7 +166,7 @@ def test_small_conversion_and_padding(tmp_path):
 def test_histories_of_different_lengths_and_padding_anywhere(tmp_path):
     pad = 5
     write_llara(tmp_path / "src", [([0, 1, 2], 3, 3), ([pad, 0, 1, 2, pad], 4, 4)])
-    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     records = json.loads((tmp_path / "out" / "train.json").read_text())
     assert [record["historyList"] for record in records] == ["A::B::C", "A::B::C"]
     assert [record["trueSelection"] for record in records] == ["D", "E"]
@@ -174,7 +174,7 @@ def test_histories_of_different_lengths_and_padding_anywhere(tmp_path):
 
 def test_a_title_holding_the_history_separator_keeps_the_history_a_list(tmp_path):
     write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)], titles=("A", "Mix::Tape", "C", "D", "E"))
-    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     records = json.loads((tmp_path / "out" / "train.json").read_text())
     assert records[0]["historyList"] == ["A", "Mix::Tape", "C"]
     assert parse_record(records[0], "train.json", 0).history == ("A", "Mix::Tape", "C")
@@ -183,7 +183,7 @@ def test_a_title_holding_the_history_separator_keeps_the_history_a_list(tmp_path
 def test_titles_a_prompt_cannot_list_are_rewritten_and_stay_distinct(tmp_path):
     titles = ("Per Gessle; Roxette", "Per Gessle, Roxette", "Line\u2028break", "D", "E")
     write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)], titles=titles)
-    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     record = load_records(str(tmp_path / "out" / "train.json"))[0]
     assert record.history == ("Per Gessle, Roxette", "Per Gessle, Roxette (2)", "Line break")
 
@@ -191,7 +191,7 @@ def test_titles_a_prompt_cannot_list_are_rewritten_and_stay_distinct(tmp_path):
 def test_records_are_written_as_json_dumps_writes_them(tmp_path):
     titles = ('Say "Hi"', "Back\\slash", "Tab\there", "Émilie Simon", "Mix::Tape", "Plain")
     write_llara(tmp_path / "src", [([0, 1, 2, 6], 3, 3), ([0, 1, 3, 4], 4, 5)], titles=titles)
-    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     lines = (tmp_path / "out" / "train.json").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "[" and lines[-1] == "]"
     for line in lines[1:-1]:
@@ -204,7 +204,7 @@ def test_records_are_written_as_json_dumps_writes_them(tmp_path):
 def test_unknown_item_id_is_reported_and_nothing_is_written(tmp_path):
     write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 42)])
     with pytest.raises(InputError, match=r"train_data.df: row 0: field 'next': unknown item id 42"):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     assert not (tmp_path / "out").exists()
 
 
@@ -226,7 +226,7 @@ def test_a_damaged_split_file_is_named_and_nothing_is_written(tmp_path, damage):
         pd.to_pickle([1, 2, 3], path)
         message = r"val_data.df: holds a list, not a DataFrame"
     with pytest.raises(InputError, match=message):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     assert not (tmp_path / "out").exists()
 
 
@@ -250,7 +250,7 @@ def test_text_and_pickle_splits_convert_to_the_same_records(tmp_path):
     write_llara(tmp_path / "pickles", rows)
     write_llara(tmp_path / "text", rows, suffix=".tsv")
     for source in ("pickles", "text"):
-        prepare(str(tmp_path / source), str(tmp_path / f"out-{source}"), num_negatives=1, audit=False)
+        prepare(str(tmp_path / source), str(tmp_path / f"out-{source}"), negatives_per_list=1, audit=False)
     for split in ("train", "valid", "test"):
         assert (tmp_path / "out-text" / f"{split}.json").read_text() == (tmp_path / "out-pickles" / f"{split}.json").read_text()
 
@@ -282,7 +282,7 @@ def test_a_text_split_is_read_before_a_pickle_of_the_same_split(tmp_path):
     write_split_text(pd.DataFrame({"seq": [[0, 1, 2, 5]], "len_seq": [3], "next": [4]}),
                      str(tmp_path / "src" / "train_data.tsv"))
     assert split_paths(str(tmp_path / "src"))["train"].endswith("train_data.tsv")
-    prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1, audit=False)
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1, audit=False)
     assert load_records(str(tmp_path / "out" / "train.json"))[0].target == "E"
 
 
@@ -297,22 +297,31 @@ def test_a_bad_line_of_a_text_split_is_named_and_nothing_is_written(tmp_path, li
     path = tmp_path / "src" / "val_data.tsv"
     path.write_text(path.read_text() + line + "\n")
     with pytest.raises(InputError, match="val_data.tsv: " + message):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_text_split_names_the_line_of_an_unknown_id_and_checks_its_header(tmp_path):
     write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3), ([0, 1, 2, 5], 3, 42)], suffix=".tsv")
     with pytest.raises(InputError, match=r"train_data.tsv: row 1 \(line 3\): field 'next': unknown item id 42"):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
     path = tmp_path / "src" / "train_data.tsv"
     path.write_text("history\tnext\n" + path.read_text().split("\n", 1)[1])
     with pytest.raises(InputError, match=r"train_data.tsv: line 1: expected the header 'seq\\tlen_seq\\tnext'"):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
 
 
 def test_a_missing_split_file_names_both_forms(tmp_path):
     write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)])
     os.remove(tmp_path / "src" / "test_data.df")
     with pytest.raises(InputError, match=r"no test split: expected test_data.tsv or Test_data.tsv or test_data.df"):
-        prepare(str(tmp_path / "src"), str(tmp_path / "out"), num_negatives=1)
+        prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1)
+
+
+def test_the_domain_is_recorded_for_the_stages_and_an_unknown_one_refused(tmp_path):
+    write_llara(tmp_path / "src", [([0, 1, 2, 5], 3, 3)])
+    prepare(str(tmp_path / "src"), str(tmp_path / "out"), negatives_per_list=1, audit=False, domain="game")
+    assert json.loads((tmp_path / "out" / "run_config.json").read_text())["domain"] == "game"
+    with pytest.raises(InputError, match="--domain: unknown domain 'songs'"):
+        prepare(str(tmp_path / "src"), str(tmp_path / "other"), negatives_per_list=1, domain="songs")
+    assert not (tmp_path / "other").exists()

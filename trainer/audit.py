@@ -300,7 +300,7 @@ def audit(data_dir: str, margin: float = 0.01, recency: float = 0.5, overlap_tit
     if margin < 0:
         raise InputError(f"--margin must be 0 or more, got {margin}")
     if not 0 < recency <= 1:
-        raise InputError(f"--recency must lie in (0, 1], got {recency}")
+        raise InputError(f"--hint_recency must lie in (0, 1], got {recency}")
     if overlap_titles < MIN_OVERLAP_TITLES:
         raise InputError(f"--overlap_titles must be at least {MIN_OVERLAP_TITLES}, got {overlap_titles}")
     splits = read_splits(data_dir)
@@ -381,21 +381,24 @@ def write_audit(report: dict, output_dir: str) -> None:
 
 
 def audit_command(data_dir: str = "data/lastfm", output_dir: str = "output/audit", margin: float = 0.01,
-                  recency: float = 0.5, overlap_titles: int = 5, seed: int = 0) -> dict:
+                  hint_recency: float = 0.5, overlap_titles: int = 5, bootstrap_seed: int = 0) -> dict:
     """Audit a data folder for leaks: how far rules that need no model get on its validation and test splits.
 
     Args:
         data_dir: Folder holding train.json (counted) and valid.json and/or test.json (audited).
         output_dir: Folder for audit.json (every figure; `leaks` lists the flagged ones) and audit.md (the table).
         margin: Flag a leak when its rule beats the popularity rule by at least this HR@1, the 95% paired interval of the gain above 0.
-        recency: Transitions rule: a history title last seen i items before the newest counts recency**i, in (0, 1] (the stages' --hint_recency).
+        hint_recency: Transitions rule: a history title last seen i items before the newest counts hint_recency**i, in (0, 1], as in the stages' hints.
         overlap_titles: Sequence overlap: match this many of a record's newest history titles (all of a shorter history of at least 3) against training sequences.
-        seed: Seeds the bootstrap resampling of the gains.
+        bootstrap_seed: Seeds the bootstrap resampling of the gains.
     Returns:
         The audit (what audit.json holds).
     """
-    report = audit(data_dir, margin, recency, overlap_titles, seed)
+    report = audit(data_dir, margin, hint_recency, overlap_titles, bootstrap_seed)
     write_audit(report, output_dir)
     print(markdown_table(report))
     print("\n".join(verdicts(report)))
     return report
+
+
+audit_command.renamed_flags = {"recency": "hint_recency", "seed": "bootstrap_seed"}

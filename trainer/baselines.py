@@ -16,7 +16,7 @@ And sequential models trained from scratch on the training records, early-stoppe
 their evaluations carry the ranking metrics and every candidate's score.
 
     python -m trainer.baselines --rule transitions --train_file data/lastfm/train.json \
-        --test_file data/lastfm/test.json --max_samples 500 --seed 0 --output_dir output/eval_transitions
+        --test_file data/lastfm/test.json --max_samples 500 --sample_seed 0 --output_dir output/eval_transitions
     python -m trainer.baselines --rule sasrec --output_dir output/eval_sasrec --max_samples 500
 
 popularity_rank places any answer among its candidates by training popularity, which shows whether
@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import typing
 
 from trainer.cli import run
 from trainer.collaborative import ItemStatistics, counts_own_records
@@ -90,6 +91,9 @@ class ItemKNN:
 
 @dataclasses.dataclass
 class RulesFlags(EvaluationDataFlags, OutputFlags):
+    # --seed seeds training, as in every stage; the test sample has --sample_seed.
+    renamed: typing.ClassVar[dict[str, str]] = {"training_seed": "seed", "recency": "hint_recency"}
+
     output_dir: str = "output/eval_popularity"
     rule: str = flag("popularity", "popularity (the candidate most often true in training), transitions (the "
                                    "candidate that most often came next after the history's titles in training), "
@@ -100,8 +104,9 @@ class RulesFlags(EvaluationDataFlags, OutputFlags):
                                                      "that sasrec and gru4rec train on.")
     valid_file: str = flag("data/lastfm/valid.json", "sasrec, gru4rec: JSON records whose HR@1 after each epoch "
                                                      "decides when training stops and which epoch is kept.")
-    recency: float = flag(1.0, "transitions: a history title last seen i items before the newest counts recency**i, "
-                               "in (0, 1]; the stages' --hint_recency, so the rule is the first hinted candidate.")
+    hint_recency: float = flag(1.0, "transitions: a history title last seen i items before the newest counts "
+                                    "hint_recency**i, in (0, 1]; as the stages' hints, so the rule names the first "
+                                    "hinted candidate.")
     hidden_size: int = flag(TrainingSettings.hidden_size, "sasrec, gru4rec: width of the item embeddings and states.")
     dropout: float = flag(TrainingSettings.dropout, "sasrec, gru4rec: dropout on embeddings and inside the blocks.")
     learning_rate: float = flag(TrainingSettings.learning_rate, "sasrec, gru4rec: Adam's learning rate.")
@@ -109,14 +114,14 @@ class RulesFlags(EvaluationDataFlags, OutputFlags):
     max_epochs: int = flag(TrainingSettings.max_epochs, "sasrec, gru4rec: most passes over the training records.")
     patience: int = flag(TrainingSettings.patience, "sasrec, gru4rec: stop after this many epochs without a better "
                                                     "validation HR@1, keeping the best epoch's weights.")
-    training_seed: int = flag(TrainingSettings.seed, "sasrec, gru4rec: seeds the initial weights and the data order.")
+    seed: int = flag(TrainingSettings.seed, "sasrec, gru4rec: seeds the initial weights and the data order.")
 
     def check(self) -> None:
         super().check()
         if self.rule not in RULES:
             raise InputError(f"--rule: expected one of {list(RULES)}, got {self.rule!r}")
-        if not 0 < self.recency <= 1:
-            raise InputError(f"--recency must lie in (0, 1], got {self.recency}")
+        if not 0 < self.hint_recency <= 1:
+            raise InputError(f"--hint_recency must lie in (0, 1], got {self.hint_recency}")
         if min(self.hidden_size, self.batch_size, self.max_epochs, self.patience) < 1:
             raise InputError("--hidden_size, --batch_size, --max_epochs and --patience must be at least 1")
         if not (0 <= self.dropout < 1 and self.learning_rate > 0):
@@ -129,7 +134,7 @@ class RulesFlags(EvaluationDataFlags, OutputFlags):
     def training_settings(self) -> TrainingSettings:
         return TrainingSettings(hidden_size=self.hidden_size, dropout=self.dropout, learning_rate=self.learning_rate,
                                 batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
-                                seed=self.training_seed)
+                                seed=self.seed)
 
 
 def scored_rule(flags: RulesFlags, train_records: list[Record], records: list[Record]) -> tuple[list[list[float]], list]:
@@ -151,7 +156,7 @@ def rules(flags: RulesFlags) -> None:
     """Answer every test prompt by a rule over the training records, or a model trained on them."""
     train_records = load_records(flags.train_file)
     records = load_records(flags.test_file)
-    indices = select_indices(len(records), flags.max_samples, flags.seed)
+    indices = select_indices(len(records), flags.max_samples, flags.sample_seed)
     records = [records[index] for index in indices]
     scores, log = None, []
     if flags.rule in SCORED_RULES:
@@ -162,7 +167,7 @@ def rules(flags: RulesFlags) -> None:
         statistics = ItemStatistics(train_records)
         # Scoring the counted file itself leaves each record out of its own counts.
         exclude_own = counts_own_records(flags.train_file, flags.test_file)
-        answers = [rule_answer(flags.rule, statistics, record, exclude_own, flags.recency) for record in records]
+        answers = [rule_answer(flags.rule, statistics, record, exclude_own, flags.hint_recency) for record in records]
     predictions, metrics = score_answers(indices, records, answers, scores)
     start_run(dataclasses.asdict(flags), flags.output_dir, METRICS_FILE, (PREDICTIONS_FILE, TRAINING_LOG_FILE))
     if log:

@@ -77,6 +77,7 @@ def check_flag_names(entry, arguments: list[str]) -> None:
     entry returned: a mistyped flag would mean a whole run at the default, its outputs overwritten.
     """
     names = set(inspect.signature(entry).parameters)
+    renamed = getattr(entry, "renamed_flags", {})
     for argument in arguments:
         if argument == "--":  # fire's own flags follow
             return
@@ -86,6 +87,8 @@ def check_flag_names(entry, arguments: list[str]) -> None:
         # fire also reads --noNAME as NAME=False
         if name in names or (name.startswith("no") and name[2:] in names):
             continue
+        if name in renamed:
+            raise InputError(f"--{name} is now called --{renamed[name]}")
         close = difflib.get_close_matches(name, names, n=1)
         suggestion = f"; did you mean --{close[0]}?" if close else ""
         raise InputError(f"--{name}: no such flag{suggestion} (--help lists them)")

@@ -92,11 +92,11 @@ class CollaborativeHints:
         ranked = self.statistics.ranked_by_transitions(record, self.exclude_own, self.recency)
         return [title for title, score in ranked[: self.size] if score > 0]
 
-    def hard_negatives(self, record: Record, count: int) -> list[str]:
-        """The `count` candidates other than the answer that the counts rank highest: the ones a model
+    def hinted_negatives(self, record: Record, neg_num: int) -> list[str]:
+        """The `neg_num` candidates other than the answer that the counts rank highest: the ones a model
         that follows the hint would name wrongly (preference training's `--negatives hinted`)."""
         ranked = self.statistics.ranked_by_transitions(record, self.exclude_own, self.recency)
-        return [title for title, _ in ranked if title != record.target][:count]
+        return [title for title, _ in ranked if title != record.target][:neg_num]
 
 
 @functools.lru_cache(maxsize=4)

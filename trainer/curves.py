@@ -9,7 +9,7 @@ Evaluate every checkpoint on the same validation sample, e.g.
 
     for checkpoint in output/sft/checkpoint-* output/sft; do
         python inference.py --adapter $checkpoint --test_file data/lastfm/valid.json \
-            --max_samples 200 --seed 0 --output_dir $checkpoint/eval_valid
+            --max_samples 200 --sample_seed 0 --output_dir $checkpoint/eval_valid
     done
     python -m trainer.curves --runs text=output/sft --output_dir output/curves
 

@@ -12,6 +12,7 @@ class to the first, so stages list their groups last-shown first.
 
 import contextlib
 import dataclasses
+import typing
 import functools
 import inspect
 import json
@@ -47,7 +48,11 @@ def flag_help(flags_class: type, name: str) -> str:
 
 @dataclasses.dataclass
 class Flags:
-    """Base of every stage's flags: checks them all when built."""
+    """Base of every stage's flags: checks them all when built. `renamed` maps a flag's old name to its
+    new one: given on the command line, the old name is refused with a pointer to the new one
+    (trainer.cli.check_flag_names), unless the command has a flag of that name now."""
+
+    renamed: typing.ClassVar[dict[str, str]] = {}
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -94,10 +99,12 @@ class TrainingDataFlags(Flags):
 @dataclasses.dataclass
 class EvaluationDataFlags(Flags):
     test_file: str = flag("data/lastfm/test.json", "JSON records to evaluate (see data/README.md).")
+    renamed: typing.ClassVar[dict[str, str]] = {"seed": "sample_seed"}
+
     max_samples: int | None = flag(
-        None, "Evaluate a seeded random sample of this many records (seeded by --seed; all when unset).")
-    seed: int = flag(0, "Seeds the sample of --max_samples: the same seed and size draw the same records for "
-                        "every model and rule.")
+        None, "Evaluate a seeded random sample of this many records (seeded by --sample_seed; all when unset).")
+    sample_seed: int = flag(0, "Seeds the sample of --max_samples: the same seed and size draw the same records for "
+                               "every model and rule.")
 
     def check(self) -> None:
         super().check()
@@ -298,6 +305,9 @@ def command(flags_class: type, summary: str | None = None):
                 return stage(flags)
 
         entry.__signature__ = inspect.Signature(parameters)
+        entry.renamed_flags = {old: new for klass in reversed(flags_class.__mro__)
+                               for old, new in getattr(klass, "renamed", {}).items()
+                               if old not in entry.__signature__.parameters}
         entry.__doc__ = _docstring(summary or stage.__doc__.strip().split("\n", 1)[0], flags_class)
         return entry
 

@@ -17,7 +17,7 @@ The way LLaRA builds its LastFM, Steam and MovieLens sets, from a log instead of
   5. write the LLaRA layout (id2name.txt, train_data.tsv, val_data.tsv, test_data.tsv as text, with seq
      right-padded by the id len(items) as LLaRA's files are) into --llara_dir, then convert it with
      data/prepare.py: rows with fewer than --min_history items are dropped and each record gets
-     --num_negatives negatives, drawn uniformly from the items outside its history (--negative_draw
+     --negatives_per_list negatives, drawn uniformly from the items outside its history (--negative_draw
      independent, seeded by --seed and the record; llara: LLaRA's own per-record procedure, seeded by
      the true item, which gives the true item away), and the result is audited for leaks.
 
@@ -42,6 +42,7 @@ import pandas as pd
 from trainer.errors import InputError
 from trainer.llara_files import SPLIT_STEMS, TEXT_SUFFIX, write_split_text
 from trainer.llara_layout import ID_SEPARATOR, movielens_title, prepare
+from trainer.prompts import domain_words
 from trainer.outputs import save_run_config, write_text_atomically
 
 logger = logging.getLogger("prepare_log")
@@ -204,11 +205,12 @@ def prepare_log(
     split: str = "time",
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    num_negatives: int = 19,
+    negatives_per_list: int = 19,
     negative_draw: str = "independent",
     audit: bool = True,
     min_history: int = 3,
     seed: int = 0,
+    domain: str = "music",
 ) -> dict:
     """Turn an interaction log and a title table into train/valid/test records and their LLaRA layout.
 
@@ -236,15 +238,17 @@ def prepare_log(
         split: time (by the target's time: train before, valid, then test) or user (a seeded share of the users).
         valid_fraction: Share of the windows (split=time) or users (split=user) for validation.
         test_fraction: Share for the test split.
-        num_negatives: Negatives per record; each record has num_negatives + 1 candidates.
+        negatives_per_list: Negatives per record; each record has negatives_per_list + 1 candidates.
         negative_draw: independent (uniform over the items outside the history, drawn for many records at once, seeded by --seed and the record) or llara (LLaRA's own procedure, seeded by each record's true item, so that the candidate lists give it away; record by record, about 2.5x slower overall on a large log).
         audit: Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md beside them, warning of each leak flagged.
         min_history: Records with fewer history items are dropped (LLaRA: 3).
         seed: Seeds the user split and the independent negative draw.
+        domain: What the items are (music, movie, book or game), recorded in run_config.json: the stage scripts word their prompts by it.
     Returns:
         The counts written: interactions, users and items kept, and records per split.
     """
     config = dict(locals())
+    domain_words(domain)  # an unknown domain is refused before any work
     if split not in SPLIT_RULES:
         raise InputError(f"--split must be one of {SPLIT_RULES}, got {split!r}")
     if title_format not in TITLE_FORMATS:
@@ -317,8 +321,8 @@ def prepare_log(
         frame = pd.DataFrame({"seq": found.histories[chosen].tolist(), "len_seq": found.lengths[chosen],
                               "next": found.targets[chosen]})
         write_split_text(frame, os.path.join(llara_dir, stems[0] + TEXT_SUFFIX))
-    records = prepare(llara_dir, output_dir, num_negatives=num_negatives, min_history=min_history,
-                      padding_id=padding_id, negative_draw=negative_draw, seed=seed, audit=audit)
+    records = prepare(llara_dir, output_dir, negatives_per_list=negatives_per_list, min_history=min_history,
+                      padding_id=padding_id, negative_draw=negative_draw, seed=seed, audit=audit, domain=domain)
     counts = {"interactions": len(log), "users": len(set(users.tolist())), "items": len(item_keys),
               "records": records}
     save_run_config(config | {"counts": counts}, output_dir)
@@ -326,3 +330,5 @@ def prepare_log(
                 counts["items"], records)
     return counts
 
+
+prepare_log.renamed_flags = {"num_negatives": "negatives_per_list"}

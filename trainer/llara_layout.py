@@ -14,7 +14,7 @@ Input folder (the layout LLaRA and the S-DPO paper use, for LastFM, Steam and Mo
 Output folder:
     train.json, valid.json, test.json lists of {"historyList", "itemList", "trueSelection"}
 
-The candidates of a record are its true item and --num_negatives negatives drawn from every item
+The candidates of a record are its true item and --negatives_per_list negatives drawn from every item
 outside its history, in one of two ways:
   independent (the default): uniform draws seeded by --seed and the record's split and row, for many
       records at once (independent_candidates), the true item at a place drawn from the same stream.
@@ -51,6 +51,7 @@ from trainer.errors import InputError
 from trainer.llara_files import TEXT_FIRST_ROW_LINE, TEXT_SUFFIX, TITLE_FILES, read_split, split_paths
 from trainer import audit as leak_audit
 from trainer.outputs import save_run_config, stage_json_list
+from trainer.prompts import domain_words
 
 logger = logging.getLogger("prepare")
 
@@ -211,18 +212,18 @@ class PoolWithout(Sequence):
         return self.ids[position]
 
 
-def sample_candidates(history_ids: list[int], next_id: int, catalogue: Catalogue, num_negatives: int) -> list[int]:
-    """LLaRA's candidate list: `num_negatives` seeded negatives plus the true item, shuffled.
+def sample_candidates(history_ids: list[int], next_id: int, catalogue: Catalogue, negatives_per_list: int) -> list[int]:
+    """LLaRA's candidate list: `negatives_per_list` seeded negatives plus the true item, shuffled.
 
     The negatives are drawn from every catalogue item, in catalogue order, that is neither in the
     history nor the true item, with Python's `random` seeded by the true item's id.
     """
     excluded = {catalogue.position[item_id] for item_id in history_ids} | {catalogue.position[next_id]}
     pool = PoolWithout(catalogue.ids, excluded)
-    if len(pool) < num_negatives:
-        raise InputError(f"--num_negatives {num_negatives}: only {len(pool)} items are left to draw from")
+    if len(pool) < negatives_per_list:
+        raise InputError(f"--negatives_per_list {negatives_per_list}: only {len(pool)} items are left to draw from")
     rng = random.Random(next_id)
-    candidates = rng.sample(pool, num_negatives) + [next_id]
+    candidates = rng.sample(pool, negatives_per_list) + [next_id]
     rng.seed(next_id)
     rng.shuffle(candidates)
     return candidates
@@ -248,56 +249,56 @@ def below(random_bits: np.ndarray, bound: int) -> np.ndarray:
     return ((random_bits >> np.uint64(11)).astype(np.float64) * 2.0**-53 * bound).astype(np.int64)
 
 
-def independent_candidates(excluded: np.ndarray, targets: np.ndarray, catalogue_size: int, num_negatives: int,
+def independent_candidates(excluded: np.ndarray, targets: np.ndarray, catalogue_size: int, negatives_per_list: int,
                     record_seeds: np.ndarray) -> np.ndarray:
-    """Candidate positions for many records at once: `num_negatives` uniform draws without replacement
+    """Candidate positions for many records at once: `negatives_per_list` uniform draws without replacement
     from the catalogue positions outside each record's `excluded` ones, and the target at a random place.
 
     Args:
         excluded: [records, width] catalogue positions a record may not draw (history and target), -1 = none.
         targets: [records] the true item's position.
         catalogue_size: Positions run from 0 to catalogue_size - 1.
-        num_negatives: Negatives per record; every record must have at least this many positions left.
+        negatives_per_list: Negatives per record; every record must have at least this many positions left.
         record_seeds: [records] uint64 seed of each record's own SplitMix64 stream: a record's draws
             do not depend on the other records, their order or how many are drawn together.
     Returns:
-        [records, num_negatives + 1] positions: the negatives in draw order with the target inserted
+        [records, negatives_per_list + 1] positions: the negatives in draw order with the target inserted
         at the place drawn first from the record's stream.
     """
     records = len(targets)
-    negatives = np.full((records, num_negatives), -1, dtype=np.int64)
+    negatives = np.full((records, negatives_per_list), -1, dtype=np.int64)
     filled = np.zeros(records, dtype=np.int64)
     pending = np.arange(records)
     # A few spare draws per round: in a large catalogue nearly every record fills in the first round,
     # the rest draw again; the duplicate check costs the square of the round's size.
-    round_size = num_negatives + 8
+    round_size = negatives_per_list + 8
     earlier = np.tri(round_size, k=-1, dtype=bool)  # [i, j]: draw j came before draw i
     # The comparisons of a round hold rows x round_size x (round_size + negatives + excluded) booleans:
     # bounded, so that a large k does not take gigabytes.
-    rows_at_once = max(1, COMPARISONS_AT_ONCE // (round_size * (round_size + num_negatives + excluded.shape[1])))
+    rows_at_once = max(1, COMPARISONS_AT_ONCE // (round_size * (round_size + negatives_per_list + excluded.shape[1])))
 
     def draw_round(rows: np.ndarray, first_draw: int) -> None:
         picks = below(splitmix64(record_seeds[rows, None], (first_draw + np.arange(round_size))[None, :]),
                       catalogue_size)
-        # Sequential draws, keeping the first `num_negatives` that are allowed and new: exactly a
+        # Sequential draws, keeping the first `negatives_per_list` that are allowed and new: exactly a
         # uniform sample without replacement from the allowed positions.
         rejected = (picks[:, :, None] == excluded[rows, None, :]).any(axis=2)
         rejected |= (picks[:, :, None] == negatives[rows, None, :]).any(axis=2)
         rejected |= ((picks[:, :, None] == picks[:, None, :]) & earlier).any(axis=2)
         slot = filled[rows, None] + np.cumsum(~rejected, axis=1) - 1
-        taken = ~rejected & (slot < num_negatives)
+        taken = ~rejected & (slot < negatives_per_list)
         negatives[np.broadcast_to(rows[:, None], picks.shape)[taken], slot[taken]] = picks[taken]
-        filled[rows] = np.minimum(slot[:, -1] + 1, num_negatives)
+        filled[rows] = np.minimum(slot[:, -1] + 1, negatives_per_list)
 
     first_draw = 1  # draw 0 of each stream places the target
     while pending.size:
         for start in range(0, pending.size, rows_at_once):
             draw_round(pending[start : start + rows_at_once], first_draw)
-        pending = pending[filled[pending] < num_negatives]
+        pending = pending[filled[pending] < negatives_per_list]
         first_draw += round_size
-    places = below(splitmix64(record_seeds, np.zeros(records, dtype=np.uint64)), num_negatives + 1)
-    is_target = np.arange(num_negatives + 1)[None, :] == places[:, None]
-    candidates = np.empty((records, num_negatives + 1), dtype=np.int64)
+    places = below(splitmix64(record_seeds, np.zeros(records, dtype=np.uint64)), negatives_per_list + 1)
+    is_target = np.arange(negatives_per_list + 1)[None, :] == places[:, None]
+    candidates = np.empty((records, negatives_per_list + 1), dtype=np.int64)
     candidates[is_target] = targets
     candidates[~is_target] = negatives.ravel()  # row by row, in draw order
     return candidates
@@ -339,7 +340,7 @@ def convert_split(
     frame: pd.DataFrame,
     titles: dict[int, str],
     padding_id: int,
-    num_negatives: int,
+    negatives_per_list: int,
     min_history: int,
     source_name: str,
     negative_draw: str = "independent",
@@ -376,22 +377,23 @@ def convert_split(
             first = unknown.argmax()
             field, value = (("seq", seq[first][unknown_in_history[first]][0]) if unknown_in_history[first].any()
                             else ("next", next_ids[first]))
-            raise InputError(f"{source_name}: {row_name(source_name, rows[first])}: field '{field}': unknown item id {value}")
+            raise InputError(f"{source_name}: {row_name(source_name, rows[first])}: field '{field}': "
+                             f"unknown item id {value}")
         history = np.where(in_history, history, -1)
 
         if negative_draw == "llara":
             candidates = catalogue.positions(np.array([
-                sample_candidates(ids[mask].tolist(), next_id, catalogue, num_negatives)
+                sample_candidates(ids[mask].tolist(), next_id, catalogue, negatives_per_list)
                 for ids, mask, next_id in zip(seq, in_history, next_ids.tolist())]))
         else:
             excluded = np.concatenate([history, targets[:, None]], axis=1)
             available = len(catalogue.ids) - distinct_per_row(excluded)
-            if (available < num_negatives).any():
-                first = (available < num_negatives).argmax()
-                raise InputError(f"{source_name}: {row_name(source_name, rows[first])}: --num_negatives {num_negatives}: only "
-                                 f"{available[first]} items are left to draw from")
+            if (available < negatives_per_list).any():
+                first = (available < negatives_per_list).argmax()
+                raise InputError(f"{source_name}: {row_name(source_name, rows[first])}: --negatives_per_list "
+                                 f"{negatives_per_list}: only {available[first]} items are left to draw from")
             record_seeds = splitmix64(split_seed, rows.astype(np.uint64))
-            candidates = independent_candidates(excluded, targets, len(catalogue.ids), num_negatives, record_seeds)
+            candidates = independent_candidates(excluded, targets, len(catalogue.ids), negatives_per_list, record_seeds)
 
         # Records are valid by construction (titles non-empty and distinct, the target among distinct
         # candidates), so they are not parsed again; the tests load what this writes. Each title is
@@ -415,28 +417,31 @@ def convert_split(
 def prepare(
     source: str,
     output_dir: str,
-    num_negatives: int = 19,
+    negatives_per_list: int = 19,
     min_history: int = 3,
     padding_id: int | None = None,
     negative_draw: str = "independent",
     seed: int = 0,
     audit: bool = True,
+    domain: str = "music",
 ) -> dict[str, int]:
     """Convert a LLaRA-layout folder into train.json, valid.json and test.json, then audit them for leaks.
 
     Args:
         source: Folder holding id2name.txt (or MovieLens' u.item) and the train, val and test splits, as text (*_data.tsv) or pickles (*_data.df).
         output_dir: Folder to write train.json, valid.json, test.json and run_config.json (these flags) into (created if missing).
-        num_negatives: Negatives per record; the record has num_negatives + 1 candidates.
+        negatives_per_list: Negatives per record; the record has negatives_per_list + 1 candidates.
         min_history: Keep rows whose len_seq is at least this (LLaRA uses 3).
         padding_id: Id that pads `seq`; defaults to the number of items (LLaRA's convention).
         negative_draw: independent (uniform over the items outside the history, seeded by --seed and the record's split and row, whatever its true item) or llara (LLaRA's procedure, seeded by the true item: record for record the S-DPO authors' files, whose candidate lists give the true item away).
         seed: Seeds the independent draw (LLaRA's draw is seeded by each record's true item).
         audit: Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md beside them, warning of each leak flagged.
+        domain: What the items are (music, movie, book or game), recorded in run_config.json: the stage scripts word their prompts by it.
     Returns:
         The number of records written per split.
     """
     config = dict(locals())
+    domain_words(domain)  # an unknown domain is refused before any work
     if not os.path.isdir(source):
         raise InputError(f"--source {source}: folder not found")
     if negative_draw in RENAMED_DRAWS:
@@ -454,7 +459,7 @@ def prepare(
     try:
         for split_number, (split, path) in enumerate(split_files.items()):
             split_seed = splitmix64(np.uint64(seed), np.uint64(split_number))
-            records = convert_split(read_split(path), titles, padding_id, num_negatives, min_history, path,
+            records = convert_split(read_split(path), titles, padding_id, negatives_per_list, min_history, path,
                                     negative_draw, split_seed)
             staged[split] = stage_json_list(records, output_dir)
     except BaseException:
@@ -472,6 +477,9 @@ def prepare(
         warn_of_leaks(output_dir, negative_draw)
     return counts
 
+
+
+prepare.renamed_flags = {"num_negatives": "negatives_per_list"}
 
 def warn_of_leaks(data_dir: str, negative_draw: str) -> None:
     """Audits a converted folder (trainer/audit.py) into audit.json and audit.md, warning of each leak flagged."""

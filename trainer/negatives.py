@@ -29,46 +29,46 @@ SCORE_CACHE_FOLDER = "candidate_scores"
 logger = logging.getLogger("negatives")
 
 
-def sample_negatives(record: Record, num_negatives: int, seed: int, example_index: int) -> list[str]:
-    """`num_negatives` candidates other than the true one, without replacement, seeded by run and example."""
+def sample_negatives(record: Record, neg_num: int, seed: int, example_index: int) -> list[str]:
+    """`neg_num` candidates other than the true one, without replacement, seeded by run and example."""
     others = [title for title in record.candidates if title != record.target]
-    if not 1 <= num_negatives <= len(others):
-        raise ValueError(f"cannot draw {num_negatives} negatives from {len(others)}")
-    return random.Random(f"{seed}:{example_index}:negatives").sample(others, num_negatives)
+    if not 1 <= neg_num <= len(others):
+        raise ValueError(f"cannot draw {neg_num} negatives from {len(others)}")
+    return random.Random(f"{seed}:{example_index}:negatives").sample(others, neg_num)
 
 
-def sample_popular_negatives(record: Record, num_negatives: int, seed: int, example_index: int,
+def sample_popular_negatives(record: Record, neg_num: int, seed: int, example_index: int,
                              target_counts: Mapping[str, int]) -> list[str]:
-    """`num_negatives` candidates other than the true one, without replacement, each drawn with
+    """`neg_num` candidates other than the true one, without replacement, each drawn with
     probability proportional to 1 + the number of training records it is the true item of.
 
     Weighted sampling without replacement by Efraimidis and Spirakis' keys (u ** (1 / weight), the
     largest keys win), seeded by run and example as `sample_negatives` is.
     """
     others = [title for title in record.candidates if title != record.target]
-    if not 1 <= num_negatives <= len(others):
-        raise ValueError(f"cannot draw {num_negatives} negatives from {len(others)}")
+    if not 1 <= neg_num <= len(others):
+        raise ValueError(f"cannot draw {neg_num} negatives from {len(others)}")
     rng = random.Random(f"{seed}:{example_index}:popular-negatives")
     keys = {title: rng.random() ** (1.0 / (1 + target_counts.get(title, 0))) for title in others}
-    return sorted(others, key=keys.__getitem__, reverse=True)[:num_negatives]
+    return sorted(others, key=keys.__getitem__, reverse=True)[:neg_num]
 
 
-def highest_scored_others(record: Record, scores: list[float], count: int) -> list[str]:
-    """The `count` candidates other than the true one with the highest scores, best first (ties: listed first)."""
+def highest_scored_others(record: Record, scores: list[float], neg_num: int) -> list[str]:
+    """The `neg_num` candidates other than the true one with the highest scores, best first (ties: listed first)."""
     ranked = sorted(range(len(record.candidates)), key=lambda position: -scores[position])
-    return [record.candidates[position] for position in ranked if record.candidates[position] != record.target][:count]
+    return [record.candidates[position] for position in ranked if record.candidates[position] != record.target][:neg_num]
 
 
-def rejected_titles(record: Record, index: int, negatives: str, count: int, seed: int, hints=None,
+def rejected_titles(record: Record, index: int, negatives: str, neg_num: int, seed: int, hints=None,
                     popularity: Mapping[str, int] | None = None, scores: list[float] | None = None) -> list[str]:
-    """The `count` rejected titles of the record at `index` of its file, by the rule `negatives`."""
+    """The `neg_num` rejected titles of the record at `index` of its file, by the rule `negatives`."""
     if negatives == "popular":
-        return sample_popular_negatives(record, count, seed, index, popularity)
+        return sample_popular_negatives(record, neg_num, seed, index, popularity)
     if negatives == "hinted":
-        return hints.hard_negatives(record, count)
+        return hints.hinted_negatives(record, neg_num)
     if negatives == "hard":
-        return highest_scored_others(record, scores, count)
-    return sample_negatives(record, count, seed, index)
+        return highest_scored_others(record, scores, neg_num)
+    return sample_negatives(record, neg_num, seed, index)
 
 
 def _cache_key(model_path: str, adapter: str | None, prompts: list[str], records: list[Record]) -> str:

@@ -183,7 +183,7 @@ def train_preference(flags: PreferenceFlags) -> None:
 
     args = MultiNegativeDPOConfig(
         **training_arguments,
-        preference_loss=flags.loss_type,
+        loss_type=flags.loss_type,
         neg_num=flags.neg_num,
         packed_forward=flags.packed_forward,
         precompute_ref_log_probs=flags.precompute_ref_log_probs,

@@ -47,13 +47,13 @@ class MultiNegativeDPOConfig(DPOConfig):
 
     `beta` and `precompute_ref_log_probs` are DPOConfig's own; with the latter the reference
     log-probs of every example's 1 + k completions are computed once before training (and before
-    evaluation) instead of in every step. DPOConfig's `loss_type` is not used: the loss is
-    `preference_loss`.
+    evaluation) instead of in every step. `loss_type` is DPOConfig's field, which TRL keeps as a list,
+    holding one of this trainer's losses instead of TRL's pairwise ones.
 
     Parameters:
         neg_num (`int`, defaults to `3`):
             Rejected completions per prompt (k); each example must carry 1 + k completions.
-        preference_loss (`str`, defaults to `"sdpo"`):
+        loss_type (`str` or a list of one, defaults to `"sdpo"`):
             "sdpo" (softmax DPO), "dpo" (pairwise DPO, averaged over the k rejected) or "dmpo".
         packed_forward (`bool`, defaults to `True`):
             One sequence per prompt holding the prompt once and then every completion, each completion
@@ -68,7 +68,7 @@ class MultiNegativeDPOConfig(DPOConfig):
     """
 
     neg_num: int = field(default=3, metadata={"help": "Rejected completions per prompt (k)."})
-    preference_loss: str = field(default="sdpo", metadata={"help": f"One of {LOSS_TYPES}."})
+    loss_type: str | list[str] = field(default="sdpo", metadata={"help": f"One of {LOSS_TYPES}."})
     packed_forward: bool = field(default=True, metadata={"help": "Compute each prompt once for its 1 + k completions."})
     train_sampling_strategy: str = field(
         default="group_by_length",
@@ -79,8 +79,9 @@ class MultiNegativeDPOConfig(DPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.preference_loss not in LOSS_TYPES:
-            raise ValueError(f"preference_loss must be one of {LOSS_TYPES}, got {self.preference_loss!r}")
+        # DPOConfig has turned it into a list: one loss, ours.
+        if len(self.loss_type) != 1 or self.loss_type[0] not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.neg_num < 1:
             raise ValueError(f"neg_num must be at least 1, got {self.neg_num}")
 
@@ -126,7 +127,7 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
 
     @property
     def stage_name(self) -> str:
-        return self.args.preference_loss
+        return self.args.loss_type[0]
 
     def __init__(self, model, args: MultiNegativeDPOConfig, processing_class, **kwargs):
         kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id, args.packed_forward))
@@ -191,7 +192,7 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
 
     def _compute_loss(self, model, inputs, return_outputs):
         policy, reference = self._policy_and_reference_logps(model, inputs)
-        loss = preference_loss(self.args.preference_loss, policy[:, 0], policy[:, 1:], reference[:, 0],
+        loss = preference_loss(self.args.loss_type[0], policy[:, 0], policy[:, 1:], reference[:, 0],
                                reference[:, 1:], self.beta).mean()
         self._record_metrics(policy.detach(), reference)
         return (loss, None) if return_outputs else loss

@@ -226,7 +226,7 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
     os.replace(temporary, path)
 
 
-def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", seed: int = 0,
+def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", bootstrap_seed: int = 0,
             train_file: str | None = None, pairs: str | tuple | None = None, audit_file: str | None = None):
     """Write results.json, results.md and results.png into --run_dir from its finished stages.
 
@@ -234,7 +234,7 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
         run_dir: The run folder; each stage is a subfolder with its evaluation in eval/.
         stages: Comma-separated stage folders, in the order to report them.
         title: What the run was (data, sizes, profile), written above the table and into results.json.
-        seed: Seeds the paired bootstrap resampling of the differences.
+        bootstrap_seed: Seeds the paired bootstrap resampling of the differences.
         train_file: Training records; with them, each stage also gets the mean popularity rank of its answers.
         pairs: Comma-separated 'first:second' stage pairs to compare on the same prompts (first minus second); by default each stage with the one listed before it.
         audit_file: The data's leak audit (audit.json, data/audit.py); with it, results.md ends with the audit's table and verdicts and results.json lists the leaks it flagged.
@@ -242,7 +242,7 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
     names = stages.split(",") if isinstance(stages, str) else list(stages)
     counts = target_counts(train_file) if train_file else None
     rows = [stage_summary(run_dir, stage, counts) for stage in names]
-    comparisons = [paired_comparison(run_dir, better, worse, seed) for better, worse in parse_pairs(pairs, names)]
+    comparisons = [paired_comparison(run_dir, better, worse, bootstrap_seed) for better, worse in parse_pairs(pairs, names)]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
     table = (f"{title}\n\n" if title else "") + markdown_table(rows, comparisons)
     summary = {"title": title, "stages": rows, "paired_differences": comparisons}
@@ -256,6 +256,8 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
     draw(rows, stage_curves, os.path.join(run_dir, "results.png"))
     print(table)
 
+
+results.renamed_flags = {"seed": "bootstrap_seed"}
 
 if __name__ == "__main__":
     run(results)

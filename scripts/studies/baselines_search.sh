@@ -24,7 +24,7 @@ for model in sasrec gru4rec; do
             [[ -f $run/metrics.json ]] && continue
             python -m trainer.baselines --rule "$model" --train_file "$DATA_DIR/train.json" \
                 --valid_file "$DATA_DIR/valid.json" --test_file "$DATA_DIR/valid.json" --max_samples 10 \
-                --hidden_size "$hidden" --dropout "$dropout" --learning_rate "$rate" --training_seed "$seed" \
+                --hidden_size "$hidden" --dropout "$dropout" --learning_rate "$rate" --seed "$seed" \
                 --max_epochs 30 --patience 3 --output_dir "$run"
         done
     done

@@ -34,8 +34,8 @@ lane() {
     for pref in dpo:dpo:1 sdpo:sdpo:3; do
         IFS=: read -r name loss negatives <<< "$pref"
         if [[ ! -f $run/$name/train_results.json ]]; then
-            DATA_DIR=$data_dir HINTS=$hints OUTPUT_DIR=$run/$name ADAPTER=$run/sft LOSS_TYPE=$loss \
-                NEG_NUM=$negatives bash softmax_dpo.sh
+            DATA_DIR=$data_dir HINTS=$hints OUTPUT_DIR=$run/$name ADAPTER=$run/sft PREF_LOSS_TYPE=$loss \
+                PREF_NEG_NUM=$negatives bash softmax_dpo.sh
         fi
     done
     local model eval_split hint_flags
@@ -48,7 +48,7 @@ lane() {
                 hint_flags=(--hint_file "$eval_data/train.json" --hint_recency "$HINT_RECENCY")
             fi
             python inference.py --adapter "$run/$model" --output_dir "$eval_dir" \
-                --test_file "$eval_data/valid.json" --max_samples "$VALID_SAMPLES" --seed 0 \
+                --test_file "$eval_data/valid.json" --max_samples "$VALID_SAMPLES" --sample_seed 0 \
                 --score_candidates True "${hint_flags[@]}"
         done
     done
