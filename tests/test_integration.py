@@ -21,7 +21,7 @@ def run_script(script, env_overrides, *args):
 def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(tmp_path):
     data_dir, sft_dir, sdpo_dir, eval_dir = (tmp_path / name for name in ("lastfm", "sft", "sdpo", "eval"))
     sft = run_script("sft.sh", {"DATA_DIR": str(data_dir), "OUTPUT_DIR": str(sft_dir), "SFT_MAX_TRAIN_SAMPLES": "8",
-                                "SFT_MAX_VALID_SAMPLES": "4"}, "--max_steps", "2", "--logging_steps", "1")
+                                "SFT_MAX_VALID_SAMPLES": "4", "SFT_LORA_R": "4"}, "--max_steps", "2", "--logging_steps", "1")
     assert sft.returncode == 0, sft.stderr[-3000:]
     assert {"train.json", "valid.json", "test.json"} <= set(os.listdir(data_dir)), "sft.sh prepares the data"
     assert os.path.isfile(sft_dir / "adapter_model.safetensors")
@@ -29,6 +29,7 @@ def test_sft_then_softmax_dpo_then_inference_scripts_on_the_embedded_model(tmp_p
     assert state["global_step"] == 2 and any("loss" in entry for entry in state["log_history"])
     sft_config = json.loads((sft_dir / "run_config.json").read_text())
     assert (sft_config["lora_alpha"], sft_config["hint_recency"]) == (64, 0.5), "the cpu profile's settings"
+    assert sft_config["lora_r"] == 4, "the environment overrides the profile's SFT_LORA_R=8"
 
     sdpo = run_script("softmax_dpo.sh", {"DATA_DIR": str(data_dir), "ADAPTER": str(sft_dir),
                                          "OUTPUT_DIR": str(sdpo_dir), "PREF_MAX_TRAIN_SAMPLES": "4",
