@@ -17,14 +17,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
-
-set_shared_settings
-ADAPTER=${ADAPTER:-output/sft}
-OUTPUT_DIR=${OUTPUT_DIR:-output/dpo}
-
-if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-    show_help "$(basename "$0")" dpo.py
-    exit 0
-fi
-
-launch_training_stage dpo.py PREF --adapter "$ADAPTER" "$@"
+run_training_script dpo.py PREF output/dpo "$@"

@@ -33,13 +33,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
-
-set_shared_settings
-OUTPUT_DIR=${OUTPUT_DIR:-output/sft}
-
-if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-    show_help "$(basename "$0")" sft.py
-    exit 0
-fi
-
-launch_training_stage sft.py SFT "$@"
+run_training_script sft.py SFT output/sft "$@"

@@ -39,14 +39,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
-
-set_shared_settings
-ADAPTER=${ADAPTER:-output/sft}
-OUTPUT_DIR=${OUTPUT_DIR:-output/softmax_dpo}
-
-if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-    show_help "$(basename "$0")" softmax_dpo.py
-    exit 0
-fi
-
-launch_training_stage softmax_dpo.py PREF --adapter "$ADAPTER" "$@"
+run_training_script softmax_dpo.py PREF output/softmax_dpo "$@"

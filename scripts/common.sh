@@ -311,3 +311,22 @@ launch_training_stage() {
         "${stage_flag_list[@]}" \
         "$@"
 }
+
+# The body of a training stage script: with --help, its header and the Python script's flags; else
+# the stage, into OUTPUT_DIR (default $3), a preference stage (prefix PREF) starting from ADAPTER
+# (output/sft). run_training_script python_script prefix default_output_dir [flag ...]
+run_training_script() {
+    local python_script=$1 prefix=$2 default_output_dir=$3
+    shift 3
+    set_shared_settings
+    OUTPUT_DIR=${OUTPUT_DIR:-$default_output_dir}
+    if [[ ${1:-} == --help || ${1:-} == -h ]]; then
+        show_help "$(basename "$0")" "$python_script"
+        exit 0
+    fi
+    local adapter_flag=()
+    if [[ $prefix == PREF ]]; then
+        adapter_flag=(--adapter "${ADAPTER:-output/sft}")
+    fi
+    launch_training_stage "$python_script" "$prefix" "${adapter_flag[@]}" "$@"
+}
