@@ -52,7 +52,7 @@ def bench(model_name: str = EMBEDDED_MODEL_NAME, train_file: str = "data/lastfm/
         repeats: Fresh processes per entry script's import time (the median is printed).
     """
     sys.path.insert(0, REPO_ROOT)  # the entry scripts lie at the repository root, outside the installed package
-    from sft import SFTFlags, supervised_dataset
+    from trainer.sft_stage import SFTFlags, supervised_dataset
 
     rows = [(f"import {module} (fresh process)", import_seconds(module, repeats), None) for module in ENTRY_SCRIPTS]
     started = time.perf_counter()

@@ -25,15 +25,13 @@ from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
                            TrainingDataFlags, check_adapter_folder, flag)
 from trainer.losses import LOSS_TYPES
-from trainer.modeling import (BASE_FINGERPRINT_KEY, base_model_fingerprint, check_attn_implementation,
+from trainer.modeling import (base_model_fingerprint, check_attn_implementation,
                               is_adapter_folder, load_model_for_training, lora_config)
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeDPOConfig, MultiNegativeDPOTrainer,
                                         REFERENCE_ADAPTER_NAME)
 from trainer.prompts import PromptBuilder, evaluation_template, preference_example
-from trainer.training import (batch_layout, best_checkpoint_results, finish_training_stage, start_training_stage,
-                              time_budget_results, token_throughput, train_or_continue, training_callbacks,
-                              whole_run_metrics)
+from trainer.training import start_training_stage, train_validate_save, training_callbacks
 
 logger = logging.getLogger("preference")
 
@@ -201,15 +199,6 @@ def train_preference(flags: PreferenceFlags) -> None:
     )
     if is_main_process():
         trainer.model.print_trainable_parameters()
-    resolved_config = (config | {"resolved_model_path": model_path, BASE_FINGERPRINT_KEY: fingerprint}
-                       | batch_layout(config))
-    metrics = whole_run_metrics(trainer, train_or_continue(trainer, flags.output_dir, resolved_config).metrics)
-    results = (metrics | token_throughput(metrics, trainer.train_dataset[LENGTH_COLUMN])
-               | best_checkpoint_results(trainer.state) | time_budget_results(trainer))
-    if eval_dataset is not None:
-        results |= trainer.evaluate()
-    results |= {"train_examples": len(train_dataset), "valid_examples": len(eval_dataset or [])}
-
     def save_adapter() -> None:
         # Only the trained adapter is saved; the frozen "ref" copy is the SFT adapter, already on disk.
         if trainer.is_world_process_zero():
@@ -217,4 +206,5 @@ def train_preference(flags: PreferenceFlags) -> None:
                                                                             selected_adapters=["default"])
             tokenizer.save_pretrained(flags.output_dir)
 
-    finish_training_stage(trainer, flags.output_dir, results, save_adapter)
+    train_validate_save(trainer, flags.output_dir, config, model_path, fingerprint,
+                        trainer.train_dataset[LENGTH_COLUMN], save_adapter)

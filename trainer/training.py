@@ -20,7 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from trainer.cli import is_main_process
 from trainer.errors import InputError, TrainingDiverged
-from trainer.modeling import load_tokenizer, resolve_dtype, resolve_model_path
+from trainer.modeling import BASE_FINGERPRINT_KEY, load_tokenizer, resolve_dtype, resolve_model_path
 from trainer.outputs import RUN_CONFIG_FILE, check_output_dir, follow_umask, start_run, write_json_atomically
 
 logger = logging.getLogger("training")
@@ -335,6 +335,23 @@ def kept_weights(results: dict) -> str:
         return "the last weights"
     return (f"the weights of step {results['best_checkpoint_step']}, the lowest validation loss "
             f"({results['best_validation_loss']:.4f})")
+
+
+def train_validate_save(trainer, output_dir: str, config: dict, model_path: str, fingerprint: str,
+                        example_tokens: list[int], save_adapter) -> None:
+    """The end of every training stage: train (continuing a killed run of the same flags), validate, then
+    save the adapter and the results (finish_training_stage). `example_tokens` is each training
+    example's length in tokens, for the throughput; `save_adapter()` is called by every process."""
+    resolved_config = (config | {"resolved_model_path": model_path, BASE_FINGERPRINT_KEY: fingerprint}
+                       | batch_layout(config))
+    metrics = whole_run_metrics(trainer, train_or_continue(trainer, output_dir, resolved_config).metrics)
+    results = (metrics | token_throughput(metrics, example_tokens) | best_checkpoint_results(trainer.state)
+               | time_budget_results(trainer))
+    if trainer.eval_dataset is not None:
+        results |= trainer.evaluate()
+    results |= {"train_examples": len(trainer.train_dataset),
+                "valid_examples": 0 if trainer.eval_dataset is None else len(trainer.eval_dataset)}
+    finish_training_stage(trainer, output_dir, results, save_adapter)
 
 
 def finish_training_stage(trainer, output_dir: str, results: dict, save_adapter) -> None:
