@@ -15,7 +15,7 @@ from tests.conftest import REPO_ROOT, write_records
 from trainer.audit import (TrainingCounts, audit, chi_square_survival, expected_hit, position_test, rule_keys,
                            sequence_followers)
 from trainer.data import Record, load_records
-from trainer.llara_layout import prepare
+from dataprep.llara_layout import prepare
 
 ITEMS = 300
 USERS = 600

@@ -19,9 +19,9 @@ from trainer.baselines import rules
 from trainer.cli import check_flag_names
 from trainer.data import parse_record
 from trainer.errors import InputError
-from trainer.interaction_log import prepare_log
+from dataprep.interaction_log import prepare_log
 from trainer.evaluation import answer_and_score, score_answers
-from trainer.llara_layout import prepare
+from dataprep.llara_layout import prepare
 from trainer.modeling import load_model, load_model_for_evaluation, load_tokenizer
 from trainer.outputs import check_output_dir, stage_json_list, write_json_atomically
 from trainer.prompts import PromptBuilder, encode_answer, encode_prompt

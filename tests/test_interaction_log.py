@@ -1,4 +1,4 @@
-"""trainer/interaction_log.py (data/prepare_log.py): a raw log to records, on a hand-made MovieLens-style log and on the real HetRec Last.fm log."""
+"""dataprep/interaction_log.py (data/prepare_log.py): a raw log to records, on a hand-made MovieLens-style log and on the real HetRec Last.fm log."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from trainer.errors import InputError
-from trainer.interaction_log import prepare_log, split_windows, windows
-from trainer.llara_files import read_split as read_llara_split
+from dataprep.interaction_log import prepare_log, split_windows, windows
+from dataprep.llara_files import read_split as read_llara_split
 
 HETREC = "hetrec-lastfm-2k"
 

@@ -1,4 +1,4 @@
-"""trainer/llara_layout.py (data/prepare.py): the LLaRA conversion against the S-DPO authors' published file, and bad input."""
+"""dataprep/llara_layout.py (data/prepare.py): the LLaRA conversion against the S-DPO authors' published file, and bad input."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import pytest
 
 from trainer.data import load_records, parse_record
 from trainer.errors import InputError
-from trainer.llara_files import read_split, split_paths, to_text, write_split_text
-from trainer.llara_layout import (Catalogue, PoolWithout, independent_candidates, movielens_title, prepare, sample_candidates,
+from dataprep.llara_files import read_split, split_paths, to_text, write_split_text
+from dataprep.llara_layout import (Catalogue, PoolWithout, independent_candidates, movielens_title, prepare, sample_candidates,
                                   splitmix64)
 
 

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from trainer.errors import InputError
-from trainer.llara_files import SPLIT_STEMS, TEXT_SUFFIX, write_split_text
-from trainer.llara_layout import ID_SEPARATOR, movielens_title, prepare
+from dataprep.llara_files import SPLIT_STEMS, TEXT_SUFFIX, write_split_text
+from dataprep.llara_layout import ID_SEPARATOR, movielens_title, prepare
 from trainer.prompts import domain_words
 from trainer.outputs import save_run_config, write_text_atomically
 

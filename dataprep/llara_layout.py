@@ -7,7 +7,7 @@ Input folder (the layout LLaRA and the S-DPO paper use, for LastFM, Steam and Mo
                                       trailing article comes first ("Usual Suspects, The (1995)" ->
                                       "The Usual Suspects")
     train_data.tsv, val_data.tsv (or Val_data.tsv), test_data.tsv (or Test_data.tsv)
-                                      the splits as plain text (trainer/llara_files.py), or LLaRA's own
+                                      the splits as plain text (dataprep/llara_files.py), or LLaRA's own
     train_data.df, val_data.df, ...   pandas DataFrames (pickle); either way the columns seq (item ids,
                                       padded; MovieLens: (id, rating) pairs), len_seq, next (id or pair)
 
@@ -48,7 +48,7 @@ import pandas as pd
 
 from trainer.data import HISTORY_SEPARATOR, prompt_safe_title, prompt_safety_problem
 from trainer.errors import InputError
-from trainer.llara_files import TEXT_FIRST_ROW_LINE, TEXT_SUFFIX, TITLE_FILES, read_split, split_paths
+from dataprep.llara_files import TEXT_FIRST_ROW_LINE, TEXT_SUFFIX, TITLE_FILES, read_split, split_paths
 from trainer import audit as leak_audit
 from trainer.outputs import save_run_config, stage_json_list
 from trainer.prompts import domain_words
