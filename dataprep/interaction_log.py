@@ -239,7 +239,7 @@ def prepare_log(
         valid_fraction: Share of the windows (split=time) or users (split=user) for validation.
         test_fraction: Share for the test split.
         negatives_per_list: Negatives per record; each record has negatives_per_list + 1 candidates.
-        negative_draw: independent (uniform over the items outside the history, drawn for many records at once, seeded by --seed and the record) or llara (LLaRA's own procedure, seeded by each record's true item, so that the candidate lists give it away; record by record, about 2.5x slower overall on a large log).
+        negative_draw: independent (uniform over the items outside the history, drawn for many records at once, seeded by --seed and the record) or llara (LLaRA's own procedure, seeded by each record's true item, so that the candidate lists give it away; record by record, slower on a large log: bench/prepare_log.py).
         audit: Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md beside them, warning of each leak flagged.
         min_history: Records with fewer history items are dropped (LLaRA: 3).
         seed: Seeds the user split and the independent negative draw.

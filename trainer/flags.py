@@ -199,8 +199,8 @@ class LoraFlags(Flags):
     lora_r: int = flag(8, "LoRA rank of a fresh adapter (one given with --adapter keeps its own settings).")
     lora_alpha: int = flag(32, "LoRA scaling numerator of a fresh adapter (the update is scaled by alpha / r).")
     lora_dropout: float = flag(
-        0.1, "Dropout on the LoRA input of a fresh adapter (the S-DPO authors' 0.1). On a CPU it costs about a "
-             "third of an SFT step; the preference stages turn it off while training.")
+        0.1, "Dropout on the LoRA input of a fresh adapter (the S-DPO authors' 0.1). It adds to each CPU step "
+             "(docs/stages.md); the preference stages turn it off while training.")
     lora_target_modules: str | tuple[str, ...] = flag(
         ",".join(LLAMA_PROJECTIONS),
         "Comma-separated module names that get a fresh adapter (default: every attention and MLP projection).")

@@ -113,8 +113,8 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
                 "mask, blocks nobody attends to skipped; GPU only, as it has no backward on a CPU).")
     precompute_ref_log_probs: bool = flag(
         True, "Compute the reference log-probs of every example once before training (and validation) instead of "
-              "in each step: the same numbers, one forward less per step (a third of a step, bench/README.md), "
-              "paid once instead of once per epoch and per validation. False computes them in each step.")
+              "in each step: the same numbers, one forward less per step (bench/README.md measures it), paid once "
+              "instead of once per epoch and per validation. False computes them in each step.")
 
     def check(self) -> None:
         super().check()
