@@ -21,8 +21,7 @@ from trl import DPOConfig, DPOTrainer
 
 from dpo import dpo
 from softmax_dpo import softmax_dpo
-from trainer.baselines import target_counts
-from trainer.collaborative import load_hints
+from trainer.collaborative import load_hints, statistics_of
 from trainer.data import parse_record
 from trainer.errors import InputError
 from trainer.evaluation import answer_and_score
@@ -436,7 +435,7 @@ def test_popular_negatives_follow_training_popularity_and_repeat(tokenizer, tmp_
     train_file = write_records(tmp_path / "train.json", [make_record(0), make_record(1)])
     builder = PromptBuilder("music", template_index=0)
     dataset = preference_dataset(sample_records(train_file, None, 0, 2), 0, builder, tokenizer, neg_num=2,
-                                 negatives="popular", popularity=target_counts(train_file))
+                                 negatives="popular", popularity=statistics_of(train_file).popularity)
     assert len(dataset) == 2 and all(len(row["completion_ids"]) == 3 for row in dataset)
 
 

@@ -9,7 +9,7 @@ import pytest
 from trainer import results as results_module
 from tests.test_audit import synthetic_folder
 from trainer.audit import audit, markdown_table, write_audit
-from trainer.baselines import popularity_rank
+from trainer.collaborative import popularity_rank
 from trainer.errors import InputError
 from trainer.metrics import wilson_interval
 from trainer.metrics import paired_bootstrap_interval

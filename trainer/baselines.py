@@ -18,9 +18,6 @@ their evaluations carry the ranking metrics and every candidate's score.
     python -m trainer.baselines --rule transitions --train_file data/lastfm/train.json \
         --test_file data/lastfm/test.json --max_samples 500 --sample_seed 0 --output_dir output/eval_transitions
     python -m trainer.baselines --rule sasrec --output_dir output/eval_sasrec --max_samples 500
-
-popularity_rank places any answer among its candidates by training popularity, which shows whether
-a model has learned what the data rewards (trainer.results).
 """
 
 import collections
@@ -43,22 +40,6 @@ COUNT_RULES = ("popularity", "transitions")
 SCORED_RULES = ("itemknn", *MODEL_TYPES)  # score every candidate
 RULES = (*COUNT_RULES, *SCORED_RULES)
 TRAINING_LOG_FILE = "training_log.json"
-
-
-def target_counts(train_file: str) -> collections.Counter:
-    """How often each title is the true item of a record of `train_file`."""
-    return collections.Counter(record.target for record in load_records(train_file))
-
-
-def popularity_rank(title: str, candidates, counts: collections.Counter) -> float:
-    """Place of `title` among `candidates` by training count: 1 is the most popular.
-
-    Tied candidates share the mean of their places, so a candidate picked at random averages
-    (number of candidates + 1) / 2, 10.5 for 20.
-    """
-    more = sum(counts[other] > counts[title] for other in candidates)
-    equal = sum(counts[other] == counts[title] for other in candidates)
-    return 1 + more + (equal - 1) / 2
 
 
 def rule_answer(rule: str, statistics: ItemStatistics, record: Record, exclude_own: bool, recency: float = 1.0) -> str:

@@ -105,6 +105,17 @@ def statistics_of(path: str) -> ItemStatistics:
     return ItemStatistics(load_records(path))
 
 
+def popularity_rank(title: str, candidates, counts: collections.Counter) -> float:
+    """Place of `title` among `candidates` by training count: 1 is the most popular.
+
+    Tied candidates share the mean of their places, so a candidate picked at random averages
+    (number of candidates + 1) / 2, 10.5 for 20.
+    """
+    more = sum(counts[other] > counts[title] for other in candidates)
+    equal = sum(counts[other] == counts[title] for other in candidates)
+    return 1 + more + (equal - 1) / 2
+
+
 def counts_own_records(counted_file: str, data_file: str) -> bool:
     """Whether the records of `data_file` are among those counted: the same file."""
     return os.path.exists(counted_file) and os.path.exists(data_file) and os.path.samefile(counted_file, data_file)

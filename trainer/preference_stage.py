@@ -18,8 +18,8 @@ from peft import PeftModel
 from transformers import set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
-from trainer.baselines import target_counts
 from trainer.cli import is_main_process
+from trainer.collaborative import statistics_of
 from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
@@ -148,7 +148,7 @@ def train_preference(flags: PreferenceFlags) -> None:
                        PromptBuilder(flags.domain, tokenizer, flags.max_prompt_tokens,
                                      template_index=evaluation_template(flags.template_index),
                                      hints=flags.hints_for(flags.valid_file), source=flags.valid_file)))
-    popularity = target_counts(flags.train_file) if flags.negatives == "popular" else None
+    popularity = statistics_of(flags.train_file).popularity if flags.negatives == "popular" else None
 
     model = load_model_for_training(model_path, torch_dtype, flags.load_in_4bit, flags.gradient_checkpointing,
                                     flags.attn_implementation)

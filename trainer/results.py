@@ -26,7 +26,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trainer import audit  # noqa: E402
-from trainer.baselines import TRAINING_LOG_FILE, popularity_rank, target_counts  # noqa: E402
+from trainer.baselines import TRAINING_LOG_FILE  # noqa: E402
+from trainer.collaborative import popularity_rank, statistics_of  # noqa: E402
 from trainer.cli import run  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
@@ -240,7 +241,7 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
         audit_file: The data's leak audit (audit.json, data/audit.py); with it, results.md ends with the audit's table and verdicts and results.json lists the leaks it flagged.
     """
     names = stages.split(",") if isinstance(stages, str) else list(stages)
-    counts = target_counts(train_file) if train_file else None
+    counts = statistics_of(train_file).popularity if train_file else None
     rows = [stage_summary(run_dir, stage, counts) for stage in names]
     comparisons = [paired_comparison(run_dir, better, worse, bootstrap_seed) for better, worse in parse_pairs(pairs, names)]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
