@@ -15,14 +15,12 @@ import dataclasses
 import typing
 import functools
 import inspect
-import json
-import os
 
 from trainer.cli import accepts
 from trainer.collaborative import CollaborativeHints, load_hints
 from trainer.errors import InputError
 from trainer.modeling import BASE_FINGERPRINT_KEY, EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
-from trainer.outputs import RUN_CONFIG_FILE, claimed_output_dir
+from trainer.outputs import adapter_run_config, claimed_output_dir
 from trainer.prompts import EVAL_TEMPLATE_INDEX
 
 
@@ -148,19 +146,6 @@ class PromptFlags(Flags):
             return None
         before, now = hint_description(trained), hint_description(dataclasses.asdict(self))
         return None if before == now else f"{adapter} was trained {before}; this run's prompts are built {now}"
-
-
-def adapter_run_config(adapter: str) -> dict | None:
-    """The flags an adapter was trained with: the run_config.json of its folder, or of the run a checkpoint
-    folder belongs to; None for an adapter that no stage of this toolkit wrote."""
-    path = os.path.join(adapter, RUN_CONFIG_FILE)
-    if not os.path.isfile(path) and os.path.basename(os.path.normpath(adapter)).startswith("checkpoint-"):
-        path = os.path.join(os.path.dirname(os.path.normpath(adapter)), RUN_CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def hint_description(config: dict) -> str:

@@ -1,5 +1,6 @@
 """Writing a run's outputs safely: whole files or none, readable by the group that shares them,
-and the run's flags saved first so a half-finished run never passes for a finished one."""
+and the run's flags saved first so a half-finished run never passes for a finished one; and reading
+back the flags a run recorded (run_config.json), apart from the flags' definitions."""
 
 import contextlib
 import fcntl
@@ -100,6 +101,19 @@ def check_output_dir(output_dir: str) -> None:
 def save_run_config(config: dict, output_dir: str) -> None:
     """The resolved flags of a run, next to its outputs, so the run can be repeated."""
     write_json_atomically(config, os.path.join(output_dir, RUN_CONFIG_FILE))
+
+
+def adapter_run_config(adapter: str) -> dict | None:
+    """The flags an adapter was trained with: the run_config.json of its folder, or of the run a checkpoint
+    folder belongs to; None for an adapter that no stage of this toolkit wrote."""
+    path = os.path.join(adapter, RUN_CONFIG_FILE)
+    if not os.path.isfile(path) and os.path.basename(os.path.normpath(adapter)).startswith("checkpoint-"):
+        path = os.path.join(os.path.dirname(os.path.normpath(adapter)), RUN_CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def start_run(config: dict, output_dir: str, completion_file: str, earlier_outputs: tuple[str, ...] = ()) -> None:
