@@ -113,6 +113,17 @@ def batch_logps(model, rows, packed: bool) -> torch.Tensor:
     return completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).view(-1, width)
 
 
+@pytest.mark.parametrize("completion_mask, message", [
+    ([[0, 1, 1], [0, 0, 0]], "^every row needs at least one completion token$"),
+    ([[1, 1, 0], [0, 1, 1]], "^a completion cannot start at position 0: nothing precedes its first token$"),
+])
+def test_completion_logps_refuse_a_row_it_cannot_score(completion_mask, message):
+    """Found by mutation testing: neither check was reached by a test. The model is never called."""
+    ids = torch.ones(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=message):
+        completion_logps(None, ids, torch.ones_like(ids), torch.tensor(completion_mask))
+
+
 @pytest.mark.parametrize("packed", [True, False])
 def test_completion_logps_match_the_slow_definition(tiny_model_dir, tokenizer, packed):
     model = lora_model(tiny_model_dir)
