@@ -4,7 +4,10 @@ import math
 
 import pytest
 
-from trainer.metrics import match_answer, named_candidates, summarize, summarize_ranks, true_item_rank, wilson_interval
+from trainer.collaborative import ItemStatistics
+from trainer.data import Record
+from trainer.metrics import (match_answer, named_candidates, summarize, summarize_diversity, summarize_ranks,
+                             true_item_rank, wilson_interval)
 
 CANDIDATES = ["Genesis", "Genesis P-Orridge", "Hope", "Sunn O)))", "Harry Connick, Jr.", "Yes", "Muse"]
 
@@ -113,3 +116,22 @@ def test_ranking_metrics_by_hand():
     assert metrics["ranking_ndcg_at_5"] == pytest.approx(0.375)
     assert metrics["ranking_ndcg_at_10"] == pytest.approx((1 + 0.5 + 1 / 3) / 4)
     assert metrics["ranking_mrr"] == pytest.approx((1 + 1 / 3 + 1 / 7 + 1 / 12) / 4)
+
+
+def test_diversity_counts_the_named_items_by_hand():
+    # Eight answers name A, A, A, B, B, C, D, E and two name nothing: 5 different items of 8 named;
+    # the 3 named most often (A 3, B 2, then C, D or E 1) take 6 of the 8.
+    named = ["A", "A", None, "B", "A", "C", "B", None, "D", "E"]
+    assert summarize_diversity(named) == {"distinct_answers": 5, "div_ratio": 5 / 8, "or_ratio": 6 / 8}
+    assert summarize_diversity(["A"] * 4) == {"distinct_answers": 1, "div_ratio": 0.25, "or_ratio": 1.0}
+    assert summarize_diversity([None, None]) == {"distinct_answers": 0, "div_ratio": None, "or_ratio": None}
+
+
+def test_the_most_popular_tenth_takes_ties_at_its_boundary():
+    records = [Record(("H",), ("A", "B", "C"), target) for target in "AAABBC"]
+    statistics = ItemStatistics(records)
+    assert statistics.catalogue == {"H", "A", "B", "C"}
+    assert statistics.popular_items() == {"A"}  # place ceil(0.4) = 1: count 3
+    assert statistics.popular_items(share=0.5) == {"A", "B"}  # place 2: count 2
+    tied = ItemStatistics([Record(("H",), ("A", "B"), target) for target in "AB"])
+    assert tied.popular_items() == {"A", "B"}, "A and B share the top place"

@@ -140,7 +140,7 @@ def test_results_without_candidate_scoring_leave_the_ranking_out(tmp_path):
     rows = json.loads((tmp_path / "results.json").read_text())["stages"]
     assert not any(name.startswith("ranking_") for row in rows for name in row)
     # Wilson at 2 of 2: [1 - 3.8415 / 5.8415, 1] = [0.342, 1].
-    assert "| sft | 1.000 [0.342, 1.000] | 1.000 [0.342, 1.000] |  |  |  | 2 |" in (tmp_path / "results.md").read_text()
+    assert "| sft | 1.000 [0.342, 1.000] | 1.000 [0.342, 1.000] |  |  | 2 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -168,8 +168,12 @@ def test_results_rank_the_answers_by_training_popularity(tmp_path):
     row = json.loads((tmp_path / "run" / "results.json").read_text())["stages"][0]
     assert row["answer_popularity_rank"] == 2.5 and row["true_item_popularity_rank"] == 2.0
     assert row["random_pick_popularity_rank"] == 2.5
+    # Catalogue A, B, C, D, X (5 titles; counts 3, 1, 1, 0, 0): its most popular tenth is A alone (place
+    # ceil(0.5) = 1); the valid answers A and D are 2 different items of 2, one of them A.
+    assert (row["distinct_answers"], row["div_ratio"], row["or_ratio"]) == (2, 1.0, 1.0)
+    assert (row["popular_answer_share"], row["catalogue_coverage"]) == (0.5, 2 / 5)
     table = (tmp_path / "run" / "results.md").read_text()
-    assert "| 2.50 | 3 |" in table and "the true items average 2.0" in table
+    assert "| sft | 2 | 1.000 | 1.000 | 2.50 | 0.500 | 0.4000 |" in table and "the true items average 2.0" in table
 
 
 def test_a_stage_without_its_evaluation_is_named(tmp_path):

@@ -22,22 +22,37 @@ the transitions rule from HR@1 0.619 to 0.715, docs/levers.md).
 
 import collections
 import functools
+import math
 import os
 
 from trainer.data import Record, load_records
 from trainer.errors import InputError
 
 
+POPULAR_SHARE = 0.1  # the catalogue's most popular tenth, for the share of answers among them
+
+
 class ItemStatistics:
-    """Popularity and history -> next transition counts of a list of records."""
+    """Popularity and history -> next transition counts of a list of records, and their catalogue."""
 
     def __init__(self, records: list[Record]):
         self.popularity = collections.Counter(record.target for record in records)
+        # Every title the records name: in a history, among the candidates or as the true item.
+        self.catalogue = {title for record in records for title in (*record.history, *record.candidates)}
         # transitions[h][t]: records whose history holds title h and whose next title is t.
         self.transitions: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         for record in records:
             for title in set(record.history):
                 self.transitions[title][record.target] += 1
+
+    def popular_items(self, share: float = POPULAR_SHARE) -> set[str]:
+        """The catalogue's most popular `share`: every title counted as a true item at least as often as the
+        one at place ceil(share x catalogue size) in the order of counts, most first (ties at that place all in)."""
+        ordered = sorted((self.popularity[title] for title in self.catalogue), reverse=True)
+        if not ordered:
+            return set()
+        threshold = ordered[math.ceil(share * len(ordered)) - 1]
+        return {title for title in self.catalogue if self.popularity[title] >= threshold}
 
     def popularity_of(self, record: Record, title: str, exclude_own: bool) -> int:
         """Training records whose next title is `title`; without `record`'s own when `exclude_own`."""

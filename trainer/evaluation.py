@@ -19,7 +19,7 @@ from trainer.cli import is_main_process
 from trainer.data import Record
 from trainer.errors import InputError
 from trainer.logprobs import collate_packed, pack_example, packed_completion_logps, pad_left
-from trainer.metrics import match_answer, summarize, summarize_ranks, true_item_rank
+from trainer.metrics import match_answer, summarize, summarize_diversity, summarize_ranks, true_item_rank
 from trainer.outputs import write_json_atomically, write_jsonl_atomically
 from trainer.prompts import encode_answer, encode_prompt
 
@@ -136,6 +136,7 @@ def score_answers(indices: list[int], records: list[Record], answers: list[str],
             row["true_item_rank"] = true_item_rank(scores, record.candidates.index(record.target))
         predictions.append(row)
     metrics = summarize([row["hit"] for row in predictions], [row["valid"] for row in predictions])
+    metrics |= summarize_diversity([row["matched_candidate"] for row in predictions])
     if candidate_scores is not None:
         metrics |= summarize_ranks([row["true_item_rank"] for row in predictions])
     return predictions, metrics

@@ -13,11 +13,13 @@ title inside another title):
 HitRatio@1 = hits / all rows and ValidRatio = valid answers / all rows, as in the S-DPO paper.
 """
 
+import collections
 import math
 
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 1000
+TOP_NAMED = 3  # or_ratio's most named items, SPRec's choice
 # Resamples drawn together: BOOTSTRAP_CHUNK x rows indices in memory at once, whatever the number of rows.
 BOOTSTRAP_CHUNK = 50
 
@@ -109,6 +111,25 @@ def summarize(hits: list[bool], valid: list[bool]) -> dict:
         metrics[name] = count / total
         metrics[f"{name}_ci95"] = [low, high]
     return metrics
+
+
+def summarize_diversity(named: list[str | None]) -> dict:
+    """How spread the named items are, over the answers that name one (`named`: each row's named
+    candidate, None where the answer names none). The diversity figures SPRec (Gao et al. 2025,
+    "SPRec: Self-Play to Debias LLM-based Recommendation") reports, over one answer per prompt:
+
+        distinct_answers  the number of different items named
+        div_ratio         distinct_answers / the answers naming an item (1: every answer another item)
+        or_ratio          the share of those answers naming one of the TOP_NAMED items named most often
+                          (over-recommendation: near 1, a few items take every answer)
+
+    div_ratio and or_ratio are None when no answer names an item."""
+    answers = [item for item in named if item is not None]
+    counts = collections.Counter(answers)
+    most_named = sum(count for _, count in counts.most_common(TOP_NAMED))
+    return {"distinct_answers": len(counts),
+            "div_ratio": len(counts) / len(answers) if answers else None,
+            "or_ratio": most_named / len(answers) if answers else None}
 
 
 def true_item_rank(scores: list[float], true_index: int) -> int:

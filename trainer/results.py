@@ -27,11 +27,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from trainer import audit  # noqa: E402
 from trainer.baselines import TRAINING_LOG_FILE  # noqa: E402
-from trainer.collaborative import popularity_rank, statistics_of  # noqa: E402
+from trainer.collaborative import ItemStatistics, popularity_rank, statistics_of  # noqa: E402
 from trainer.cli import run  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
-from trainer.metrics import paired_bootstrap_interval, summarize  # noqa: E402
+from trainer.metrics import paired_bootstrap_interval, summarize, summarize_diversity  # noqa: E402
 from trainer.outputs import write_json_atomically, write_text_atomically  # noqa: E402
 from trainer.training import TRAIN_RESULTS_FILE  # noqa: E402
 
@@ -58,9 +58,11 @@ def read_predictions(run_dir: str, stage: str) -> list[dict]:
         raise InputError(f"{path}: missing; has this stage finished?") from None
 
 
-def stage_summary(run_dir: str, stage: str, counts=None) -> dict:
-    """One stage's row of results.json; with training counts, the mean popularity rank of the named
-    candidates (valid answers) and of the true items."""
+def stage_summary(run_dir: str, stage: str, statistics: ItemStatistics | None = None) -> dict:
+    """One stage's row of results.json: its metrics and how spread its answers are (summarize_diversity);
+    with the training split's counts, the mean popularity rank of the named candidates (valid answers)
+    and of the true items, the share of answers naming one of the catalogue's most popular tenth, and
+    the catalogue's coverage (the share of its items named at least once)."""
     stage_dir = os.path.join(run_dir, stage)
     metrics = read_json(os.path.join(stage_dir, EVAL_FOLDER, METRICS_FILE))
     predictions = read_predictions(run_dir, stage)
@@ -70,7 +72,14 @@ def stage_summary(run_dir: str, stage: str, counts=None) -> dict:
                         [prediction["valid"] for prediction in predictions])
     row |= {name: value for name, value in summary.items() if name != "n"}
     row |= {name: value for name, value in metrics.items() if name.startswith("ranking_")}
-    if counts is not None:
+    named_items = [prediction["matched_candidate"] for prediction in predictions if prediction["valid"]]
+    row |= summarize_diversity(named_items)
+    if statistics is not None:
+        counts = statistics.popularity
+        popular = statistics.popular_items()
+        row["popular_answer_share"] = (sum(item in popular for item in named_items) / len(named_items)
+                                       if named_items else None)
+        row["catalogue_coverage"] = len(set(named_items) & statistics.catalogue) / len(statistics.catalogue)
         named = [popularity_rank(prediction["matched_candidate"], prediction["candidates"], counts)
                  for prediction in predictions if prediction["valid"]]
         row["answer_popularity_rank"] = round(sum(named) / len(named), 2) if named else None
@@ -152,15 +161,26 @@ def markdown_table(rows: list[dict], comparisons: list[dict]) -> str:
     def optional(row, name, digits):
         return "" if row.get(name) is None else f"{row[name]:.{digits}f}"
 
-    lines = ["| stage | HR@1 [95% CI] | ValidRatio [95% CI] | ranked HR@1 | MRR | answer's popularity rank | "
-             "prompts | train examples | steps | train s | eval s |", "|---" * 11 + "|"]
+    lines = ["| stage | HR@1 [95% CI] | ValidRatio [95% CI] | ranked HR@1 | MRR | "
+             "prompts | train examples | steps | train s | eval s |", "|---" * 10 + "|"]
     for row in rows:
         lines.append(f"| {row['stage']} | {interval(row, 'hit_ratio_at_1')} | {interval(row, 'valid_ratio')} | "
                      f"{optional(row, 'ranking_hit_ratio_at_1', 3)} | {optional(row, 'ranking_mrr', 3)} | "
-                     f"{optional(row, 'answer_popularity_rank', 2)} | {row['evaluated_prompts']} | "
+                     f"{row['evaluated_prompts']} | "
                      f"{row.get('train_examples', '')} | {row.get('train_steps', '')} | "
                      f"{row.get('train_seconds', '')} | {optional(row, 'eval_seconds', 1)} |")
     table = "\n".join(lines) + "\n"
+    table += ("\nBeyond accuracy, over the answers that name a candidate: how many different items they name, "
+              "DivRatio (different items / answers) and ORRatio (the share of the 3 items named most often), as "
+              "SPRec reports them; with the training split's counts, where the named candidate sits among its "
+              "prompt's candidates by popularity (1 = most often a training true item), the share of answers "
+              "among the catalogue's most popular tenth, and the share of the catalogue named at least once:\n\n"
+              "| stage | different items | DivRatio | ORRatio | popularity rank | most popular tenth | "
+              "catalogue coverage |\n|---|---|---|---|---|---|---|\n")
+    for row in rows:
+        table += (f"| {row['stage']} | {row['distinct_answers']} | {optional(row, 'div_ratio', 3)} | "
+                  f"{optional(row, 'or_ratio', 3)} | {optional(row, 'answer_popularity_rank', 2)} | "
+                  f"{optional(row, 'popular_answer_share', 3)} | {optional(row, 'catalogue_coverage', 4)} |\n")
     if comparisons:
         table += ("\nPaired differences on the same prompts, with 95% paired bootstrap intervals "
                   "(an interval above 0 means the first stage is better); how often both name the same candidate, "
@@ -241,8 +261,8 @@ def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo",
         audit_file: The data's leak audit (audit.json, data/audit.py); with it, results.md ends with the audit's table and verdicts and results.json lists the leaks it flagged.
     """
     names = stages.split(",") if isinstance(stages, str) else list(stages)
-    counts = statistics_of(train_file).popularity if train_file else None
-    rows = [stage_summary(run_dir, stage, counts) for stage in names]
+    statistics = statistics_of(train_file) if train_file else None
+    rows = [stage_summary(run_dir, stage, statistics) for stage in names]
     comparisons = [paired_comparison(run_dir, better, worse, bootstrap_seed) for better, worse in parse_pairs(pairs, names)]
     stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
     table = (f"{title}\n\n" if title else "") + markdown_table(rows, comparisons)
