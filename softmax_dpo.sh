@@ -14,7 +14,7 @@
 #   PREF_EFFECTIVE_BATCH_SIZE  prompts per optimizer step, all processes together
 #   PREF_BATCH_SIZE    most prompts per forward pass of one process; passes accumulate to the
 #                      effective batch, shared equally by the processes
-#   PREF_LOSS_TYPE     sdpo, dpo or dmpo (sdpo)
+#   PREF_LOSS_TYPE     the loss: sdpo (default), dpo, dmpo, or one of the others `python softmax_dpo.py --help` lists
 #   PREF_NEG_NUM       rejected titles per prompt (3)
 #   PREF_NEGATIVES     random (the paper's); popular: drawn in proportion to 1 + each candidate's count
 #                      as a training true item; hinted: the other candidates the training counts rank

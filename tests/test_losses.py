@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import LOSS_TYPES, dmpo_loss, dpo_loss, preference_loss, sdpo_loss
+from trainer.losses import LOSS_TYPES, LOSSES, dmpo_loss, dpo_loss, loss_choices, mppo_loss, preference_loss, sdpo_loss
 
 
 def log_sigmoid(x: float) -> float:
@@ -121,3 +121,21 @@ def test_unknown_loss_and_bad_shapes_are_refused():
         preference_loss("ipo", *batch, beta=1.0)
     with pytest.raises(ValueError, match=r"\[B, k\]"):
         preference_loss("sdpo", batch[0], batch[1][0], batch[2], batch[3][0], beta=1.0)
+
+
+def test_mppo_by_hand_and_without_the_reference():
+    # pi_w = 0.5, pi_j = (0.25, 0.125); beta = 2: -log sigmoid(2 * ((0.5 - 0.25) + (0.5 - 0.125))) = -log sigmoid(1.25).
+    batch = as_tensors([math.log(0.5)], [[math.log(0.25), math.log(0.125)]], [-1.0], [[-2.0, -3.0]])
+    assert mppo_loss(*batch, beta=2.0).item() == pytest.approx(-log_sigmoid(1.25), abs=1e-6)
+    assert -log_sigmoid(1.25) == pytest.approx(0.2519291, abs=1e-6)  # log(1 + e^-1.25)
+    other_reference = as_tensors([math.log(0.5)], [[math.log(0.25), math.log(0.125)]], [-9.0], [[0.0, -0.5]])
+    assert mppo_loss(*other_reference, beta=2.0).item() == mppo_loss(*batch, beta=2.0).item()
+    # Equal probabilities: log 2 whatever k; a log-probability rounded above 0 counts as 0 (probability 1).
+    assert mppo_loss(*as_tensors([-1.0], [[-1.0] * 5], [0.0], [[0.0] * 5]), beta=3.0).item() == pytest.approx(math.log(2))
+    assert mppo_loss(*as_tensors([1e-3], [[-1e9]], [0.0], [[0.0]]), beta=1.0).item() == pytest.approx(-log_sigmoid(1.0))
+
+
+def test_the_registry_is_the_one_list_of_losses():
+    assert LOSS_TYPES == tuple(LOSSES) == ("sdpo", "dpo", "dmpo", "mppo")
+    assert [name for name, loss in LOSSES.items() if not loss.needs_reference] == ["mppo"]
+    assert all(f"{name} (" in loss_choices() for name in LOSSES)

@@ -594,3 +594,38 @@ def test_each_loss_through_the_stage_matches_its_formula_and_not_the_others(tiny
     for other, value in losses.items():
         if other != loss_type:
             assert abs(value - losses[loss_type]) > 0.01, f"{other} and {loss_type} coincide on this batch"
+
+
+def test_a_loss_without_a_reference_trains_without_the_reference_pass(tiny_model_dir, tokenizer, tmp_path,
+                                                                      monkeypatch):
+    """MPPO through the stage: the reference pass, precomputed or per step, never runs (it raises here), and
+    each logged loss is MPPO's formula on the policy's own probabilities of the 4 prompts x (1 + 3) titles:
+    the SFT adapter's at the first step, the first checkpoint's at the second."""
+    def no_reference_pass(*args, **kwargs):
+        raise AssertionError("a reference-free loss ran the reference pass")
+
+    monkeypatch.setattr(MultiNegativeDPOTrainer, "_reference_logps", no_reference_pass)
+    sft_dir = tmp_path / "sft"
+    lora_model(tiny_model_dir).save_pretrained(sft_dir)
+    train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(4)])
+    output_dir = tmp_path / "mppo"
+    beta = 2.0
+    softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
+                output_dir=str(output_dir), loss_type="mppo", neg_num=3, beta=beta, batch_size=4,
+                gradient_accumulation_steps=1, max_steps=2, save_steps=1, logging_steps=1, learning_rate=0.05,
+                warmup_ratio=0.0, lr_scheduler_type="constant", seed=5)
+    assert json.loads((output_dir / "run_config.json").read_text())["loss_type"] == "mppo"
+    logged = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]
+    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    rows = preference_dataset(sample_records(train_file, None, 5, 3), 5, PromptBuilder("music", tokenizer, 512, seed=5),
+                              tokenizer, 3)
+    for step, adapter in enumerate((sft_dir, output_dir / "checkpoint-1")):
+        policy = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).eval()
+        expected = 0.0
+        with torch.no_grad():
+            for row in rows:
+                chance = [math.exp(float(slow_completion_logp(policy, row["prompt_ids"], completion)))
+                          for completion in row["completion_ids"]]
+                expected += math.log1p(math.exp(-beta * sum(chance[0] - other for other in chance[1:]))) / len(rows)
+        assert logged[step] == pytest.approx(expected, abs=1e-4), f"step {step + 1}"

@@ -24,7 +24,7 @@ from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
                            TrainingDataFlags, check_adapter_folder, flag)
-from trainer.losses import LOSS_TYPES
+from trainer.losses import LOSS_TYPES, LOSSES, loss_choices
 from trainer.modeling import (base_model_fingerprint, check_attn_implementation,
                               is_adapter_folder, load_model_for_training, lora_config)
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
@@ -94,7 +94,7 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
         None, "LoRA adapter folder from sft.py to start from; it also serves, frozen, as the reference policy. "
               "Unset: a fresh adapter is trained against the base model. Not needed to continue a killed run: run "
               "its command again and it resumes from its last checkpoint.")
-    loss_type: str = flag("sdpo", "sdpo (softmax DPO), dpo (pairwise DPO, averaged over the negatives) or dmpo.")
+    loss_type: str = flag("sdpo", f"The preference loss (trainer/losses.py): {loss_choices()}.")
     neg_num: int = flag(3, "k: rejected titles per prompt, drawn from the other candidates by --negatives.")
     negatives: str = flag(
         "random", "random (drawn uniformly from the other candidates, seeded by --seed and the example index; the "
@@ -184,7 +184,8 @@ def train_preference(flags: PreferenceFlags) -> None:
         loss_type=flags.loss_type,
         neg_num=flags.neg_num,
         packed_forward=flags.packed_forward,
-        precompute_ref_log_probs=flags.precompute_ref_log_probs,
+        # A loss without a reference needs no reference pass, precomputed or not.
+        precompute_ref_log_probs=flags.precompute_ref_log_probs and LOSSES[flags.loss_type].needs_reference,
         beta=flags.beta,
         gradient_checkpointing=flags.gradient_checkpointing,
     )

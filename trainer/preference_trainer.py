@@ -21,7 +21,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps, pad_left
-from trainer.losses import LOSS_TYPES, preference_loss, rewards
+from trainer.losses import LOSS_TYPES, LOSSES, preference_loss, rewards
 from trainer.training import SameOrderForAnyProcessCount, GuardedTraining
 
 # DPOTrainer's name for the frozen copy of the adapter a run starts from (saved in every checkpoint).
@@ -54,7 +54,8 @@ class MultiNegativeDPOConfig(DPOConfig):
         neg_num (`int`, defaults to `3`):
             Rejected completions per prompt (k); each example must carry 1 + k completions.
         loss_type (`str` or a list of one, defaults to `"sdpo"`):
-            "sdpo" (softmax DPO), "dpo" (pairwise DPO, averaged over the k rejected) or "dmpo".
+            A name of trainer/losses.py's LOSSES ("sdpo", "dpo", "dmpo", "mppo"); a loss that needs no
+            reference skips the reference pass.
         packed_forward (`bool`, defaults to `True`):
             One sequence per prompt holding the prompt once and then every completion, each completion
             attending only to the prompt and itself. False scores 1 + k padded sequences per prompt
@@ -184,8 +185,11 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
                 return self._completion_logps(model, inputs)
 
     def _policy_and_reference_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 1 + k] log-probs under the policy (with gradients) and the frozen reference."""
+        """[B, 1 + k] log-probs under the policy (with gradients) and the frozen reference; zeros for a loss
+        that reads no reference (so the logged rewards are then beta * log pi)."""
         policy = self._completion_logps(model, inputs)
+        if not LOSSES[self.args.loss_type[0]].needs_reference:
+            return policy, torch.zeros_like(policy.detach())
         if REFERENCE_COLUMN in inputs:
             return policy, inputs[REFERENCE_COLUMN].to(policy.dtype)
         return policy, self._reference_logps(model, inputs)
