@@ -490,6 +490,10 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
     lora_model(tiny_model_dir, seed=1).save_pretrained(sft_dir)
     softmax_dpo(**run)
     assert len(list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())) == 2
+    # Other prompts over the same candidates (another domain's wording) score otherwise: scored again. (The
+    # stage's cache key built without the prompts survived mutation testing before this.)
+    softmax_dpo(**run | {"domain": "movie"})
+    assert len(list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())) == 3
 
 
 def test_the_score_cache_key_follows_the_base_the_adapter_weights_the_prompts_and_the_candidates(tmp_path,
