@@ -18,7 +18,6 @@ print_header() {
 # A stage's settings are named after its flags: SFT_<FLAG> for sft.py, PREF_<FLAG> for dpo.py and
 # softmax_dpo.py, EVAL_<FLAG> for inference.py, BASELINE_<FLAG> for trainer.baselines (stage_flags).
 PROFILES_DIR=configs/profiles
-STAGE_PREFIXES=(SFT PREF EVAL BASELINE)
 
 # Sets each setting of profile $1 (a name in configs/profiles, or a file) that the environment leaves
 # unset; one the environment sets, even to empty, is kept. The one reader of the profile files.
