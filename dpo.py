@@ -7,7 +7,7 @@ S-DPO and DPO are the same loss. See trainer/preference_stage.py for what is wri
 import dataclasses
 
 from trainer.cli import run
-from trainer.flags import command
+from trainer.commands import command
 from trainer.preference_stage import PreferenceFlags, train_preference
 
 

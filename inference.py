@@ -15,7 +15,8 @@ from trainer.data import load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import (METRICS_FILE, PREDICTIONS_FILE, NonFiniteScores, answer_and_score_shared, score_answers,
                                 write_evaluation)
-from trainer.flags import EvaluationDataFlags, ModelFlags, OutputFlags, PromptFlags, check_adapter_folder, command, flag
+from trainer.commands import OutputFlags, command, flag
+from trainer.flags import EvaluationDataFlags, ModelFlags, PromptFlags, check_adapter_folder
 from trainer.modeling import (BASE_FINGERPRINT_KEY, base_model_fingerprint, load_model_for_evaluation, load_tokenizer,
                               resolve_dtype, resolve_model_path)
 from trainer.outputs import check_output_dir, start_run

@@ -4,7 +4,7 @@ See trainer/sft_stage.py for what is written to --output_dir.
 """
 
 from trainer.cli import run
-from trainer.flags import command
+from trainer.commands import command
 from trainer.sft_stage import SFTFlags, train_sft
 
 sft = command(SFTFlags)(train_sft)

@@ -5,7 +5,7 @@ trainer/preference_stage.py for what is written to --output_dir.
 """
 
 from trainer.cli import run
-from trainer.flags import command
+from trainer.commands import command
 from trainer.preference_stage import PreferenceFlags, train_preference
 
 softmax_dpo = command(PreferenceFlags)(train_preference)

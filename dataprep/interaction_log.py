@@ -31,14 +31,17 @@ Usage (MovieLens 100K: u.data is `user<TAB>item<TAB>rating<TAB>timestamp`, u.ite
 """
 
 import csv
+import dataclasses
 import logging
 import os
 import random
+import typing
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from trainer.commands import Flags, command, flag, required
 from trainer.errors import InputError
 from dataprep.llara_files import SPLIT_STEMS, TEXT_SUFFIX, write_split_text
 from dataprep.llara_layout import ID_SEPARATOR, movielens_title, prepare
@@ -181,124 +184,120 @@ def split_windows(found: Windows, rule: str, valid_fraction: float, test_fractio
     return split_of_user[np.searchsorted(users, found.users)]
 
 
-def prepare_log(
-    interactions: str,
-    items: str,
-    output_dir: str,
-    llara_dir: str | None = None,
-    user_column: str = "user",
-    item_column: str = "item",
-    time_column: str | tuple[str, ...] = "time",
-    separator: str | None = None,
-    columns: str | tuple[str, ...] | None = None,
-    item_id_column: str = "id",
-    title_column: str = "title",
-    items_separator: str | None = None,
-    items_columns: str | tuple[str, ...] | None = None,
-    encoding: str = "utf-8",
-    title_format: str = "plain",
-    unknown_items: str = "error",
-    keep_repeats: bool = False,
-    min_user_interactions: int = 5,
-    min_item_interactions: int = 5,
-    history_size: int = 10,
-    split: str = "time",
-    valid_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    negatives_per_list: int = 19,
-    negative_draw: str = "independent",
-    audit: bool = True,
-    min_history: int = 3,
-    seed: int = 0,
-    domain: str = "music",
-) -> dict:
-    """Turn an interaction log and a title table into train/valid/test records and their LLaRA layout.
+@dataclasses.dataclass
+class PrepareLogFlags(Flags):
+    renamed: typing.ClassVar[dict[str, str]] = {"num_negatives": "negatives_per_list"}
 
-    Args:
-        interactions: The log: CSV (.csv), other delimited text (tab unless --separator) or JSON lines (.jsonl).
-        items: The item-title table, read the same way (MovieLens' u.item: --items_separator '|').
-        output_dir: Folder for train.json, valid.json, test.json and run_config.json.
-        llara_dir: Folder for the LLaRA layout (id2name.txt and *_data.tsv, text); default OUTPUT_DIR/llara.
-        user_column: The log's user column.
-        item_column: The log's item column (ids as in the title table's --item_id_column).
-        time_column: The log's time column, or several compared in order ("year,month,day").
-        separator: Field separator of the log; default ',' for .csv, else tab. Several characters (MovieLens-1M's '::') work too.
-        columns: Names of the log's columns when it has no header line, in order ("user,item,rating,time").
-        item_id_column: The title table's id column.
-        title_column: The title table's title column.
-        items_separator: Field separator of the title table; default as for the log.
-        items_columns: Names of the title table's columns when it has no header line ("id,title").
-        encoding: Text encoding of both files (MovieLens 100K: latin-1).
-        title_format: plain (titles as given, trimmed) or movielens (drop the year, put a trailing article first).
-        unknown_items: A log item missing from the title table: error (stop, naming the line) or drop (leave out its interactions and count them).
-        keep_repeats: Keep every interaction with an item; by default only a user's first one (a recommendation is of something new, and the next item is never one of the history).
-        min_user_interactions: Users with fewer interactions are dropped (after the items), repeatedly until none is left.
-        min_item_interactions: Items with fewer interactions are dropped, repeatedly until none is left.
-        history_size: Most history items per record (LLaRA: 10).
-        split: time (by the target's time: train before, valid, then test) or user (a seeded share of the users).
-        valid_fraction: Share of the windows (split=time) or users (split=user) for validation.
-        test_fraction: Share for the test split.
-        negatives_per_list: Negatives per record; each record has negatives_per_list + 1 candidates.
-        negative_draw: independent (uniform over the items outside the history, drawn for many records at once, seeded by --seed and the record) or llara (LLaRA's own procedure, seeded by each record's true item, so that the candidate lists give it away; record by record, slower on a large log: bench/prepare_log.py).
-        audit: Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md beside them, warning of each leak flagged.
-        min_history: Records with fewer history items are dropped (LLaRA: 3).
-        seed: Seeds the user split and the independent negative draw.
-        domain: What the items are (music, movie, book or game), recorded in run_config.json: the stage scripts word their prompts by it.
-    Returns:
-        The counts written: interactions, users and items kept, and records per split.
-    """
-    config = dict(locals())
-    domain_words(domain)  # an unknown domain is refused before any work
-    if split not in SPLIT_RULES:
-        raise InputError(f"--split must be one of {SPLIT_RULES}, got {split!r}")
-    if title_format not in TITLE_FORMATS:
-        raise InputError(f"--title_format must be one of {sorted(TITLE_FORMATS)}, got {title_format!r}")
-    if unknown_items not in ("error", "drop"):
-        raise InputError(f"--unknown_items must be error or drop, got {unknown_items!r}")
-    if not (0 < valid_fraction and 0 < test_fraction and valid_fraction + test_fraction < 1):
-        raise InputError(f"--valid_fraction {valid_fraction} and --test_fraction {test_fraction}: each must be "
-                         "above 0 and together below 1")
-    for flag, value in (("history_size", history_size), ("min_user_interactions", min_user_interactions),
-                        ("min_item_interactions", min_item_interactions), ("min_history", min_history)):
-        if value < 1:
-            raise InputError(f"--{flag} must be at least 1, got {value}")
-    llara_dir = llara_dir or os.path.join(output_dir, "llara")
+    interactions: str = required("The log: CSV (.csv), other delimited text (tab unless --separator) or JSON lines "
+                                 "(.jsonl).")
+    items: str = required("The item-title table, read the same way (MovieLens' u.item: --items_separator '|').")
+    output_dir: str = required("Folder for train.json, valid.json, test.json and run_config.json.")
+    llara_dir: str | None = flag(None, "Folder for the LLaRA layout (id2name.txt and *_data.tsv, text); default "
+                                       "OUTPUT_DIR/llara.")
+    user_column: str = flag("user", "The log's user column.")
+    item_column: str = flag("item", "The log's item column (ids as in the title table's --item_id_column).")
+    time_column: str | tuple[str, ...] = flag("time", "The log's time column, or several compared in order "
+                                                      "(\"year,month,day\").")
+    separator: str | None = flag(None, "Field separator of the log; default ',' for .csv, else tab. Several "
+                                       "characters (MovieLens-1M's '::') work too.")
+    columns: str | tuple[str, ...] | None = flag(None, "Names of the log's columns when it has no header line, in "
+                                                       "order (\"user,item,rating,time\").")
+    item_id_column: str = flag("id", "The title table's id column.")
+    title_column: str = flag("title", "The title table's title column.")
+    items_separator: str | None = flag(None, "Field separator of the title table; default as for the log.")
+    items_columns: str | tuple[str, ...] | None = flag(None, "Names of the title table's columns when it has no "
+                                                             "header line (\"id,title\").")
+    encoding: str = flag("utf-8", "Text encoding of both files (MovieLens 100K: latin-1).")
+    title_format: str = flag("plain", "plain (titles as given, trimmed) or movielens (drop the year, put a trailing "
+                                      "article first).")
+    unknown_items: str = flag("error", "A log item missing from the title table: error (stop, naming the line) or "
+                                       "drop (leave out its interactions and count them).")
+    keep_repeats: bool = flag(False, "Keep every interaction with an item; by default only a user's first one (a "
+                                     "recommendation is of something new, and the next item is never one of the "
+                                     "history).")
+    min_user_interactions: int = flag(5, "Users with fewer interactions are dropped (after the items), repeatedly "
+                                         "until none is left.")
+    min_item_interactions: int = flag(5, "Items with fewer interactions are dropped, repeatedly until none is left.")
+    history_size: int = flag(10, "Most history items per record (LLaRA: 10).")
+    split: str = flag("time", "time (by the target's time: train before, valid, then test) or user (a seeded share of"
+                              " the users).")
+    valid_fraction: float = flag(0.1, "Share of the windows (split=time) or users (split=user) for validation.")
+    test_fraction: float = flag(0.1, "Share for the test split.")
+    negatives_per_list: int = flag(19, "Negatives per record; each record has negatives_per_list + 1 candidates.")
+    negative_draw: str = flag("independent", "independent (uniform over the items outside the history, drawn for many"
+                                             " records at once, seeded by --seed and the record) or llara (LLaRA's "
+                                             "own procedure, seeded by each record's true item, so that the candidate"
+                                             " lists give it away; record by record, slower on a large log: "
+                                             "bench/prepare_log.py).")
+    audit: bool = flag(True, "Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md "
+                             "beside them, warning of each leak flagged.")
+    min_history: int = flag(3, "Records with fewer history items are dropped (LLaRA: 3).")
+    seed: int = flag(0, "Seeds the user split and the independent negative draw.")
+    domain: str = flag("music", "What the items are (music, movie, book or game), recorded in run_config.json: the "
+                                "stage scripts word their prompts by it.")
 
-    time_columns = parse_names(time_column, "time_column")
-    log = read_table(interactions, [user_column, item_column, *time_columns], separator, columns, encoding,
-                     "interactions", "columns")
-    titles_table = read_table(items, [item_id_column, title_column], items_separator or separator, items_columns,
-                              encoding, "items", "items_columns")
-    duplicated = titles_table[item_id_column].duplicated()
+    def check(self) -> None:
+        super().check()
+        domain_words(self.domain)
+        if self.split not in SPLIT_RULES:
+            raise InputError(f"--split must be one of {SPLIT_RULES}, got {self.split!r}")
+        if self.title_format not in TITLE_FORMATS:
+            raise InputError(f"--title_format must be one of {sorted(TITLE_FORMATS)}, got {self.title_format!r}")
+        if self.unknown_items not in ("error", "drop"):
+            raise InputError(f"--unknown_items must be error or drop, got {self.unknown_items!r}")
+        if not (0 < self.valid_fraction and 0 < self.test_fraction and self.valid_fraction + self.test_fraction < 1):
+            raise InputError(f"--valid_fraction {self.valid_fraction} and --test_fraction {self.test_fraction}: each "
+                             "must be above 0 and together below 1")
+        for name in ("history_size", "min_user_interactions", "min_item_interactions", "min_history"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+
+@command(PrepareLogFlags)
+def prepare_log(flags: PrepareLogFlags) -> dict:
+    """Turn an interaction log and a title table into train/valid/test records and their LLaRA layout; returns
+    the counts written: interactions, users and items kept, and records per split."""
+    config = dataclasses.asdict(flags)
+    llara_dir = flags.llara_dir or os.path.join(flags.output_dir, "llara")
+
+    time_columns = parse_names(flags.time_column, "time_column")
+    log = read_table(flags.interactions, [flags.user_column, flags.item_column, *time_columns], flags.separator,
+                     flags.columns, flags.encoding, "interactions", "columns")
+    titles_table = read_table(flags.items, [flags.item_id_column, flags.title_column],
+                              flags.items_separator or flags.separator, flags.items_columns, flags.encoding, "items",
+                              "items_columns")
+    duplicated = titles_table[flags.item_id_column].duplicated()
     if duplicated.any():
         row = titles_table[duplicated].iloc[0]
-        raise InputError(f"{items}: line {row['line']}: field {item_id_column!r}: id {row[item_id_column]!r} is listed twice")
-    to_title = TITLE_FORMATS[title_format]
+        raise InputError(f"{flags.items}: line {row['line']}: field {flags.item_id_column!r}: id "
+                         f"{row[flags.item_id_column]!r} is listed twice")
+    to_title = TITLE_FORMATS[flags.title_format]
     titles = {item: " ".join(to_title(title).split()) for item, title in
-              zip(titles_table[item_id_column], titles_table[title_column])}
+              zip(titles_table[flags.item_id_column], titles_table[flags.title_column])}
     untitled = [title for title in titles.values() if not title]
     if untitled:
-        raise InputError(f"{items}: an item's title is empty after --title_format {title_format}")
+        raise InputError(f"{flags.items}: an item's title is empty after --title_format {flags.title_format}")
 
-    log = pd.DataFrame({"user": log[user_column].to_numpy(), "item": log[item_column].to_numpy(),
-                        "time": time_key(log, time_columns, interactions), "line": log["line"].to_numpy()})
+    log = pd.DataFrame({"user": log[flags.user_column].to_numpy(), "item": log[flags.item_column].to_numpy(),
+                        "time": time_key(log, time_columns, flags.interactions), "line": log["line"].to_numpy()})
     known = log["item"].isin(titles.keys())
     if not known.all():
-        if unknown_items == "error":
+        if flags.unknown_items == "error":
             row = log[~known].iloc[0]
-            raise InputError(f"{interactions}: line {row['line']}: field {item_column!r}: item {row['item']!r} is not "
-                             f"in {items} (--unknown_items drop leaves such interactions out)")
-        logger.warning("%s: %d interactions with items missing from %s left out", interactions,
-                       int((~known).sum()), items)
+            raise InputError(f"{flags.interactions}: line {row['line']}: field {flags.item_column!r}: item "
+                             f"{row['item']!r} is not in {flags.items} (--unknown_items drop leaves such interactions "
+                             "out)")
+        logger.warning("%s: %d interactions with items missing from %s left out", flags.interactions,
+                       int((~known).sum()), flags.items)
         log = log[known]
     # Time order within a user; file order among equal times.
     log = log.sort_values(["user", "time", "line"], kind="stable")
-    if not keep_repeats:
+    if not flags.keep_repeats:
         log = log.drop_duplicates(["user", "item"], keep="first")
-    log = k_core(log, min_user_interactions, min_item_interactions)
+    log = k_core(log, flags.min_user_interactions, flags.min_item_interactions)
     if log.empty:
-        raise InputError(f"{interactions}: no interactions left after keeping users with at least "
-                         f"{min_user_interactions} and items with at least {min_item_interactions}")
+        raise InputError(f"{flags.interactions}: no interactions left after keeping users with at least "
+                         f"{flags.min_user_interactions} and items with at least {flags.min_item_interactions}")
 
     # LLaRA's ids: 0..n-1 in the title table's order; the padding id is n.
     kept = set(log["item"])
@@ -309,10 +308,10 @@ def prepare_log(
     users = log["user"].to_numpy()
     times = log["time"].to_numpy()
 
-    found = windows(item_codes, users, times, history_size, padding_id)
+    found = windows(item_codes, users, times, flags.history_size, padding_id)
     if not len(found.targets):
-        raise InputError(f"{interactions}: no user has two interactions left, so there is no record to make")
-    split_of = split_windows(found, split, valid_fraction, test_fraction, seed)
+        raise InputError(f"{flags.interactions}: no user has two interactions left, so there is no record to make")
+    split_of = split_windows(found, flags.split, flags.valid_fraction, flags.test_fraction, flags.seed)
     os.makedirs(llara_dir, exist_ok=True)
     write_text_atomically("".join(f"{index}{ID_SEPARATOR}{titles[item]}\n" for index, item in enumerate(item_keys)),
                           os.path.join(llara_dir, "id2name.txt"))
@@ -321,14 +320,12 @@ def prepare_log(
         frame = pd.DataFrame({"seq": found.histories[chosen].tolist(), "len_seq": found.lengths[chosen],
                               "next": found.targets[chosen]})
         write_split_text(frame, os.path.join(llara_dir, stems[0] + TEXT_SUFFIX))
-    records = prepare(llara_dir, output_dir, negatives_per_list=negatives_per_list, min_history=min_history,
-                      padding_id=padding_id, negative_draw=negative_draw, seed=seed, audit=audit, domain=domain)
+    records = prepare(llara_dir, flags.output_dir, negatives_per_list=flags.negatives_per_list,
+                      min_history=flags.min_history, padding_id=padding_id, negative_draw=flags.negative_draw,
+                      seed=flags.seed, audit=flags.audit, domain=flags.domain)
     counts = {"interactions": len(log), "users": len(set(users.tolist())), "items": len(item_keys),
               "records": records}
-    save_run_config(config | {"counts": counts}, output_dir)
+    save_run_config(config | {"counts": counts}, flags.output_dir)
     logger.info("kept %d interactions of %d users on %d items; records %s", counts["interactions"], counts["users"],
                 counts["items"], records)
     return counts
-
-
-prepare_log.renamed_flags = {"num_negatives": "negatives_per_list"}

@@ -16,12 +16,14 @@ Usage (the export that made data/lastfm-source/):
     python data/to_text.py --source ../shared/data/lastfm --output_dir data/lastfm-source
 """
 
+import dataclasses
 import os
 import shutil
 
 import numpy as np
 import pandas as pd
 
+from trainer.commands import Flags, command, required
 from trainer.errors import InputError
 
 COLUMNS = ("seq", "len_seq", "next")
@@ -116,26 +118,29 @@ def read_split(path: str) -> pd.DataFrame:
     return frame
 
 
-def to_text(source: str, output_dir: str) -> dict[str, int]:
-    """Write a LLaRA-layout folder's pickled splits as text (trainer/split_text.py), beside a copy of its title file.
+@dataclasses.dataclass
+class ToTextFlags(Flags):
+    source: str = required("Folder in the LLaRA layout: id2name.txt (or MovieLens' u.item) and *_data.df pickles.")
+    output_dir: str = required("Folder to write the title file and one *_data.tsv per *_data.df into (created if "
+                               "missing).")
 
-    Args:
-        source: Folder in the LLaRA layout: id2name.txt (or MovieLens' u.item) and *_data.df pickles.
-        output_dir: Folder to write the title file and one *_data.tsv per *_data.df into (created if missing).
-    Returns:
-        The number of rows written per file.
-    """
-    if not os.path.isdir(source):
-        raise InputError(f"--source {source}: folder not found")
-    title_files = [name for name in TITLE_FILES if os.path.isfile(os.path.join(source, name))]
+
+@command(ToTextFlags)
+def to_text(flags: ToTextFlags) -> dict[str, int]:
+    """Write a LLaRA-layout folder's pickled splits as text, beside a copy of its title file; returns the rows
+    written per file."""
+    if not os.path.isdir(flags.source):
+        raise InputError(f"--source {flags.source}: folder not found")
+    title_files = [name for name in TITLE_FILES if os.path.isfile(os.path.join(flags.source, name))]
     if not title_files:
-        raise InputError(f"{source}: no title file ({' or '.join(TITLE_FILES)})")
-    frames = {path: read_split(path) for path in split_paths(source, (PICKLE_SUFFIX,)).values()}  # all, then write
-    os.makedirs(output_dir, exist_ok=True)
-    shutil.copyfile(os.path.join(source, title_files[0]), os.path.join(output_dir, title_files[0]))
+        raise InputError(f"{flags.source}: no title file ({' or '.join(TITLE_FILES)})")
+    # Every split is read before anything is written.
+    frames = {path: read_split(path) for path in split_paths(flags.source, (PICKLE_SUFFIX,)).values()}
+    os.makedirs(flags.output_dir, exist_ok=True)
+    shutil.copyfile(os.path.join(flags.source, title_files[0]), os.path.join(flags.output_dir, title_files[0]))
     counts = {}
     for path, frame in frames.items():
         name = os.path.basename(path).removesuffix(PICKLE_SUFFIX) + TEXT_SUFFIX
-        counts[name] = write_split_text(frame, os.path.join(output_dir, name))
-    print(f"wrote {counts} rows to {output_dir}")
+        counts[name] = write_split_text(frame, os.path.join(flags.output_dir, name))
+    print(f"wrote {counts} rows to {flags.output_dir}")
     return counts

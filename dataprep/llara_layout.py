@@ -36,16 +36,19 @@ Usage:
     python data/prepare.py --source data/lastfm-source --output_dir data/lastfm
 """
 
+import dataclasses
 import json
 import logging
 import os
 import random
 import re
+import typing
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
+from trainer.commands import Flags, command, flag, required
 from trainer.data import HISTORY_SEPARATOR, prompt_safe_title, prompt_safety_problem
 from trainer.errors import InputError
 from dataprep.llara_files import TEXT_FIRST_ROW_LINE, TEXT_SUFFIX, TITLE_FILES, read_split, split_paths
@@ -414,42 +417,46 @@ def convert_split(
                    f'"trueSelection": "{target_titles[index]}"}}')
 
 
-def prepare(
-    source: str,
-    output_dir: str,
-    negatives_per_list: int = 19,
-    min_history: int = 3,
-    padding_id: int | None = None,
-    negative_draw: str = "independent",
-    seed: int = 0,
-    audit: bool = True,
-    domain: str = "music",
-) -> dict[str, int]:
-    """Convert a LLaRA-layout folder into train.json, valid.json and test.json, then audit them for leaks.
+@dataclasses.dataclass
+class PrepareFlags(Flags):
+    renamed: typing.ClassVar[dict[str, str]] = {"num_negatives": "negatives_per_list"}
 
-    Args:
-        source: Folder holding id2name.txt (or MovieLens' u.item) and the train, val and test splits, as text (*_data.tsv) or pickles (*_data.df).
-        output_dir: Folder to write train.json, valid.json, test.json and run_config.json (these flags) into (created if missing).
-        negatives_per_list: Negatives per record; the record has negatives_per_list + 1 candidates.
-        min_history: Keep rows whose len_seq is at least this (LLaRA uses 3).
-        padding_id: Id that pads `seq`; defaults to the number of items (LLaRA's convention).
-        negative_draw: independent (uniform over the items outside the history, seeded by --seed and the record's split and row, whatever its true item) or llara (LLaRA's procedure, seeded by the true item: record for record the S-DPO authors' files, whose candidate lists give the true item away).
-        seed: Seeds the independent draw (LLaRA's draw is seeded by each record's true item).
-        audit: Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md beside them, warning of each leak flagged.
-        domain: What the items are (music, movie, book or game), recorded in run_config.json: the stage scripts word their prompts by it.
-    Returns:
-        The number of records written per split.
-    """
-    config = dict(locals())
-    domain_words(domain)  # an unknown domain is refused before any work
-    if not os.path.isdir(source):
-        raise InputError(f"--source {source}: folder not found")
-    if negative_draw in RENAMED_DRAWS:
-        raise InputError(f"--negative_draw {negative_draw} is now called {RENAMED_DRAWS[negative_draw]}")
-    if negative_draw not in NEGATIVE_DRAWS:
-        raise InputError(f"--negative_draw must be one of {NEGATIVE_DRAWS}, got {negative_draw!r}")
+    source: str = required("Folder holding id2name.txt (or MovieLens' u.item) and the train, val and test splits, as "
+                           "text (*_data.tsv) or pickles (*_data.df).")
+    output_dir: str = required("Folder to write train.json, valid.json, test.json and run_config.json (these flags) "
+                               "into (created if missing).")
+    negatives_per_list: int = flag(19, "Negatives per record; the record has negatives_per_list + 1 candidates.")
+    min_history: int = flag(3, "Keep rows whose len_seq is at least this (LLaRA uses 3).")
+    padding_id: int | None = flag(None, "Id that pads `seq`; defaults to the number of items (LLaRA's convention).")
+    negative_draw: str = flag("independent", "independent (uniform over the items outside the history, seeded by "
+                                             "--seed and the record's split and row, whatever its true item) or llara "
+                                             "(LLaRA's procedure, seeded by the true item: record for record the S-DPO "
+                                             "authors' files, whose candidate lists give the true item away).")
+    seed: int = flag(0, "Seeds the independent draw (LLaRA's draw is seeded by each record's true item).")
+    audit: bool = flag(True, "Audit the written splits for leaks (trainer/audit.py) into audit.json and audit.md "
+                             "beside them, warning of each leak flagged.")
+    domain: str = flag("music", "What the items are (music, movie, book or game), recorded in run_config.json: the "
+                                "stage scripts word their prompts by it.")
+
+    def check(self) -> None:
+        super().check()
+        domain_words(self.domain)
+        if not os.path.isdir(self.source):
+            raise InputError(f"--source {self.source}: folder not found")
+        if self.negative_draw in RENAMED_DRAWS:
+            raise InputError(f"--negative_draw {self.negative_draw} is now called {RENAMED_DRAWS[self.negative_draw]}")
+        if self.negative_draw not in NEGATIVE_DRAWS:
+            raise InputError(f"--negative_draw must be one of {NEGATIVE_DRAWS}, got {self.negative_draw!r}")
+
+
+@command(PrepareFlags)
+def prepare(flags: PrepareFlags) -> dict[str, int]:
+    """Convert a LLaRA-layout folder into train.json, valid.json and test.json, then audit them for leaks; returns
+    the number of records written per split."""
+    config = dataclasses.asdict(flags)
+    source, output_dir, negative_draw = flags.source, flags.output_dir, flags.negative_draw
     titles, _ = load_item_titles(source)
-    padding_id = len(titles) if padding_id is None else padding_id
+    padding_id = len(titles) if flags.padding_id is None else flags.padding_id
     split_files = split_paths(source)
     # Every split is staged in a temporary file and renamed into place only when all converted, so
     # bad input leaves the output folder as it was; records stream through, never all in memory.
@@ -458,9 +465,9 @@ def prepare(
     staged = {}
     try:
         for split_number, (split, path) in enumerate(split_files.items()):
-            split_seed = splitmix64(np.uint64(seed), np.uint64(split_number))
-            records = convert_split(read_split(path), titles, padding_id, negatives_per_list, min_history, path,
-                                    negative_draw, split_seed)
+            split_seed = splitmix64(np.uint64(flags.seed), np.uint64(split_number))
+            records = convert_split(read_split(path), titles, padding_id, flags.negatives_per_list, flags.min_history,
+                                    path, negative_draw, split_seed)
             staged[split] = stage_json_list(records, output_dir)
     except BaseException:
         for staged_path, _ in staged.values():
@@ -473,13 +480,10 @@ def prepare(
     counts = {split: count for split, (_, count) in staged.items()}
     save_run_config(config | {"counts": counts}, output_dir)
     print(f"wrote {counts} records to {output_dir}")
-    if audit:
+    if flags.audit:
         warn_of_leaks(output_dir, negative_draw)
     return counts
 
-
-
-prepare.renamed_flags = {"num_negatives": "negatives_per_list"}
 
 def warn_of_leaks(data_dir: str, negative_draw: str) -> None:
     """Audits a converted folder (trainer/audit.py) into audit.json and audit.md, warning of each leak flagged."""

@@ -10,11 +10,18 @@ from dpo import DPOFlags, dpo
 from inference import InferenceFlags, inference
 from sft import SFTFlags, sft
 from softmax_dpo import softmax_dpo
+from dataprep.interaction_log import prepare_log
+from dataprep.llara_files import to_text
+from dataprep.llara_layout import prepare
+from trainer.audit import audit_command
 from trainer.baselines import RulesFlags, rules
 from trainer.errors import InputError
-from trainer.flags import (CheckpointFlags, EvaluationDataFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags,
-                           PromptFlags, TrainingDataFlags, command, flag, flag_help)
+from trainer.commands import OutputFlags, command, flag, flag_help
+from trainer.flags import (CheckpointFlags, EvaluationDataFlags, LoraFlags, ModelFlags, OptimizationFlags, PromptFlags,
+                           TrainingDataFlags)
+from trainer.curves import curves
 from trainer.preference_stage import PreferenceFlags
+from trainer.results import results
 
 STAGES = {sft: SFTFlags, softmax_dpo: PreferenceFlags, dpo: DPOFlags, inference: InferenceFlags, rules: RulesFlags}
 GROUPS = (OutputFlags, TrainingDataFlags, EvaluationDataFlags, PromptFlags, ModelFlags, LoraFlags, OptimizationFlags,
@@ -165,3 +172,16 @@ def test_hint_difference_names_hints_that_differ_from_the_adapters_training(tmp_
     (tmp_path / "run_config.json").write_text(json.dumps({"hint_file": "train.json", "hint_recency": 0.5}))
     (tmp_path / "other").mkdir()
     assert PromptFlags().hint_difference(str(tmp_path / "other")) is None
+
+
+@pytest.mark.parametrize("entry, flags, wrong", [
+    (results, {"run_dir": "run"}, {"bootstrap_seed": "zero"}), (curves, {"runs": "a=b"}, {"eval_folder": 3}),
+    (audit_command, {}, {"margin": "wide"}), (prepare, {"source": ".", "output_dir": "out"}, {"min_history": 2.5}),
+    (prepare_log, {"interactions": "log.csv", "items": "items.csv", "output_dir": "out"}, {"keep_repeats": "yes"}),
+    (to_text, {"source": "."}, {"output_dir": 7})])
+def test_every_command_line_is_made_from_a_flag_class(entry, flags, wrong):
+    """The data tools, the audit, results and curves check and document their flags as the stages do: each flag
+    has its help in --help, and a value of the wrong type is refused naming its flag, before any work."""
+    assert all(f"    {name}: " in entry.__doc__ for name in inspect.signature(entry).parameters)
+    with pytest.raises(InputError, match=f"^--{next(iter(wrong))}: expected "):
+        entry(**flags, **wrong)

@@ -48,10 +48,12 @@ import collections
 import dataclasses
 import math
 import os
+import typing
 
 import numpy as np
 
 from trainer.collaborative import ItemStatistics
+from trainer.commands import Flags, command, flag
 from trainer.data import Record, load_records
 from trainer.errors import InputError
 from trainer.metrics import paired_bootstrap_interval, wilson_interval
@@ -380,25 +382,29 @@ def write_audit(report: dict, output_dir: str) -> None:
     write_json_atomically(report, os.path.join(output_dir, AUDIT_FILE))
 
 
-def audit_command(data_dir: str = "data/lastfm", output_dir: str = "output/audit", margin: float = 0.01,
-                  hint_recency: float = 0.5, overlap_titles: int = 5, bootstrap_seed: int = 0) -> dict:
-    """Audit a data folder for leaks: how far rules that need no model get on its validation and test splits.
+@dataclasses.dataclass
+class AuditFlags(Flags):
+    renamed: typing.ClassVar[dict[str, str]] = {"recency": "hint_recency", "seed": "bootstrap_seed"}
 
-    Args:
-        data_dir: Folder holding train.json (counted) and valid.json and/or test.json (audited).
-        output_dir: Folder for audit.json (every figure; `leaks` lists the flagged ones) and audit.md (the table).
-        margin: Flag a leak when its rule beats the popularity rule by at least this HR@1, the 95% paired interval of the gain above 0.
-        hint_recency: Transitions rule: a history title last seen i items before the newest counts hint_recency**i, in (0, 1], as in the stages' hints.
-        overlap_titles: Sequence overlap: match this many of a record's newest history titles (all of a shorter history of at least 3) against training sequences.
-        bootstrap_seed: Seeds the bootstrap resampling of the gains.
-    Returns:
-        The audit (what audit.json holds).
-    """
-    report = audit(data_dir, margin, hint_recency, overlap_titles, bootstrap_seed)
-    write_audit(report, output_dir)
+    data_dir: str = flag("data/lastfm", "Folder holding train.json (counted) and valid.json and/or test.json "
+                                        "(audited).")
+    output_dir: str = flag("output/audit", "Folder for audit.json (every figure; `leaks` lists the flagged ones) and "
+                                           "audit.md (the table).")
+    margin: float = flag(0.01, "Flag a leak when its rule beats its baseline by at least this HR@1, the 95% paired "
+                               "interval of the gain above 0.")
+    hint_recency: float = flag(0.5, "Transitions rule: a history title last seen i items before the newest counts "
+                                    "hint_recency**i, in (0, 1], as in the stages' hints.")
+    overlap_titles: int = flag(5, "Sequence overlap: match this many of a record's newest history titles (all of a "
+                                  "shorter history of at least 3) against training sequences.")
+    bootstrap_seed: int = flag(0, "Seeds the bootstrap resampling of the gains.")
+
+
+# audit() checks the values: prepare.py calls it without a command line.
+@command(AuditFlags)
+def audit_command(flags: AuditFlags) -> dict:
+    """Audit a data folder for leaks: how far rules that need no model get on its validation and test splits."""
+    report = audit(flags.data_dir, flags.margin, flags.hint_recency, flags.overlap_titles, flags.bootstrap_seed)
+    write_audit(report, flags.output_dir)
     print(markdown_table(report))
     print("\n".join(verdicts(report)))
     return report
-
-
-audit_command.renamed_flags = {"recency": "hint_recency", "seed": "bootstrap_seed"}

@@ -32,7 +32,8 @@ from trainer.collaborative import ItemStatistics, counts_own_records
 from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE, score_answers, write_evaluation
-from trainer.flags import EvaluationDataFlags, OutputFlags, command, flag
+from trainer.commands import OutputFlags, command, flag
+from trainer.flags import EvaluationDataFlags
 from trainer.outputs import start_run, write_json_atomically
 from trainer.sequential import MODEL_TYPES, Catalogue, TrainingSettings, candidate_scores, train_sequential_model
 

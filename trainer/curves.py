@@ -18,6 +18,7 @@ seconds, one line per run; --references adds evaluated folders, e.g. the rules o
 dashed horizontal lines) into --output_dir.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -29,6 +30,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trainer.cli import run  # noqa: E402
+from trainer.commands import Flags, command, flag, required  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE  # noqa: E402
 from trainer.outputs import write_json_atomically, write_text_atomically  # noqa: E402
@@ -122,26 +124,30 @@ def draw(curves: dict[str, list[dict]], references: dict[str, float], path: str)
     os.replace(temporary, path)
 
 
-def curves(runs: str | tuple, output_dir: str = "output/curves", starts: str | tuple | None = None,
-           references: str | tuple | None = None, eval_folder: str = "eval_valid"):
-    """Collect the evaluated checkpoints of training runs into learning curves.
+@dataclasses.dataclass
+class CurvesFlags(Flags):
+    runs: str | tuple = required("Comma-separated label=run_folder pairs, one curve each.")
+    output_dir: str = flag("output/curves", "Folder for curves.json, curves.md and curves.png.")
+    starts: str | tuple | None = flag(None, "Comma-separated label=folder pairs: an evaluated folder that is a run's "
+                                            "point at 0 examples (e.g. the model before this stage).")
+    references: str | tuple | None = flag(None, "Comma-separated label=folder pairs of evaluated folders without "
+                                                "training (e.g. rules), drawn as horizontal lines at their HR@1.")
+    eval_folder: str = flag("eval_valid", "Subfolder of each checkpoint that holds its evaluation.")
 
-    Args:
-        runs: Comma-separated label=run_folder pairs, one curve each.
-        output_dir: Folder for curves.json, curves.md and curves.png.
-        starts: Comma-separated label=folder pairs: an evaluated folder that is a run's point at 0 examples (e.g. the model before this stage).
-        references: Comma-separated label=folder pairs of evaluated folders without training (e.g. rules), drawn as horizontal lines at their HR@1.
-        eval_folder: Subfolder of each checkpoint that holds its evaluation.
-    """
-    run_dirs, start_dirs = _parse(runs, "--runs"), _parse(starts, "--starts")
+
+@command(CurvesFlags)
+def curves(flags: CurvesFlags) -> None:
+    """Collect the evaluated checkpoints of training runs into learning curves."""
+    run_dirs, start_dirs = _parse(flags.runs, "--runs"), _parse(flags.starts, "--starts")
     if not run_dirs:
         raise InputError("--runs: name at least one label=run_folder")
     unknown = sorted(set(start_dirs) - set(run_dirs))
     if unknown:
         raise InputError(f"--starts: {unknown} name no run of --runs")
-    collected = {label: run_curve(folder, eval_folder, start_dirs.get(label)) for label, folder in run_dirs.items()}
-    levels = {label: _read(os.path.join(folder, eval_folder, METRICS_FILE))["hit_ratio_at_1"]
-              for label, folder in _parse(references, "--references").items()}
+    collected = {label: run_curve(folder, flags.eval_folder, start_dirs.get(label))
+                 for label, folder in run_dirs.items()}
+    levels = {label: _read(os.path.join(folder, flags.eval_folder, METRICS_FILE))["hit_ratio_at_1"]
+              for label, folder in _parse(flags.references, "--references").items()}
     lines = ["| run | examples | seconds | HR@1 | ranked HR@1 | prompts |", "|---|---|---|---|---|---|"]
     for label, points in collected.items():
         for point in points:
@@ -150,10 +156,10 @@ def curves(runs: str | tuple, output_dir: str = "output/curves", starts: str | t
                          f"{ranked} | {point['n']} |")
     for label, value in levels.items():
         lines.append(f"| {label} (no training) | | | {value:.3f} | | |")
-    os.makedirs(output_dir, exist_ok=True)
-    write_json_atomically({"runs": collected, "references": levels}, os.path.join(output_dir, "curves.json"))
-    write_text_atomically("\n".join(lines) + "\n", os.path.join(output_dir, "curves.md"))
-    draw(collected, levels, os.path.join(output_dir, "curves.png"))
+    os.makedirs(flags.output_dir, exist_ok=True)
+    write_json_atomically({"runs": collected, "references": levels}, os.path.join(flags.output_dir, "curves.json"))
+    write_text_atomically("\n".join(lines) + "\n", os.path.join(flags.output_dir, "curves.md"))
+    draw(collected, levels, os.path.join(flags.output_dir, "curves.png"))
     print("\n".join(lines))
 
 

@@ -1,75 +1,24 @@
 """Every stage's command-line flags, in groups defined once with their help text.
 
-A stage's flags are a dataclass made of the groups it uses plus its own fields; `command` turns a
-stage function that takes one such object into a function of keyword flags, which fire runs as a
-command line and tests call directly. Building the object checks every flag (types, ranges, flags
-that need each other) before the stage does any work.
-
-Help text lives in each field's metadata; a stage that only changes a default redeclares the field
-with the plain value and keeps the group's help. Dataclasses collect fields from the last base
-class to the first, so stages list their groups last-shown first.
+A stage's flags are a dataclass made of the groups it uses plus its own fields; trainer/commands.py
+turns a stage function of one such object into a command line (`command`).
 """
 
-import contextlib
 import dataclasses
 import typing
-import functools
-import inspect
 
-from trainer.cli import accepts
 from trainer.collaborative import CollaborativeHints, load_hints
+from trainer.commands import Flags, flag
 from trainer.errors import InputError
 from trainer.modeling import BASE_FINGERPRINT_KEY, EMBEDDED_MODEL_NAME, LLAMA_PROJECTIONS, is_adapter_folder
-from trainer.outputs import adapter_run_config, claimed_output_dir
+from trainer.outputs import adapter_run_config
 from trainer.prompts import EVAL_TEMPLATE_INDEX
-
-
-def flag(default, help: str):
-    """A flag with its default and the sentence --help shows for it."""
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def check_adapter_folder(path: str) -> None:
     """Refuse an --adapter that is not a LoRA adapter folder, the one check every stage makes of it."""
     if not is_adapter_folder(path):
         raise InputError(f"--adapter {path!r}: not a LoRA adapter folder (no adapter_config.json); sft.py writes one")
-
-
-def flag_help(flags_class: type, name: str) -> str:
-    """The help of flag `name`: from the nearest class that declared it with help."""
-    for klass in flags_class.__mro__:
-        field = getattr(klass, "__dataclass_fields__", {}).get(name)
-        if field is not None and "help" in field.metadata:
-            return field.metadata["help"]
-    raise ValueError(f"{flags_class.__name__}.{name} has no help text")
-
-
-@dataclasses.dataclass
-class Flags:
-    """Base of every stage's flags: checks them all when built. `renamed` maps a flag's old name to its
-    new one: given on the command line, the old name is refused with a pointer to the new one
-    (trainer.cli.check_flag_names), unless the command has a flag of that name now."""
-
-    renamed: typing.ClassVar[dict[str, str]] = {}
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            # fire passes a value it cannot parse through as a string: name the flag instead.
-            if not accepts(field.type, value):
-                expected = getattr(field.type, "__name__", str(field.type))
-                raise InputError(f"--{field.name}: expected {expected}, got {value!r}")
-        self.check()
-
-    def check(self) -> None:
-        """Raise InputError for a value out of range or flags that contradict each other; runs after
-        the type checks. Groups and stages extend it, each calling super().check() first."""
-
-
-@dataclasses.dataclass
-class OutputFlags(Flags):
-    output_dir: str = flag("output", "Folder for this stage's outputs (docs/stages.md, \"Outputs\") and "
-                                     "run_config.json, the flags it ran with.")
 
 
 @dataclasses.dataclass
@@ -96,9 +45,9 @@ class TrainingDataFlags(Flags):
 
 @dataclasses.dataclass
 class EvaluationDataFlags(Flags):
-    test_file: str = flag("data/lastfm/test.json", "JSON records to evaluate (see data/README.md).")
     renamed: typing.ClassVar[dict[str, str]] = {"seed": "sample_seed"}
 
+    test_file: str = flag("data/lastfm/test.json", "JSON records to evaluate (see data/README.md).")
     max_samples: int | None = flag(
         None, "Evaluate a seeded random sample of this many records (seeded by --sample_seed; all when unset).")
     sample_seed: int = flag(0, "Seeds the sample of --max_samples: the same seed and size draw the same records for "
@@ -258,42 +207,3 @@ class CheckpointFlags(Flags):
         if self.eval_steps < 0 or self.save_steps < 0:
             raise InputError(f"--eval_steps and --save_steps must be 0 or more, got {self.eval_steps} and "
                              f"{self.save_steps}")
-
-
-def _docstring(summary: str, flags_class: type) -> str:
-    """A Google-style docstring, which fire shows as --help."""
-    lines = [summary, "", "Args:"]
-    lines += [f"    {field.name}: {flag_help(flags_class, field.name)}" for field in dataclasses.fields(flags_class)]
-    return "\n".join(lines) + "\n"
-
-
-def command(flags_class: type, summary: str | None = None):
-    """Decorator: a stage function of one `flags_class` object becomes a function of keyword flags.
-
-    The result's signature is the flags with their defaults (what fire reads) and its docstring the
-    stage's first line (or `summary`) with every flag's help; calling it builds and checks the flags
-    object, claims the output folder when the flags have one (trainer.outputs.claimed_output_dir: one
-    run per folder), then runs the stage.
-    """
-    parameters = [inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=field.default,
-                                    annotation=field.type)
-                  for field in dataclasses.fields(flags_class)]
-
-    def decorate(stage):
-        @functools.wraps(stage)
-        def entry(*args, **kwargs):
-            bound = entry.__signature__.bind(*args, **kwargs)
-            bound.apply_defaults()
-            flags = flags_class(**bound.arguments)
-            # One run per output folder, claimed once the flags are checked and before any work.
-            with claimed_output_dir(flags.output_dir) if isinstance(flags, OutputFlags) else contextlib.nullcontext():
-                return stage(flags)
-
-        entry.__signature__ = inspect.Signature(parameters)
-        entry.renamed_flags = {old: new for klass in reversed(flags_class.__mro__)
-                               for old, new in getattr(klass, "renamed", {}).items()
-                               if old not in entry.__signature__.parameters}
-        entry.__doc__ = _docstring(summary or stage.__doc__.strip().split("\n", 1)[0], flags_class)
-        return entry
-
-    return decorate

@@ -22,8 +22,9 @@ from trainer.cli import is_main_process
 from trainer.collaborative import statistics_of
 from trainer.data import Record, load_records, select_indices
 from trainer.errors import InputError
-from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
-                           TrainingDataFlags, check_adapter_folder, flag)
+from trainer.commands import OutputFlags, flag
+from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, PromptFlags, TrainingDataFlags,
+                           check_adapter_folder)
 from trainer.losses import LOSS_TYPES, LOSSES, loss_choices
 from trainer.modeling import (base_model_fingerprint, check_attn_implementation,
                               is_adapter_folder, load_model_for_training, lora_config)

@@ -17,8 +17,10 @@ learned which candidates the data makes likely.
         --train_file data/lastfm/train.json
 """
 
+import dataclasses
 import json
 import os
+import typing
 
 import matplotlib
 
@@ -29,6 +31,7 @@ from trainer import audit  # noqa: E402
 from trainer.baselines import TRAINING_LOG_FILE  # noqa: E402
 from trainer.collaborative import ItemStatistics, popularity_rank, statistics_of  # noqa: E402
 from trainer.cli import run  # noqa: E402
+from trainer.commands import Flags, command, flag, required  # noqa: E402
 from trainer.errors import InputError  # noqa: E402
 from trainer.evaluation import METRICS_FILE, PREDICTIONS_FILE  # noqa: E402
 from trainer.metrics import paired_bootstrap_interval, summarize, summarize_diversity  # noqa: E402
@@ -119,8 +122,8 @@ def paired_comparison(run_dir: str, better: str, worse: str, seed: int) -> dict:
     measures = {"hit_ratio_at_1": lambda row: row["hit"]}
     if all("true_item_rank" in row for row in first + second):
         measures["ranking_hit_ratio_at_1"] = lambda row: row["true_item_rank"] == 1
-    for name, flag in measures.items():
-        a, b = [flag(row) for row in first], [flag(row) for row in second]
+    for name, measure in measures.items():
+        a, b = [measure(row) for row in first], [measure(row) for row in second]
         comparison[f"{name}_difference"] = (sum(a) - sum(b)) / len(a)
         comparison[f"{name}_difference_ci95"] = paired_bootstrap_interval(a, b, seed)
     return comparison
@@ -247,38 +250,45 @@ def draw(rows: list[dict], stage_curves: dict[str, dict], path: str) -> None:
     os.replace(temporary, path)
 
 
-def results(run_dir: str, stages: str | tuple = "base,sft,dpo,softmax_dpo,dmpo", title: str = "", bootstrap_seed: int = 0,
-            train_file: str | None = None, pairs: str | tuple | None = None, audit_file: str | None = None):
-    """Write results.json, results.md and results.png into --run_dir from its finished stages.
+@dataclasses.dataclass
+class ResultsFlags(Flags):
+    renamed: typing.ClassVar[dict[str, str]] = {"seed": "bootstrap_seed"}
 
-    Args:
-        run_dir: The run folder; each stage is a subfolder with its evaluation in eval/.
-        stages: Comma-separated stage folders, in the order to report them.
-        title: What the run was (data, sizes, profile), written above the table and into results.json.
-        bootstrap_seed: Seeds the paired bootstrap resampling of the differences.
-        train_file: Training records; with them, each stage also gets the mean popularity rank of its answers.
-        pairs: Comma-separated 'first:second' stage pairs to compare on the same prompts (first minus second); by default each stage with the one listed before it.
-        audit_file: The data's leak audit (audit.json, data/audit.py); with it, results.md ends with the audit's table and verdicts and results.json lists the leaks it flagged.
-    """
-    names = stages.split(",") if isinstance(stages, str) else list(stages)
-    statistics = statistics_of(train_file) if train_file else None
-    rows = [stage_summary(run_dir, stage, statistics) for stage in names]
-    comparisons = [paired_comparison(run_dir, better, worse, bootstrap_seed) for better, worse in parse_pairs(pairs, names)]
-    stage_curves = {stage: found for stage in names if (found := curves(run_dir, stage))}
-    table = (f"{title}\n\n" if title else "") + markdown_table(rows, comparisons)
-    summary = {"title": title, "stages": rows, "paired_differences": comparisons}
-    if audit_file:
-        report = read_json(audit_file)
+    run_dir: str = required("The run folder; each stage is a subfolder with its evaluation in eval/.")
+    stages: str | tuple = flag("base,sft,dpo,softmax_dpo,dmpo", "Comma-separated stage folders, in the order to "
+                                                                 "report them.")
+    title: str = flag("", "What the run was (data, sizes, profile), written above the table and into results.json.")
+    bootstrap_seed: int = flag(0, "Seeds the paired bootstrap resampling of the differences.")
+    train_file: str | None = flag(None, "Training records; with them, each stage also gets the popularity of its "
+                                        "answers and the catalogue's coverage.")
+    pairs: str | tuple | None = flag(None, "Comma-separated 'first:second' stage pairs to compare on the same prompts "
+                                           "(first minus second); by default each stage with the one listed before it.")
+    audit_file: str | None = flag(None, "The data's leak audit (audit.json, data/audit.py); with it, results.md ends "
+                                        "with the audit's table and verdicts and results.json lists the leaks it "
+                                        "flagged.")
+
+
+@command(ResultsFlags)
+def results(flags: ResultsFlags) -> None:
+    """Write results.json, results.md and results.png into --run_dir from its finished stages."""
+    names = flags.stages.split(",") if isinstance(flags.stages, str) else list(flags.stages)
+    statistics = statistics_of(flags.train_file) if flags.train_file else None
+    rows = [stage_summary(flags.run_dir, stage, statistics) for stage in names]
+    comparisons = [paired_comparison(flags.run_dir, better, worse, flags.bootstrap_seed)
+                   for better, worse in parse_pairs(flags.pairs, names)]
+    stage_curves = {stage: found for stage in names if (found := curves(flags.run_dir, stage))}
+    table = (f"{flags.title}\n\n" if flags.title else "") + markdown_table(rows, comparisons)
+    summary = {"title": flags.title, "stages": rows, "paired_differences": comparisons}
+    if flags.audit_file:
+        report = read_json(flags.audit_file)
         table += (f"\nLeak audit of {report['data_dir']}: rules without a model, counts from its training split "
                   "(data/audit.py):\n\n" + audit.markdown_table(report) + "\n" + "\n".join(audit.verdicts(report)) + "\n")
-        summary["audit"] = {"file": audit_file, "data_dir": report["data_dir"], "leaks": report["leaks"]}
-    write_json_atomically(summary, os.path.join(run_dir, "results.json"))
-    write_text_atomically(table, os.path.join(run_dir, "results.md"))
-    draw(rows, stage_curves, os.path.join(run_dir, "results.png"))
+        summary["audit"] = {"file": flags.audit_file, "data_dir": report["data_dir"], "leaks": report["leaks"]}
+    write_json_atomically(summary, os.path.join(flags.run_dir, "results.json"))
+    write_text_atomically(table, os.path.join(flags.run_dir, "results.md"))
+    draw(rows, stage_curves, os.path.join(flags.run_dir, "results.png"))
     print(table)
 
-
-results.renamed_flags = {"seed": "bootstrap_seed"}
 
 if __name__ == "__main__":
     run(results)

@@ -16,8 +16,9 @@ from trl import SFTConfig
 from trainer.cli import is_main_process
 from trainer.data import load_records, select_indices
 from trainer.errors import InputError
-from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, OutputFlags, PromptFlags,
-                           TrainingDataFlags, check_adapter_folder, flag)
+from trainer.commands import OutputFlags, flag
+from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, PromptFlags, TrainingDataFlags,
+                           check_adapter_folder)
 from trainer.frozen_layers import first_trainable_layer, frozen_hidden_states, top_lora_layers
 from trainer.modeling import base_model_fingerprint, load_model_for_training, lora_config
 from trainer.prompts import PromptBuilder, evaluation_template, supervised_example
