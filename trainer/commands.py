@@ -41,7 +41,7 @@ def flag_help(flags_class: type, name: str) -> str:
 
 @dataclasses.dataclass
 class Flags:
-    """Base of every stage's flags: checks them all when built. `renamed` maps a flag's old name to its
+    """Base of every command's flags: checks them all when built. `renamed` maps a flag's old name to its
     new one: given on the command line, the old name is refused with a pointer to the new one
     (trainer.cli.check_flag_names), unless the command has a flag of that name now."""
 
