@@ -36,7 +36,6 @@ import logging
 import os
 import random
 import typing
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -134,7 +133,7 @@ def k_core(log: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:
         log = log[keep]
 
 
-@dataclass
+@dataclasses.dataclass
 class Windows:
     """Every (history, target) window of a log, one row per window."""
 
