@@ -18,6 +18,13 @@ SHARED_DATA_BESIDE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 LASTFM_SOURCE = os.path.join(REPO_ROOT, "data", "lastfm-source")
 
 
+def checkout_environment() -> dict[str, str]:
+    """The environment for a script run from this checkout: its own packages come first, so a copy of the
+    repository (mutmut's mutants/, a clone beside the installed one) runs its own code, not the installed."""
+    search_path = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))
+    return os.environ | {"PYTHONPATH": search_path}
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> str:
     """The shared data folder (the authors' pickles, their golden file, the HetRec log), which a clone does

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, write_records
+from tests.conftest import REPO_ROOT, checkout_environment, write_records
 from trainer.audit import (TrainingCounts, audit, chi_square_survival, expected_hit, position_test, rule_keys,
                            sequence_followers)
 from trainer.data import Record, load_records
@@ -233,7 +233,8 @@ def test_command_writes_the_report_and_exits_0_with_a_leak(tmp_path):
     (tmp_path / "data").mkdir()
     folder = synthetic_folder(tmp_path / "data", "candidate_list")
     completed = subprocess.run([sys.executable, "data/audit.py", "--data_dir", folder, "--output_dir",
-                                str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True)
+                                str(tmp_path / "out")], cwd=REPO_ROOT, env=checkout_environment(), capture_output=True,
+                               text=True)
     assert completed.returncode == 0, completed.stderr
     assert "LEAK candidate_list" in completed.stdout and "| candidate_list |" in completed.stdout
     report = json.loads((tmp_path / "out" / "audit.json").read_text())
@@ -245,6 +246,7 @@ def test_command_writes_the_report_and_exits_0_with_a_leak(tmp_path):
 
 def test_bad_folder_is_one_line(tmp_path):
     completed = subprocess.run([sys.executable, "data/audit.py", "--data_dir", str(tmp_path), "--output_dir",
-                                str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True)
+                                str(tmp_path / "out")], cwd=REPO_ROOT, env=checkout_environment(), capture_output=True,
+                               text=True)
     assert completed.returncode == 2
     assert completed.stderr.strip() == f"error: {tmp_path}/train.json: file not found; the audit counts the training split"

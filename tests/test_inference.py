@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, make_record, write_records
+from conftest import REPO_ROOT, checkout_environment, make_record, write_records
 
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -135,7 +135,8 @@ def test_merged_adapter_answers_and_scores_as_the_unmerged_one(tiny_model_dir, t
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=checkout_environment(), capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, checkout_environment
 
 from trainer.errors import InputError
 from dataprep.interaction_log import prepare_log, split_windows, windows
@@ -150,7 +150,7 @@ def test_command_line_takes_comma_separated_column_names(tmp_path):
     completed = subprocess.run([sys.executable, "data/prepare_log.py", "--interactions", str(tmp_path / "ml" / "u.data"),
                                 "--items", str(tmp_path / "ml" / "u.item"), "--output_dir", str(tmp_path / "out"),
                                 *[f"--{name}={value}" for name, value in flags.items()]],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+                               cwd=REPO_ROOT, env=checkout_environment(), capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     config = json.loads((tmp_path / "out" / "run_config.json").read_text())
     assert config["counts"]["interactions"] == 5 and config["columns"] == ["user", "item", "rating", "time"]
