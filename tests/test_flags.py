@@ -67,7 +67,9 @@ def test_one_vocabulary_across_stages():
         assert "adapter" in inspect.signature(entry).parameters
     # Groups come first, data before the model, each stage's own flags last.
     assert list(inspect.signature(sft).parameters)[:3] == ["output_dir", "train_file", "valid_file"]
-    assert list(inspect.signature(softmax_dpo).parameters)[-8:-6] == ["adapter", "loss_type"]
+    parameters = list(inspect.signature(softmax_dpo).parameters)
+    own = parameters[parameters.index("adapter"):]
+    assert own[:2] == ["adapter", "loss_type"] and set(own) <= set(vars(PreferenceFlags)["__annotations__"])
 
 
 def test_stages_change_defaults_not_help():
@@ -84,6 +86,10 @@ def test_stages_change_defaults_not_help():
     (softmax_dpo, {"neg_num": 0}, "--neg_num must be at least 1"),
     (softmax_dpo, {"loss_type": "ipo"}, "--loss_type: expected one of"),
     (softmax_dpo, {"negatives": "hinted"}, "--negatives hinted ranks the candidates by the counts of --hint_file"),
+    (softmax_dpo, {"target_margin": 0.5}, r"--target_margin: sdpo has no target margin \(only \['simpo_sdpo'\] do\)"),
+    (softmax_dpo, {"loss_type": "listwise", "boundary_negatives": True},
+     "--boundary_negatives and --dynamic_beta apply to .*, not listwise"),
+    (dpo, {"loss_type": "simpo_sdpo", "dynamic_beta": True}, "--dynamic_beta apply to .*, not simpo_sdpo"),
     (dpo, {"max_valid_samples": -1}, "--max_valid_samples must be 0 or more"),
     (sft, {"max_train_samples": 0}, "--max_train_samples must be at least 1"),
     (sft, {"eval_steps": -1}, "--eval_steps and --save_steps must be 0 or more"),

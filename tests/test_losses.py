@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import LOSS_TYPES, LOSSES, dmpo_loss, dpo_loss, loss_choices, mppo_loss, preference_loss, sdpo_loss
+from trainer.losses import (DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, boundary_cluster, dmpo_loss, dpo_loss, dynamic_negatives, listwise_loss,
+                            loss_choices, mppo_loss, preference_loss, sdpo_loss, simpo_sdpo_loss)
 
 
 def log_sigmoid(x: float) -> float:
@@ -16,6 +17,13 @@ def log_sigmoid(x: float) -> float:
 def as_tensors(chosen, rejected, ref_chosen, ref_rejected, dtype=torch.float32):
     return (torch.tensor(chosen, dtype=dtype), torch.tensor(rejected, dtype=dtype),
             torch.tensor(ref_chosen, dtype=dtype), torch.tensor(ref_rejected, dtype=dtype))
+
+
+def lengths_for(loss_type: str, rejected: torch.Tensor) -> dict:
+    """Token counts for a loss that reads them (every title 2 tokens long); nothing for the others."""
+    if not LOSSES[loss_type].reads_lengths:
+        return {}
+    return {"chosen_lengths": torch.full(rejected.shape[:1], 2.0), "rejected_lengths": torch.full(rejected.shape, 2.0)}
 
 
 def test_k1_by_hand():
@@ -47,9 +55,10 @@ def test_k3_by_hand_with_uneven_titles():
 def test_losses_are_per_prompt():
     batch = as_tensors([-4.0, -1.0], [[-3.0, -20.0], [-2.0, -2.0]], [-6.0, -1.0], [[-2.0, -21.0], [-2.0, -2.0]])
     for loss_type in LOSS_TYPES:
-        losses = preference_loss(loss_type, *batch, beta=1.0)
+        losses = preference_loss(loss_type, *batch, beta=1.0, **lengths_for(loss_type, batch[1]))
         assert losses.shape == (2,)
-        single = preference_loss(loss_type, *(tensor[1:] for tensor in batch), beta=1.0)
+        single = preference_loss(loss_type, *(tensor[1:] for tensor in batch), beta=1.0,
+                                 **lengths_for(loss_type, batch[1][1:]))
         assert losses[1].item() == pytest.approx(single.item())
     # All rewards zero in the second prompt: S-DPO gives log(1 + k), the others log 2.
     assert preference_loss("sdpo", *batch, beta=1.0)[1].item() == pytest.approx(math.log(3))
@@ -97,7 +106,24 @@ def test_finite_loss_and_gradients_at_extreme_margins(dtype, loss_type, margin):
     chosen = torch.tensor([margin, 0.0], dtype=dtype, requires_grad=True)
     rejected = torch.tensor([[0.0, -margin, 1.0], [margin, margin, -margin]], dtype=dtype, requires_grad=True)
     zeros = torch.zeros(2, dtype=dtype), torch.zeros(2, 3, dtype=dtype)
-    loss = preference_loss(loss_type, chosen, rejected, *zeros, beta=1.0).sum()
+    lengths = {name: value.to(dtype) for name, value in lengths_for(loss_type, rejected).items()}
+    loss = preference_loss(loss_type, chosen, rejected, *zeros, beta=1.0, **lengths).sum()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("loss_type", DYNAMIC_NEGATIVE_TAKERS)
+@pytest.mark.parametrize("margin", [-1e4, -30.0, 0.0, 30.0, 1e4])
+def test_finite_with_dynamic_negatives_at_extreme_margins(dtype, loss_type, margin):
+    chosen = torch.tensor([margin, 0.0, -margin], dtype=dtype, requires_grad=True)
+    rejected = torch.tensor([[0.0, -margin, 1.0], [margin, margin, -margin], [0.0, 0.0, 0.0]], dtype=dtype,
+                            requires_grad=True)
+    mask, betas = dynamic_negatives(chosen, rejected, beta=1.0)
+    assert torch.isfinite(betas).all() and mask.any(dim=-1).all()
+    zeros = torch.zeros(3, dtype=dtype), torch.zeros(3, 3, dtype=dtype)
+    loss = preference_loss(loss_type, chosen, rejected, *zeros, beta=betas, negative_mask=mask).sum()
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
@@ -106,13 +132,17 @@ def test_finite_loss_and_gradients_at_extreme_margins(dtype, loss_type, margin):
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_loss_moves_the_right_way(loss_type):
     batch = as_tensors([-4.0], [[-3.0, -6.0, -5.0]], [-4.5], [[-3.5, -5.0, -5.5]])
-    loss = preference_loss(loss_type, *batch, beta=1.0).item()
+    lengths = lengths_for(loss_type, batch[1])
+    loss = preference_loss(loss_type, *batch, beta=1.0, **lengths).item()
     chosen, rejected, ref_chosen, ref_rejected = batch
-    for j in range(3):
+    # Plackett-Luce asks a rejected title to beat the ones the reference ranks below it: only the last
+    # (reference -5.5) must only lose.
+    for j in ([2] if loss_type == "listwise" else range(3)):
         raised = rejected.clone()
         raised[0, j] += 0.5
-        assert preference_loss(loss_type, chosen, raised, ref_chosen, ref_rejected, beta=1.0).item() > loss
-    assert preference_loss(loss_type, chosen + 0.5, rejected, ref_chosen, ref_rejected, beta=1.0).item() < loss
+        assert preference_loss(loss_type, chosen, raised, ref_chosen, ref_rejected, beta=1.0, **lengths).item() > loss
+    assert preference_loss(loss_type, chosen + 0.5, rejected, ref_chosen, ref_rejected, beta=1.0,
+                           **lengths).item() < loss
 
 
 def test_unknown_loss_and_bad_shapes_are_refused():
@@ -136,6 +166,132 @@ def test_mppo_by_hand_and_without_the_reference():
 
 
 def test_the_registry_is_the_one_list_of_losses():
-    assert LOSS_TYPES == tuple(LOSSES) == ("sdpo", "dpo", "dmpo", "mppo")
-    assert [name for name, loss in LOSSES.items() if not loss.needs_reference] == ["mppo"]
+    assert LOSS_TYPES == tuple(LOSSES) == ("sdpo", "dpo", "dmpo", "mppo", "simpo_sdpo", "listwise")
+    assert [name for name, loss in LOSSES.items() if not loss.needs_reference] == ["mppo", "simpo_sdpo"]
+    assert LENGTH_READERS == ("simpo_sdpo",)
+    assert DYNAMIC_NEGATIVE_TAKERS == ("sdpo", "dpo", "dmpo", "mppo")
     assert all(f"{name} (" in loss_choices() for name in LOSSES)
+    assert loss_choices().startswith(f"sdpo ({LOSSES['sdpo'].summary}); dpo (")
+
+
+def test_simpo_sdpo_by_hand():
+    """Reward s = beta * log pi / |y|. Chosen -6 over 3 tokens (s = -2), rejected -2 over 1 token (s = -2) and
+    -12 over 4 (s = -3); beta 1, gamma 0.5: -log sigmoid(-log(e^{0 + 0.5} + e^{-1 + 0.5})). The summed
+    log-probs would rank the 1-token title first; the means tie it with the chosen one."""
+    chosen, rejected = torch.tensor([-6.0]), torch.tensor([[-2.0, -12.0]])
+    lengths = {"chosen_lengths": torch.tensor([3.0]), "rejected_lengths": torch.tensor([[1.0, 4.0]])}
+    expected = -log_sigmoid(-math.log(math.exp(0.5) + math.exp(-0.5)))
+    assert expected == pytest.approx(1.1803, abs=1e-4)  # log(1 + e^0.5 + e^-0.5) = log 3.2552
+    loss = simpo_sdpo_loss(chosen, rejected, torch.tensor([-99.0]), torch.tensor([[0.0, 5.0]]), 1.0, **lengths,
+                           target_margin=0.5)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # Through the registry, with another reference: the same (it reads none).
+    assert preference_loss("simpo_sdpo", chosen, rejected, torch.zeros(1), torch.zeros(1, 2), beta=1.0, **lengths,
+                           target_margin=0.5).item() == pytest.approx(expected, abs=1e-6)
+    # k = 1 is SimPO: -log sigmoid(beta * (s_w - s_l) - gamma), here beta 2: -log sigmoid(2 * (-2 + 3) - 0.5).
+    simpo = simpo_sdpo_loss(chosen, rejected[:, 1:], chosen, rejected[:, 1:], 2.0, chosen_lengths=torch.tensor([3.0]),
+                            rejected_lengths=torch.tensor([[4.0]]), target_margin=0.5)
+    assert simpo.item() == pytest.approx(-log_sigmoid(1.5), abs=1e-6)
+
+
+def test_listwise_by_hand():
+    """Rewards (beta 1): chosen 0 - (-1) = 1; rejected a = -2 - (-3) = 1, b = -1 - (-0.5) = -0.5, c = -4 - (-4) = 0.
+    The reference ranks b (-0.5) > a (-3) > c (-4), so the list is (1, -0.5, 1, 0):
+    L = [lse(1, -0.5, 1, 0) - 1] + [lse(-0.5, 1, 0) - (-0.5)] + [lse(1, 0) - 1]."""
+    def lse(*values):
+        return math.log(sum(math.exp(value) for value in values))
+
+    batch = as_tensors([0.0], [[-2.0, -1.0, -4.0]], [-1.0], [[-3.0, -0.5, -4.0]])
+    expected = (lse(1, -0.5, 1, 0) - 1) + (lse(-0.5, 1, 0) + 0.5) + (lse(1, 0) - 1)
+    assert expected == pytest.approx(0.9521 + 1.9644 + 0.3133, abs=2e-4)  # log 7.0431 - 1, log 4.3248 + 0.5, log 3.7183 - 1
+    assert listwise_loss(*batch, beta=1.0).item() == pytest.approx(expected, abs=1e-6)
+    # Another reference order over the same rewards gives another loss: the order is the reference's.
+    chosen, rejected, ref_chosen, ref_rejected = batch
+    reordered = (chosen, rejected + torch.tensor([[3.0, -3.0, 0.0]]), ref_chosen, ref_rejected + torch.tensor([[3.0, -3.0, 0.0]]))
+    # Now the reference ranks a (0) > b (-3.5) > c (-4) over the same rewards: the list is (1, 1, -0.5, 0).
+    assert listwise_loss(*reordered, beta=1.0).item() == pytest.approx(
+        (lse(1, 1, -0.5, 0) - 1) + (lse(1, -0.5, 0) - 1) + (lse(-0.5, 0) + 0.5), abs=1e-6)
+    # k = 1: DPO.
+    one = as_tensors([-2.0], [[-5.0]], [-3.0], [[-4.0]])
+    assert listwise_loss(*one, beta=0.5).item() == pytest.approx(-log_sigmoid(1.0), abs=1e-6)
+    # Tied reference scores keep the list order: (1, a=1, b=-1) differs from (1, b=-1, a=1).
+    tied = as_tensors([0.0], [[-1.0, -3.0]], [-1.0], [[-2.0, -2.0]])
+    assert listwise_loss(*tied, beta=1.0).item() == pytest.approx((lse(1, 1, -1) - 1) + (lse(1, -1) - 1), abs=1e-6)
+    # Over 19 tied titles too (an unstable sort reorders ties from about 20 values on): rewards -0.1 j, in list order.
+    rewards = [0.0] + [-0.1 * j for j in range(1, 20)]
+    many = as_tensors([0.0], [rewards[1:]], [0.0], [[0.0] * 19])
+    assert listwise_loss(*many, beta=1.0).item() == pytest.approx(
+        sum(lse(*rewards[i:]) - rewards[i] for i in range(19)), abs=1e-5)
+
+
+def test_losses_count_only_the_masked_negatives_with_a_beta_each():
+    """References 0; chosen 0, rejected (1, -1, 2) with only the first two counted and betas (1, 2, 5):
+    gaps beta_j * (r_w - r_j) = (-1, 2). S-DPO: -log sigmoid(-log(e^1 + e^-2)); DPO: the mean of
+    -log sigmoid(-1) and -log sigmoid(2); DMPO: -log sigmoid((-1 + 2) / 2); MPPO on probabilities with
+    log-probs (log 0.5; log 0.25, log 0.125, 0): -log sigmoid(1 * 0.25 + 2 * 0.375)."""
+    zeros = torch.zeros(1), torch.zeros(1, 3)
+    chosen, rejected = torch.tensor([0.0]), torch.tensor([[1.0, -1.0, 2.0]])
+    mask, betas = torch.tensor([[True, True, False]]), torch.tensor([[1.0, 2.0, 5.0]])
+    expected = {"sdpo": -log_sigmoid(-math.log(math.e + math.exp(-2))),
+                "dpo": (-log_sigmoid(-1.0) - log_sigmoid(2.0)) / 2,
+                "dmpo": -log_sigmoid(0.5)}
+    for loss_type, value in expected.items():
+        assert preference_loss(loss_type, chosen, rejected, *zeros, beta=betas,
+                               negative_mask=mask).item() == pytest.approx(value, abs=1e-6)
+    probabilities = torch.tensor([[math.log(0.25), math.log(0.125), 0.0]])
+    assert preference_loss("mppo", torch.tensor([math.log(0.5)]), probabilities, *zeros, beta=betas,
+                           negative_mask=mask).item() == pytest.approx(-log_sigmoid(1.0), abs=1e-6)
+    # All counted with one beta: the plain losses.
+    everything = torch.ones(1, 3, dtype=torch.bool)
+    for loss_type in DYNAMIC_NEGATIVE_TAKERS:
+        assert preference_loss(loss_type, chosen, rejected, *zeros, beta=0.7, negative_mask=everything).item() == \
+            pytest.approx(preference_loss(loss_type, chosen, rejected, *zeros, beta=0.7).item(), abs=1e-6)
+
+
+def test_dynamic_negatives_by_hand():
+    """Row 1: chosen -2, rejected (-1, -2, -5, -7): the first two score at least as high as the chosen one
+    (boundary), the others average -6. For j = 1: d_w = -1, d_b = 5, beta_1 = beta * (1 + tanh((-1 - 5 - 6) / 6) / 2);
+    j = 2: d_w = 0, d_b = 4: beta * (1 + tanh(-10 / 4) / 2).
+    Row 2: chosen 0 above every rejected (-10, -9.8, -5, -4.9, -1): three clusters {-10, -9.8}, {-5, -4.9},
+    {-1}; the highest, {-1}, is the boundary; the discriminative mean is -7.425. d_w = 1, d_b = 6.425:
+    beta * (1 + tanh((1 - 6.425 - 6) / 7.425) / 2)."""
+    beta = 2.0
+    mask, betas = dynamic_negatives(torch.tensor([-2.0]), torch.tensor([[-1.0, -2.0, -5.0, -7.0]]), beta)
+    assert mask.tolist() == [[True, True, False, False]]
+    assert betas[0, :2].tolist() == pytest.approx([beta * (1 + math.tanh(-2) / 2), beta * (1 + math.tanh(-2.5) / 2)])
+    mask, betas = dynamic_negatives(torch.tensor([0.0]), torch.tensor([[-10.0, -9.8, -5.0, -4.9, -1.0]]), beta)
+    assert mask.tolist() == [[False, False, False, False, True]]
+    assert betas[0, 4].item() == pytest.approx(beta * (1 + math.tanh((1 - 6.425 - 6) / 7.425) / 2), abs=1e-5)
+    # Every rejected title a boundary one: they stand in for the discriminative ones (d_b = log pi_j - mean).
+    mask, betas = dynamic_negatives(torch.tensor([-3.0]), torch.tensor([[-1.0, -3.0]]), beta, margin=0.0)
+    assert mask.tolist() == [[True, True]]
+    assert betas[0].tolist() == pytest.approx([beta * (1 + math.tanh((-2 - 1) / 3) / 2), beta * (1 + math.tanh(1) / 2)])
+    # 0 / 0 (the chosen title and one rejected at the discriminative mean): beta / 2, not NaN.
+    mask, betas = dynamic_negatives(torch.tensor([-2.0]), torch.tensor([[-2.0]]), beta)
+    assert mask.tolist() == [[True]] and betas.tolist() == [[beta / 2]]
+
+
+def test_boundary_cluster_is_the_highest_interval():
+    values = torch.tensor([[-1.0, -10.0, -9.8, -5.0, -4.9], [-3.0, -3.0, -3.0, -3.0, -3.0], [-2.0, -8.0, -2.1, -8.1, -7.9]])
+    assert boundary_cluster(values).tolist() == [[True, False, False, False, False], [True] * 5,
+                                                 [True, False, True, False, False]]
+    # Fewer values than clusters: each its own cluster, the highest alone.
+    assert boundary_cluster(torch.tensor([[-4.0, -1.0]])).tolist() == [[False, True]]
+    assert boundary_cluster(torch.tensor([[-4.0]])).tolist() == [[True]]
+
+
+def test_what_a_loss_does_not_read_is_refused():
+    batch = as_tensors([-1.0], [[-2.0, -3.0]], [-1.0], [[-2.0, -3.0]])
+    lengths = {"chosen_lengths": torch.ones(1), "rejected_lengths": torch.ones(1, 2)}
+    with pytest.raises(ValueError, match="token counts"):
+        preference_loss("simpo_sdpo", *batch, beta=1.0)
+    with pytest.raises(ValueError, match="no target margin"):
+        preference_loss("sdpo", *batch, beta=1.0, target_margin=0.5)
+    for loss_type in ("simpo_sdpo", "listwise"):
+        with pytest.raises(ValueError, match="no negative mask"):
+            preference_loss(loss_type, *batch, beta=1.0, negative_mask=torch.ones(1, 2, dtype=torch.bool), **lengths_for(loss_type, batch[1]))
+        with pytest.raises(ValueError, match="no beta per negative"):
+            preference_loss(loss_type, *batch, beta=torch.ones(1, 2), **lengths_for(loss_type, batch[1]))
+    with pytest.raises(ValueError, match="a negative counted in every row"):
+        preference_loss("sdpo", *batch, beta=1.0, negative_mask=torch.tensor([[False, False]]))
+    assert preference_loss("simpo_sdpo", *batch, beta=1.0, **lengths).shape == (1,)

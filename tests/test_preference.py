@@ -25,6 +25,7 @@ from trainer.collaborative import load_hints, statistics_of
 from trainer.data import parse_record
 from trainer.errors import InputError
 from trainer.evaluation import answer_and_score
+from trainer.losses import dynamic_negatives, preference_loss
 from trainer.logprobs import (collate_packed, completion_logps, first_predicting_position, pack_example,
                               packed_attention, packed_attention_mask, packed_completion_logps)
 from trainer.modeling import load_tokenizer
@@ -549,87 +550,128 @@ def test_select_best_needs_validation_records(tiny_model_dir, small_data_dir, tm
     assert not output_dir.exists()
 
 
-def hand_loss(loss_type: str, chosen: float, rejected: list[float]) -> float:
-    """The three losses from one example's rewards r = beta (log pi - log pi_ref), written out."""
-    def minus_log_sigmoid(x: float) -> float:
-        return math.log1p(math.exp(-x))
+def minus_log_sigmoid(x: float) -> float:
+    return math.log1p(math.exp(-x))
 
+
+def hand_loss(loss_type: str, chosen: float, rejected: list[float], reference_rejected: list[float]) -> float:
+    """The losses that read a reference, from one example's rewards r = beta (log pi - log pi_ref), written out;
+    the listwise one ranks the rejected titles by the reference's log-probs."""
     if loss_type == "sdpo":  # -log sigmoid(-log sum_j exp(r_j - r_chosen))
         return minus_log_sigmoid(-math.log(sum(math.exp(r - chosen) for r in rejected)))
     if loss_type == "dmpo":  # -log sigmoid(r_chosen - mean_j r_j)
         return minus_log_sigmoid(chosen - sum(rejected) / len(rejected))
+    if loss_type == "listwise":  # sum over the ranking of -log(e^{u_i} / sum_{l >= i} e^{u_l})
+        ranked = [chosen] + [reward for _, reward in sorted(zip(reference_rejected, rejected), key=lambda pair: -pair[0])]
+        return sum(math.log(sum(math.exp(u) for u in ranked[i:])) - ranked[i] for i in range(len(ranked) - 1))
     return sum(minus_log_sigmoid(chosen - r) for r in rejected) / len(rejected)  # dpo: pairwise, averaged
 
 
-@pytest.mark.parametrize("loss_type", ["dpo", "sdpo", "dmpo"])
-def test_each_loss_through_the_stage_matches_its_formula_and_not_the_others(tiny_model_dir, tokenizer, tmp_path,
-                                                                             loss_type):
-    """The second step's logged loss, recomputed by hand from the first checkpoint's and the SFT adapter's
-    log-probs of the same 4 prompts x (1 + 3) titles. At the first step every reward is 0 (the policy starts
-    as its reference), where DPO and DMPO coincide; after one update the three formulas differ here by more
-    than 0.01, so a stage training with another loss than the one asked for fails. (Breaks caught: the
-    trainer's loss dispatch hard-coded to S-DPO passed every earlier preference-stage test.)"""
+def train_two_steps(tiny_model_dir, tokenizer, tmp_path, loss_type: str, beta: float, learning_rate: float = 0.05,
+                    **flags):
+    """An SFT adapter, then two logged steps of `loss_type` on 4 prompts x (1 + 3) titles, a checkpoint after
+    each. Returns the SFT adapter, the output folder, the logged losses and the tokenized examples."""
     sft_dir = tmp_path / "sft"
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
     train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(4)])
     output_dir = tmp_path / loss_type
-    beta = 2.0
     softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
                 output_dir=str(output_dir), loss_type=loss_type, neg_num=3, beta=beta, batch_size=4,
-                gradient_accumulation_steps=1, max_steps=2, save_steps=1, logging_steps=1, learning_rate=0.05,
-                warmup_ratio=0.0, lr_scheduler_type="constant", seed=5)
+                gradient_accumulation_steps=1, max_steps=2, save_steps=1, logging_steps=1, learning_rate=learning_rate,
+                warmup_ratio=0.0, lr_scheduler_type="constant", seed=5, **flags)
     logged = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
               if "loss" in entry]
-    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)
-    policy = PeftModel.from_pretrained(copy.deepcopy(base), str(output_dir / "checkpoint-1")).eval()
-    reference = PeftModel.from_pretrained(base, str(sft_dir)).eval()
     rows = preference_dataset(sample_records(train_file, None, 5, 3), 5, PromptBuilder("music", tokenizer, 512, seed=5),
                               tokenizer, 3)
-    losses = {name: 0.0 for name in ("dpo", "sdpo", "dmpo")}
+    return sft_dir, output_dir, logged, rows
+
+
+def scored(adapter, tiny_model_dir, rows) -> list[list[float]]:
+    """log pi(title | prompt) of every example's 1 + k titles under the tiny model with `adapter`."""
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_model_dir), str(adapter)).eval()
     with torch.no_grad():
-        for row in rows:
-            rewards = [beta * float(slow_completion_logp(policy, row["prompt_ids"], completion)
-                                    - slow_completion_logp(reference, row["prompt_ids"], completion))
-                       for completion in row["completion_ids"]]
-            for name in losses:
-                losses[name] += hand_loss(name, rewards[0], rewards[1:]) / len(rows)
-    assert logged[0] == pytest.approx(hand_loss(loss_type, 0.0, [0.0] * 3), abs=1e-4), "rewards 0 at step 1"
+        return [[float(slow_completion_logp(model, row["prompt_ids"], completion)) for completion in row["completion_ids"]]
+                for row in rows]
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "sdpo", "dmpo", "listwise"])
+def test_each_loss_through_the_stage_matches_its_formula_and_not_the_others(tiny_model_dir, tokenizer, tmp_path,
+                                                                             loss_type):
+    """The second step's logged loss, recomputed by hand from the first checkpoint's and the SFT adapter's
+    log-probs of the same 4 prompts x (1 + 3) titles. At the first step every reward is 0 (the policy starts
+    as its reference), where DPO and DMPO coincide; after one update the formulas differ here by more
+    than 0.01, so a stage training with another loss than the one asked for fails. (Breaks caught: the
+    trainer's loss dispatch hard-coded to S-DPO passed every earlier preference-stage test.)"""
+    beta = 2.0
+    sft_dir, output_dir, logged, rows = train_two_steps(tiny_model_dir, tokenizer, tmp_path, loss_type, beta)
+    policy, reference = scored(output_dir / "checkpoint-1", tiny_model_dir, rows), scored(sft_dir, tiny_model_dir, rows)
+    losses = {name: 0.0 for name in ("dpo", "sdpo", "dmpo", "listwise")}
+    for policy_row, reference_row in zip(policy, reference):
+        rewards = [beta * (mine - theirs) for mine, theirs in zip(policy_row, reference_row)]
+        for name in losses:
+            losses[name] += hand_loss(name, rewards[0], rewards[1:], reference_row[1:]) / len(rows)
+    assert logged[0] == pytest.approx(hand_loss(loss_type, 0.0, [0.0] * 3, reference[0][1:]), abs=1e-4), \
+        "rewards 0 at step 1"
     assert logged[1] == pytest.approx(losses[loss_type], abs=2e-4)
     for other, value in losses.items():
         if other != loss_type:
             assert abs(value - losses[loss_type]) > 0.01, f"{other} and {loss_type} coincide on this batch"
 
 
+def test_dynamicpo_options_through_the_stage(tiny_model_dir, tokenizer, tmp_path):
+    """S-DPO with DynamicPO's boundary negatives and per-negative beta. At the first step every reward is 0,
+    so each prompt's S-DPO loss is log(1 + its number of boundary negatives), which the SFT adapter's own
+    log-probs decide. The second step's loss is S-DPO over the boundary negatives with their betas, both from
+    the first checkpoint's log-probs (trainer.losses.dynamic_negatives, tested by hand in test_losses.py); after
+    a large first step (learning rate 0.5) it differs here by more than 0.01 from S-DPO without the mask (0.65)
+    and from S-DPO with one beta (0.03), so a stage that drops either option fails."""
+    beta = 2.0
+    sft_dir, output_dir, logged, rows = train_two_steps(tiny_model_dir, tokenizer, tmp_path, "sdpo", beta,
+                                                         learning_rate=0.5, boundary_negatives=True, dynamic_beta=True)
+    config = json.loads((output_dir / "run_config.json").read_text())
+    assert config["boundary_negatives"] and config["dynamic_beta"] and config["dynamic_beta_margin"] == 6.0
+    reference = torch.tensor(scored(sft_dir, tiny_model_dir, rows))
+    boundary, _ = dynamic_negatives(reference[:, 0], reference[:, 1:], beta)
+    assert not boundary.all(), "some negatives must be left out for the mask to matter"
+    assert logged[0] == pytest.approx(torch.log1p(boundary.sum(dim=1).double()).mean().item(), abs=1e-4)
+    policy = torch.tensor(scored(output_dir / "checkpoint-1", tiny_model_dir, rows))
+    boundary, betas = dynamic_negatives(policy[:, 0], policy[:, 1:], beta)
+    inputs = (policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:])
+    expected = preference_loss("sdpo", *inputs, beta=betas, negative_mask=boundary).mean().item()
+    assert logged[1] == pytest.approx(expected, abs=2e-4)
+    for variant in (preference_loss("sdpo", *inputs, beta=betas), preference_loss("sdpo", *inputs, beta=beta,
+                                                                                    negative_mask=boundary)):
+        assert abs(variant.mean().item() - expected) > 0.01
+
+
+def reference_free_hand_loss(loss_type: str, logps: list[float], lengths: list[int], beta: float,
+                             target_margin: float) -> float:
+    """MPPO on the sequence probabilities, or simpo_sdpo on the mean token log-probs, written out."""
+    if loss_type == "mppo":  # -log sigmoid(beta * sum_j (pi_w - pi_j))
+        chance = [math.exp(logp) for logp in logps]
+        return minus_log_sigmoid(beta * sum(chance[0] - other for other in chance[1:]))
+    # simpo_sdpo: -log sigmoid(-log sum_j exp(beta * (s_j - s_w) + gamma)), s = log pi / |y|
+    means = [logp / length for logp, length in zip(logps, lengths)]
+    return minus_log_sigmoid(-math.log(sum(math.exp(beta * (mean - means[0]) + target_margin) for mean in means[1:])))
+
+
+@pytest.mark.parametrize("loss_type, target_margin", [("mppo", 0.0), ("simpo_sdpo", 0.5)])
 def test_a_loss_without_a_reference_trains_without_the_reference_pass(tiny_model_dir, tokenizer, tmp_path,
-                                                                      monkeypatch):
-    """MPPO through the stage: the reference pass, precomputed or per step, never runs (it raises here), and
-    each logged loss is MPPO's formula on the policy's own probabilities of the 4 prompts x (1 + 3) titles:
-    the SFT adapter's at the first step, the first checkpoint's at the second."""
+                                                                      monkeypatch, loss_type, target_margin):
+    """MPPO and simpo_sdpo through the stage: the reference pass, precomputed or per step, never runs (it
+    raises here), and each logged loss is the formula on the policy's own log-probs of the 4 prompts x
+    (1 + 3) titles (and, for simpo_sdpo, the titles' token counts): the SFT adapter's at the first step,
+    the first checkpoint's at the second."""
     def no_reference_pass(*args, **kwargs):
         raise AssertionError("a reference-free loss ran the reference pass")
 
     monkeypatch.setattr(MultiNegativeDPOTrainer, "_reference_logps", no_reference_pass)
-    sft_dir = tmp_path / "sft"
-    lora_model(tiny_model_dir).save_pretrained(sft_dir)
-    train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(4)])
-    output_dir = tmp_path / "mppo"
     beta = 2.0
-    softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
-                output_dir=str(output_dir), loss_type="mppo", neg_num=3, beta=beta, batch_size=4,
-                gradient_accumulation_steps=1, max_steps=2, save_steps=1, logging_steps=1, learning_rate=0.05,
-                warmup_ratio=0.0, lr_scheduler_type="constant", seed=5)
-    assert json.loads((output_dir / "run_config.json").read_text())["loss_type"] == "mppo"
-    logged = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-              if "loss" in entry]
-    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)
-    rows = preference_dataset(sample_records(train_file, None, 5, 3), 5, PromptBuilder("music", tokenizer, 512, seed=5),
-                              tokenizer, 3)
+    sft_dir, output_dir, logged, rows = train_two_steps(tiny_model_dir, tokenizer, tmp_path, loss_type, beta,
+                                                         target_margin=target_margin)
+    assert json.loads((output_dir / "run_config.json").read_text())["loss_type"] == loss_type
     for step, adapter in enumerate((sft_dir, output_dir / "checkpoint-1")):
-        policy = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).eval()
-        expected = 0.0
-        with torch.no_grad():
-            for row in rows:
-                chance = [math.exp(float(slow_completion_logp(policy, row["prompt_ids"], completion)))
-                          for completion in row["completion_ids"]]
-                expected += math.log1p(math.exp(-beta * sum(chance[0] - other for other in chance[1:]))) / len(rows)
+        expected = sum(reference_free_hand_loss(loss_type, logps, list(map(len, row["completion_ids"])), beta,
+                                                target_margin)
+                       for logps, row in zip(scored(adapter, tiny_model_dir, rows), rows)) / len(rows)
         assert logged[step] == pytest.approx(expected, abs=1e-4), f"step {step + 1}"

@@ -174,6 +174,12 @@ def first_predicting_position(batch: dict[str, torch.Tensor]) -> int:
     return batch["input_ids"].shape[1] - 1 - batch["targets"].shape[1]
 
 
+def completion_token_counts(owners: torch.Tensor, num_completions: int) -> torch.Tensor:
+    """[B, num_completions] tokens of each completion of a packed batch, from its `owners` ([B, T], -1 on padding)."""
+    counts = torch.zeros(owners.shape[0], num_completions, dtype=torch.long, device=owners.device)
+    return counts.scatter_add(1, owners.clamp(min=0), (owners >= 0).long())
+
+
 def packed_completion_logps(model, batch: dict[str, torch.Tensor], num_completions: int, cache=None) -> torch.Tensor:
     """log pi(completion j | prompt) for every prompt of a packed batch (collate_packed), as [B, num_completions].
 

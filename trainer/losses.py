@@ -12,7 +12,9 @@ Every function takes
     ref_rejected_logps:   [B, k]  log pi_ref(y_j | x)
 and returns the per-prompt loss, shape [B]. They are written with logsigmoid and logsumexp so that
 they stay finite for any margin in fp32 and bf16. A loss that needs no reference ignores the two
-reference arguments, and the trainer then skips the reference pass (LOSSES: needs_reference).
+reference arguments, and the trainer then skips the reference pass (LOSSES: needs_reference). Some read
+more: token counts (simpo_sdpo), or DynamicPO's mask of the negatives that count and a beta per negative
+(dynamic_negatives computes both; sdpo, dpo, dmpo and mppo take them).
 
 LOSSES is the one list of the losses: the flag's choices, its help and the trainer read it.
 """
@@ -29,48 +31,67 @@ def rewards(logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.
     return beta * (logps - ref_logps)
 
 
-def sdpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float) -> torch.Tensor:
+def reward_gaps(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> torch.Tensor:
+    """[B, k] beta_j * (r(y_w) - r(y_j)): how far the chosen reward lies above each rejected one."""
+    chosen = chosen_logps - ref_chosen_logps  # [B]
+    rejected = rejected_logps - ref_rejected_logps  # [B, k]
+    return beta * (chosen.unsqueeze(-1) - rejected)
+
+
+def counted_mean(values: torch.Tensor, negative_mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, k] -> [B]: the mean over each row's counted negatives (all of them when the mask is None)."""
+    if negative_mask is None:
+        return values.mean(dim=-1)
+    return values.masked_fill(~negative_mask, 0).sum(dim=-1) / negative_mask.sum(dim=-1)
+
+
+def sdpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+              negative_mask=None) -> torch.Tensor:
     """S-DPO (Chen et al. 2024, "On Softmax Direct Preference Optimization for Recommendation", eq. 11):
 
         L = -log sigmoid( -log sum_{j=1..k} exp( beta * (r(y_j) - r(y_w)) ) )
 
     With k = 1 the sum has one term and L = -log sigmoid(beta * (r(y_w) - r(y_1))), which is DPO.
     """
-    chosen = rewards(chosen_logps, ref_chosen_logps, beta)  # [B]
-    rejected = rewards(rejected_logps, ref_rejected_logps, beta)  # [B, k]
-    return -F.logsigmoid(-torch.logsumexp(rejected - chosen.unsqueeze(-1), dim=-1))
+    pairs = -reward_gaps(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)  # [B, k]
+    if negative_mask is not None:
+        pairs = pairs.masked_fill(~negative_mask, float("-inf"))
+    return -F.logsigmoid(-torch.logsumexp(pairs, dim=-1))
 
 
-def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float) -> torch.Tensor:
+def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+             negative_mask=None) -> torch.Tensor:
     """DPO (Rafailov et al. 2023, eq. 7), for each rejected completion, averaged over the k of them:
 
         L = (1/k) sum_{j=1..k} -log sigmoid( beta * (r(y_w) - r(y_j)) )
 
     With k = 1 it is exactly the pairwise DPO loss.
     """
-    chosen = rewards(chosen_logps, ref_chosen_logps, beta)  # [B]
-    rejected = rewards(rejected_logps, ref_rejected_logps, beta)  # [B, k]
-    return -F.logsigmoid(chosen.unsqueeze(-1) - rejected).mean(dim=-1)
+    gaps = reward_gaps(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)  # [B, k]
+    return counted_mean(-F.logsigmoid(gaps), negative_mask)
 
 
-def dmpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float) -> torch.Tensor:
+def dmpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+              negative_mask=None) -> torch.Tensor:
     """DMPO (Bai et al. 2024, "Finetuning LLM-based recommender systems with multiple negatives"):
 
         L = -log sigmoid( beta * r(y_w) - (1/k) sum_{j=1..k} beta * r(y_j) )
+          = -log sigmoid( (1/k) sum_{j=1..k} beta_j * (r(y_w) - r(y_j)) )
 
-    Each rejected reward keeps its own reference term log pi_ref(y_j | x).
+    (the second form, equal for one beta, is how DynamicPO applies a beta per negative). Each rejected
+    reward keeps its own reference term log pi_ref(y_j | x).
     """
-    chosen = rewards(chosen_logps, ref_chosen_logps, beta)  # [B]
-    rejected = rewards(rejected_logps, ref_rejected_logps, beta)  # [B, k]
-    return -F.logsigmoid(chosen - rejected.mean(dim=-1))
+    gaps = reward_gaps(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)  # [B, k]
+    return -F.logsigmoid(counted_mean(gaps, negative_mask))
 
 
-def mppo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float) -> torch.Tensor:
+def mppo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+              negative_mask=None) -> torch.Tensor:
     """MPPO (Xie et al. 2024, "MPPO: Multi Pair-wise Preference Optimization for LLMs with Arbitrary
     Negative Samples"), without a reference model, on the policy's probabilities, as DynamicPO's public
     implementation (the only one) computes it, with the sequence probability pi(y | x):
 
-        L = -log sigmoid( beta * sum_{j=1..k} ( pi(y_w | x) - pi(y_j | x) ) )
+        L = -log sigmoid( sum_{j=1..k} beta_j * ( pi(y_w | x) - pi(y_j | x) ) )
 
     The argument lies in [-beta k, beta k], so L is finite for any log-probabilities (a log-probability
     above 0, a rounding error, counts as 0). Its gradient with respect to log pi(y | x) is proportional
@@ -78,26 +99,133 @@ def mppo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps
     """
     chosen = chosen_logps.clamp(max=0).exp()  # [B]
     rejected = rejected_logps.clamp(max=0).exp()  # [B, k]
-    return -F.logsigmoid(beta * (chosen.unsqueeze(-1) - rejected).sum(dim=-1))
+    gaps = beta * (chosen.unsqueeze(-1) - rejected)  # [B, k]
+    if negative_mask is not None:
+        gaps = gaps.masked_fill(~negative_mask, 0)
+    return -F.logsigmoid(gaps.sum(dim=-1))
+
+
+def simpo_sdpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, *,
+                    chosen_lengths, rejected_lengths, target_margin: float) -> torch.Tensor:
+    """S-DPO's softmax over k negatives on SimPO's reward (Meng et al. 2024, "SimPO: Simple Preference
+    Optimization with a Reference-Free Reward", eq. 6): no reference model; a completion's reward is its
+    mean token log-probability, s(y) = log pi(y | x) / |y|, and the chosen one must win by gamma:
+
+        L = -log sigmoid( -log sum_{j=1..k} exp( beta * (s(y_j) - s(y_w)) + gamma ) )
+
+    With k = 1 this is SimPO, -log sigmoid(beta * (s(y_w) - s(y_1)) - gamma). Title lengths differ a lot
+    (1 to 30 tokens), and a summed log-probability favours short titles; the mean does not.
+
+    chosen_lengths [B] and rejected_lengths [B, k] count each completion's tokens; gamma is target_margin.
+    The reference arguments are ignored.
+    """
+    chosen = beta * chosen_logps / chosen_lengths  # [B]
+    rejected = beta * rejected_logps / rejected_lengths  # [B, k]
+    return -F.logsigmoid(-torch.logsumexp(rejected - chosen.unsqueeze(-1) + target_margin, dim=-1))
+
+
+def listwise_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> torch.Tensor:
+    """Plackett-Luce over a whole ranking of the 1 + k titles (the listwise model S-DPO's partial ranking
+    comes from; Chen et al. 2024, section 3.2). The ranking: the chosen title first, then the rejected ones
+    in the order the reference scores them, most likely first (ties keep their order in the list). With
+    u_0 = beta * r(y_w) and u_1..u_k the rejected rewards in that order,
+
+        L = -sum_{i=0..k-1} log( exp(u_i) / sum_{l=i..k} exp(u_l) )
+
+    The first term alone is S-DPO; the others ask the policy to keep the reference's order among the
+    wrong titles, which the reference (the SFT model, trained on true next items) puts nearest the user's
+    taste first. With k = 1 only the first term remains: DPO. Every list needs a reference.
+    """
+    order = ref_rejected_logps.argsort(dim=-1, descending=True, stable=True)  # [B, k]
+    rejected = rewards(rejected_logps, ref_rejected_logps, beta).gather(-1, order)  # [B, k]
+    ranked = torch.cat([rewards(chosen_logps, ref_chosen_logps, beta).unsqueeze(-1), rejected], dim=-1)
+    # tails[:, i] = log sum_{l >= i} exp(u_l)
+    tails = ranked.flip(-1).logcumsumexp(dim=-1).flip(-1)  # [B, 1 + k]
+    return (tails - ranked)[:, :-1].sum(dim=-1)
+
+
+def boundary_cluster(values: torch.Tensor, clusters: int = 3, iterations: int = 20) -> torch.Tensor:
+    """[B, k] -> [B, k] bool: each row's values in the highest of `clusters` one-dimensional k-means
+    clusters (Lloyd's iterations from the row's minimum, median and maximum; in one dimension a cluster is
+    an interval, so the highest is the one holding the row's maximum)."""
+    width = values.shape[-1]
+    starts = torch.linspace(0, width - 1, min(clusters, width), device=values.device).round().long()
+    centers = values.sort(dim=-1).values[:, starts]  # [B, c]
+    for _ in range(iterations):
+        nearest = (values.unsqueeze(-1) - centers.unsqueeze(-2)).abs().argmin(dim=-1)  # [B, k]
+        members = F.one_hot(nearest, centers.shape[-1]).to(values.dtype)  # [B, k, c]
+        counts = members.sum(dim=-2)
+        sums = (members * values.unsqueeze(-1)).sum(dim=-2)
+        centers = torch.where(counts > 0, sums / counts.clamp(min=1), centers)
+    nearest = (values.unsqueeze(-1) - centers.unsqueeze(-2)).abs().argmin(dim=-1)
+    return nearest == nearest.gather(-1, values.argmax(dim=-1, keepdim=True))
+
+
+def dynamic_negatives(chosen_logps, rejected_logps, beta: float, margin: float = 6.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DynamicPO's boundary negatives and per-negative beta (Hu et al. 2025, "DynamicPO"; as the authors'
+    public code computes them), from the policy's log-probabilities, without gradients.
+
+    Boundary negatives: the rejected titles the policy scores at least as high as the chosen one; where
+    none does, those in the highest of three k-means clusters of the rejected log-probs (boundary_cluster).
+    The others are the discriminative ones (where none is left, the boundary ones stand in). For rejected
+    title j, with d_w = log pi(y_w) - log pi(y_j) and d_b = log pi(y_j) - the discriminative titles' mean
+    log pi,
+
+        beta_j = beta * (1 + tanh( (d_w - d_b - margin) / (|d_w| + |d_b|) ) / 2),  in [beta/2, 3 beta/2],
+
+    larger for a title near the chosen one than for one near the discriminative ones (0 / 0 gives beta/2).
+
+    Returns (mask [B, k] bool, True on the boundary negatives; betas [B, k]).
+    """
+    chosen, rejected = chosen_logps.detach().unsqueeze(-1), rejected_logps.detach()
+    boundary = rejected >= chosen
+    boundary = torch.where(boundary.any(dim=-1, keepdim=True), boundary, boundary_cluster(rejected))
+    discriminative = torch.where((~boundary).any(dim=-1, keepdim=True), ~boundary, boundary)
+    discriminative_mean = counted_mean(rejected, discriminative).unsqueeze(-1)  # [B, 1]
+    to_chosen = chosen - rejected
+    to_discriminative = rejected - discriminative_mean
+    scale = (to_chosen - to_discriminative - margin) / (to_chosen.abs() + to_discriminative.abs()
+                                                        ).clamp(min=torch.finfo(rejected.dtype).tiny)
+    return boundary, beta * (1 + torch.tanh(scale) / 2)
 
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-    """One entry of LOSSES: the pure function, the words --help gives it, and whether it reads the frozen
-    reference's log-probabilities (False: the trainer skips the reference pass). Each takes any k >= 1."""
+    """One entry of LOSSES: the pure function, the words --help gives it, and what it reads besides the
+    policy's log-probabilities. Each takes any k >= 1.
+
+    needs_reference: reads the frozen reference's log-probabilities (False: the trainer skips the
+        reference pass and passes zeros).
+    reads_lengths: reads each completion's token count and the target margin (chosen_lengths,
+        rejected_lengths, target_margin).
+    takes_dynamic_negatives: accepts DynamicPO's options, a mask of the negatives that count
+        (negative_mask) and a beta per negative ([B, k] in place of one number).
+    """
 
     function: Callable[..., torch.Tensor]
     summary: str
     needs_reference: bool = True
+    reads_lengths: bool = False
+    takes_dynamic_negatives: bool = False
 
 
 LOSSES = {
-    "sdpo": Loss(sdpo_loss, "softmax DPO over the k rejected titles, the S-DPO paper's"),
-    "dpo": Loss(dpo_loss, "pairwise DPO, averaged over the k rejected titles"),
-    "dmpo": Loss(dmpo_loss, "DMPO: the chosen reward against the mean rejected reward"),
-    "mppo": Loss(mppo_loss, "MPPO: no reference model, on the policy's probabilities", needs_reference=False),
+    "sdpo": Loss(sdpo_loss, "softmax DPO over the k rejected titles, the S-DPO paper's",
+                 takes_dynamic_negatives=True),
+    "dpo": Loss(dpo_loss, "pairwise DPO, averaged over the k rejected titles", takes_dynamic_negatives=True),
+    "dmpo": Loss(dmpo_loss, "DMPO: the chosen reward against the mean rejected reward", takes_dynamic_negatives=True),
+    "mppo": Loss(mppo_loss, "MPPO: no reference model, on the policy's probabilities", needs_reference=False,
+                 takes_dynamic_negatives=True),
+    "simpo_sdpo": Loss(simpo_sdpo_loss, "S-DPO's softmax on SimPO's reward: no reference model, mean token "
+                                        "log-probabilities, a target margin", needs_reference=False,
+                       reads_lengths=True),
+    "listwise": Loss(listwise_loss, "Plackett-Luce over the chosen title and the k rejected ones in the "
+                                    "reference's order"),
 }
 LOSS_TYPES = tuple(LOSSES)
+LENGTH_READERS = tuple(name for name, loss in LOSSES.items() if loss.reads_lengths)
+DYNAMIC_NEGATIVE_TAKERS = tuple(name for name, loss in LOSSES.items() if loss.takes_dynamic_negatives)
 
 
 def loss_choices() -> str:
@@ -106,12 +234,32 @@ def loss_choices() -> str:
 
 
 def preference_loss(loss_type: str, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                    beta: float) -> torch.Tensor:
-    """The per-prompt loss [B] of `loss_type` (one of LOSS_TYPES)."""
+                    beta, *, chosen_lengths=None, rejected_lengths=None, target_margin: float = 0.0,
+                    negative_mask=None) -> torch.Tensor:
+    """The per-prompt loss [B] of `loss_type` (one of LOSS_TYPES), given what that loss reads (see Loss):
+    chosen_lengths [B] and rejected_lengths [B, k] token counts; negative_mask [B, k] bool and beta as a
+    float or [B, k]. A value the loss would not read is refused rather than ignored."""
     if loss_type not in LOSSES:
         raise ValueError(f"unknown loss type {loss_type!r}; choose one of {LOSS_TYPES}")
     if rejected_logps.dim() != 2 or rejected_logps.shape != ref_rejected_logps.shape:
         raise ValueError(f"rejected log-probs must be [B, k], got {tuple(rejected_logps.shape)} "
                          f"and {tuple(ref_rejected_logps.shape)}")
-    return LOSSES[loss_type].function(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-
+    loss = LOSSES[loss_type]
+    arguments = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    dynamic = negative_mask is not None or isinstance(beta, torch.Tensor)
+    if dynamic and not loss.takes_dynamic_negatives:
+        raise ValueError(f"{loss_type} takes no negative mask and no beta per negative")
+    if negative_mask is not None:
+        if negative_mask.shape != rejected_logps.shape or not negative_mask.any(dim=-1).all():
+            raise ValueError(f"negative_mask must be [B, k] like the rejected log-probs with a negative counted "
+                             f"in every row, got {tuple(negative_mask.shape)}")
+        return loss.function(*arguments, negative_mask=negative_mask)
+    if loss.reads_lengths:
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError(f"{loss_type} reads the completions' token counts; pass chosen_lengths and "
+                             f"rejected_lengths")
+        return loss.function(*arguments, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+                             target_margin=target_margin)
+    if target_margin != 0:
+        raise ValueError(f"{loss_type} has no target margin; only the losses that read lengths do")
+    return loss.function(*arguments)

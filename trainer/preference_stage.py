@@ -1,4 +1,5 @@
-"""The preference stage shared by softmax_dpo.py and dpo.py: S-DPO, DPO or DMPO from an SFT adapter.
+"""The preference stage shared by softmax_dpo.py and dpo.py: S-DPO, DPO, DMPO or another loss of
+trainer/losses.py's LOSSES, from an SFT adapter.
 
 Each training example is a prompt, its true title as the chosen answer and `neg_num` other
 candidates as rejected answers, chosen by `--negatives` (trainer/negatives.py; by default drawn
@@ -25,7 +26,7 @@ from trainer.errors import InputError
 from trainer.commands import OutputFlags, flag
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, PromptFlags, TrainingDataFlags,
                            check_adapter_folder)
-from trainer.losses import LOSS_TYPES, LOSSES, loss_choices
+from trainer.losses import DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, loss_choices
 from trainer.modeling import (base_model_fingerprint, check_attn_implementation,
                               is_adapter_folder, load_model_for_training, lora_config)
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
@@ -105,6 +106,18 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
                   "candidates the starting model scores highest, scored once before training and cached in "
                   "--output_dir for a rerun).")
     beta: float = flag(1.0, "Inverse temperature of the implicit reward beta * log(pi / pi_ref); above 0.")
+    target_margin: float = flag(
+        0.0, f"gamma: the margin by which the chosen title's reward must win (SimPO's target margin), for the losses "
+             f"that read title lengths ({', '.join(LENGTH_READERS)}); refused for the others.")
+    boundary_negatives: bool = flag(
+        False, "DynamicPO: each prompt's loss counts only its boundary negatives, the rejected titles the policy "
+               "scores at least as high as the true one (else the top of three k-means clusters of their scores), "
+               f"chosen again in every step. For {', '.join(DYNAMIC_NEGATIVE_TAKERS)}.")
+    dynamic_beta: bool = flag(
+        False, f"DynamicPO: a beta per rejected title, from beta / 2 to 3 beta / 2, larger for one scored near the "
+               f"true title than for one near the clearly wrong ones, computed in every step. For "
+               f"{', '.join(DYNAMIC_NEGATIVE_TAKERS)}.")
+    dynamic_beta_margin: float = flag(6.0, "The fixed margin in DynamicPO's per-negative beta (the authors' 6.0).")
     packed_forward: bool = flag(
         True, "Compute each prompt once for all its 1 + neg_num titles; False scores 1 + neg_num padded sequences "
               "per prompt (the plain way, slower).")
@@ -126,6 +139,11 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
         if not self.beta > 0:
             # beta 0 gives every loss a zero gradient, a negative beta pushes the chosen title down.
             raise InputError(f"--beta must be above 0, got {self.beta}")
+        if self.target_margin != 0 and self.loss_type not in LENGTH_READERS:
+            raise InputError(f"--target_margin: {self.loss_type} has no target margin (only {list(LENGTH_READERS)} do)")
+        if (self.boundary_negatives or self.dynamic_beta) and self.loss_type not in DYNAMIC_NEGATIVE_TAKERS:
+            raise InputError(f"--boundary_negatives and --dynamic_beta apply to {list(DYNAMIC_NEGATIVE_TAKERS)}, "
+                             f"not {self.loss_type}")
         if self.negatives not in NEGATIVE_SAMPLING:
             raise InputError(f"--negatives: expected one of {list(NEGATIVE_SAMPLING)}, got {self.negatives!r}")
         if self.negatives == "hinted" and not self.hint_file:
@@ -136,7 +154,7 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
 
 
 def train_preference(flags: PreferenceFlags) -> None:
-    """Preference-train a LoRA adapter: S-DPO (default), DPO or DMPO, one true title against --neg_num others."""
+    """Preference-train a LoRA adapter with --loss_type (S-DPO by default), one true title against --neg_num others."""
     config, torch_dtype, training_arguments, model_path, tokenizer = start_training_stage(flags)
 
     # Read and check the records before anything is loaded or written.
@@ -188,6 +206,10 @@ def train_preference(flags: PreferenceFlags) -> None:
         # A loss without a reference needs no reference pass, precomputed or not.
         precompute_ref_log_probs=flags.precompute_ref_log_probs and LOSSES[flags.loss_type].needs_reference,
         beta=flags.beta,
+        target_margin=flags.target_margin,
+        boundary_negatives=flags.boundary_negatives,
+        dynamic_beta=flags.dynamic_beta,
+        dynamic_beta_margin=flags.dynamic_beta_margin,
         gradient_checkpointing=flags.gradient_checkpointing,
     )
     trainer = MultiNegativeDPOTrainer(

@@ -20,8 +20,9 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from trainer.logprobs import collate_packed, completion_logps, pack_example, packed_completion_logps, pad_left
-from trainer.losses import LOSS_TYPES, LOSSES, preference_loss, rewards
+from trainer.logprobs import (collate_packed, completion_logps, completion_token_counts, pack_example,
+                              packed_completion_logps, pad_left)
+from trainer.losses import LOSS_TYPES, LOSSES, dynamic_negatives, preference_loss, rewards
 from trainer.training import SameOrderForAnyProcessCount, GuardedTraining
 
 # DPOTrainer's name for the frozen copy of the adapter a run starts from (saved in every checkpoint).
@@ -54,8 +55,19 @@ class MultiNegativeDPOConfig(DPOConfig):
         neg_num (`int`, defaults to `3`):
             Rejected completions per prompt (k); each example must carry 1 + k completions.
         loss_type (`str` or a list of one, defaults to `"sdpo"`):
-            A name of trainer/losses.py's LOSSES ("sdpo", "dpo", "dmpo", "mppo"); a loss that needs no
-            reference skips the reference pass.
+            A name of trainer/losses.py's LOSSES; a loss that needs no reference skips the reference pass.
+        target_margin (`float`, defaults to `0.0`):
+            gamma, the margin the chosen title's reward must win by, for the losses that read completion
+            lengths (simpo_sdpo); any other value than 0 is refused for the others.
+        boundary_negatives (`bool`, defaults to `False`):
+            DynamicPO's selection: each prompt's loss counts only its boundary negatives, the rejected titles
+            the policy scores at least as high as the chosen one (or the top k-means cluster of them when none
+            does), recomputed in every step (trainer.losses.dynamic_negatives). For the losses that take it.
+        dynamic_beta (`bool`, defaults to `False`):
+            DynamicPO's beta per negative, between beta / 2 and 3 beta / 2, larger for a rejected title near the
+            chosen one; recomputed in every step from the policy's log-probs. For the losses that take it.
+        dynamic_beta_margin (`float`, defaults to `6.0`):
+            The fixed margin of DynamicPO's per-negative beta (6.0 in the authors' code).
         packed_forward (`bool`, defaults to `True`):
             One sequence per prompt holding the prompt once and then every completion, each completion
             attending only to the prompt and itself. False scores 1 + k padded sequences per prompt
@@ -70,6 +82,10 @@ class MultiNegativeDPOConfig(DPOConfig):
 
     neg_num: int = field(default=3, metadata={"help": "Rejected completions per prompt (k)."})
     loss_type: str | list[str] = field(default="sdpo", metadata={"help": f"One of {LOSS_TYPES}."})
+    target_margin: float = field(default=0.0, metadata={"help": "gamma of the losses that read lengths."})
+    boundary_negatives: bool = field(default=False, metadata={"help": "Count only DynamicPO's boundary negatives."})
+    dynamic_beta: bool = field(default=False, metadata={"help": "DynamicPO's beta per negative."})
+    dynamic_beta_margin: float = field(default=6.0, metadata={"help": "The margin of DynamicPO's per-negative beta."})
     packed_forward: bool = field(default=True, metadata={"help": "Compute each prompt once for its 1 + k completions."})
     train_sampling_strategy: str = field(
         default="group_by_length",
@@ -85,6 +101,10 @@ class MultiNegativeDPOConfig(DPOConfig):
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.neg_num < 1:
             raise ValueError(f"neg_num must be at least 1, got {self.neg_num}")
+        if self.target_margin != 0 and not LOSSES[self.loss_type[0]].reads_lengths:
+            raise ValueError(f"{self.loss_type[0]} has no target margin; target_margin must be 0")
+        if (self.boundary_negatives or self.dynamic_beta) and not LOSSES[self.loss_type[0]].takes_dynamic_negatives:
+            raise ValueError(f"{self.loss_type[0]} takes neither boundary negatives nor a dynamic beta")
 
 
 @dataclass
@@ -194,10 +214,31 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
             return policy, inputs[REFERENCE_COLUMN].to(policy.dtype)
         return policy, self._reference_logps(model, inputs)
 
+    def _completion_lengths(self, inputs) -> torch.Tensor:
+        """[B, 1 + k] token counts of the completions, chosen first, in the layout of _completion_logps."""
+        width = 1 + self.args.neg_num
+        if self.args.packed_forward:
+            return completion_token_counts(inputs["owners"], width)
+        return inputs["completion_mask"].sum(dim=1).view(-1, width)
+
+    def _loss_options(self, inputs, policy: torch.Tensor) -> dict:
+        """What the loss reads besides the log-probs: token counts and margin, or DynamicPO's options."""
+        args = self.args
+        if LOSSES[args.loss_type[0]].reads_lengths:
+            lengths = self._completion_lengths(inputs).to(policy.dtype)
+            return {"chosen_lengths": lengths[:, 0], "rejected_lengths": lengths[:, 1:],
+                    "target_margin": args.target_margin}
+        if not (args.boundary_negatives or args.dynamic_beta):
+            return {}
+        boundary, betas = dynamic_negatives(policy[:, 0], policy[:, 1:], self.beta, args.dynamic_beta_margin)
+        return {"negative_mask": boundary if args.boundary_negatives else None,
+                "beta": betas if args.dynamic_beta else self.beta}
+
     def _compute_loss(self, model, inputs, return_outputs):
         policy, reference = self._policy_and_reference_logps(model, inputs)
+        options = {"beta": self.beta} | self._loss_options(inputs, policy)
         loss = preference_loss(self.args.loss_type[0], policy[:, 0], policy[:, 1:], reference[:, 0],
-                               reference[:, 1:], self.beta).mean()
+                               reference[:, 1:], **options).mean()
         self._record_metrics(policy.detach(), reference)
         return (loss, None) if return_outputs else loss
 
