@@ -11,8 +11,8 @@ import pytest
 from trainer.data import load_records, parse_record
 from trainer.errors import InputError
 from dataprep.llara_files import read_split, split_paths, to_text, write_split_text
-from dataprep.llara_layout import (Catalogue, PoolWithout, independent_candidates, movielens_title, prepare, sample_candidates,
-                                  splitmix64)
+from dataprep.llara_layout import (Catalogue, PoolWithout, distinct_per_row, independent_candidates, movielens_title,
+                                   prepare, sample_candidates, splitmix64)
 
 
 def test_llara_draw_reproduces_the_golden_validation_file(lastfm_source, shared_data_dir, tmp_path):
@@ -78,6 +78,49 @@ def test_independent_draw_is_uniform_over_the_allowed_items_without_replacement(
     assert np.abs(share - 15 / 25).max() < 0.04
     places = np.bincount((candidates == 4).argmax(axis=1), minlength=16) / records
     assert np.abs(places - 1 / 16).max() < 0.025  # sd 0.0038
+
+
+def slow_independent_draw(excluded: list[int], target: int, catalogue_size: int, negatives_per_list: int,
+                          seed: int) -> list[int]:
+    """The documented draw, one record at a time: SplitMix64 output 0 of the record's seed places the target,
+    outputs 1, 2, ... are positions below the catalogue size, each kept unless excluded or drawn before."""
+    def output(draw: int) -> int:
+        return int(splitmix64(np.uint64(seed), np.uint64(draw)))
+
+    negatives, draw = [], 1
+    while len(negatives) < negatives_per_list:
+        position = (output(draw) >> 11) * catalogue_size // 2**53
+        draw += 1
+        if position not in excluded and position not in negatives:
+            negatives.append(position)
+    place = (output(0) >> 11) * (negatives_per_list + 1) // 2**53
+    return negatives[:place] + [target] + negatives[place:]
+
+
+def test_splitmix64_gives_the_published_outputs():
+    # Vigna's SplitMix64 seeded with 0 (prng.di.unimi.it): its first four outputs.
+    assert [int(value) for value in splitmix64(np.uint64(0), np.arange(4))] == [
+        0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC]
+
+
+def test_independent_draw_equals_the_slow_definition():
+    """Every record's list, drawn together in rounds and in chunks, is the one the sequential definition gives
+    (breaks caught: a draw counter running backwards, an initial slot value that shadows position 1 or 2)."""
+    generator = np.random.default_rng(3)
+    excluded = generator.integers(-1, 30, size=(300, 5))
+    targets = excluded[:, -1].clip(min=0)
+    excluded[:, -1] = targets
+    seeds = splitmix64(np.uint64(7), np.arange(300, dtype=np.uint64))
+    together = independent_candidates(excluded, targets, 30, 19, seeds)
+    for row in range(300):
+        expected = slow_independent_draw(excluded[row].tolist(), int(targets[row]), 30, 19, int(seeds[row]))
+        assert together[row].tolist() == expected, f"record {row}"
+
+
+def test_distinct_positions_per_row_by_hand():
+    # -1 pads a row and counts as none; position 0 is a position; repeats count once.
+    rows = np.array([[-1, 0, 0, 3], [2, 2, 5, 5], [-1, -1, -1, -1], [0, 4, 4, 4]])
+    assert distinct_per_row(rows).tolist() == [2, 2, 0, 2]
 
 
 def test_independent_draw_depends_only_on_each_records_own_seed():

@@ -163,6 +163,8 @@ def test_mppo_by_hand_and_without_the_reference():
     # Equal probabilities: log 2 whatever k; a log-probability rounded above 0 counts as 0 (probability 1).
     assert mppo_loss(*as_tensors([-1.0], [[-1.0] * 5], [0.0], [[0.0] * 5]), beta=3.0).item() == pytest.approx(math.log(2))
     assert mppo_loss(*as_tensors([1e-3], [[-1e9]], [0.0], [[0.0]]), beta=1.0).item() == pytest.approx(-log_sigmoid(1.0))
+    assert mppo_loss(*as_tensors([math.log(0.5)], [[1e-3]], [0.0], [[0.0]]), beta=1.0).item() == pytest.approx(
+        -log_sigmoid(-0.5))
 
 
 def test_the_registry_is_the_one_list_of_losses():
@@ -241,6 +243,18 @@ def test_losses_count_only_the_masked_negatives_with_a_beta_each():
     probabilities = torch.tensor([[math.log(0.25), math.log(0.125), 0.0]])
     assert preference_loss("mppo", torch.tensor([math.log(0.5)]), probabilities, *zeros, beta=betas,
                            negative_mask=mask).item() == pytest.approx(-log_sigmoid(1.0), abs=1e-6)
+    # Two prompts, each with its own mask: each row's loss is the one it gets alone (a sum or count over the
+    # whole batch would mix them). Row 2 counts its last two negatives (gaps -10, -4; beta 2 each).
+    pair = (torch.tensor([0.0, 0.0]), torch.tensor([[1.0, -1.0, 2.0], [0.0, 5.0, 2.0]]), torch.zeros(2), torch.zeros(2, 3))
+    masks = torch.tensor([[True, True, False], [False, True, True]])
+    pair_betas = torch.tensor([[1.0, 2.0, 5.0], [2.0, 2.0, 2.0]])
+    for loss_type in ("dpo", "dmpo"):
+        both = preference_loss(loss_type, *pair, beta=pair_betas, negative_mask=masks)
+        alone = [preference_loss(loss_type, *(tensor[row:row + 1] for tensor in pair), beta=pair_betas[row:row + 1],
+                                 negative_mask=masks[row:row + 1]).item() for row in range(2)]
+        assert both.tolist() == pytest.approx(alone, abs=1e-6)
+    assert preference_loss("dmpo", *pair, beta=pair_betas, negative_mask=masks)[1].item() == pytest.approx(
+        -log_sigmoid(-7.0), abs=1e-6)
     # All counted with one beta: the plain losses.
     everything = torch.ones(1, 3, dtype=torch.bool)
     for loss_type in DYNAMIC_NEGATIVE_TAKERS:
@@ -266,6 +280,12 @@ def test_dynamic_negatives_by_hand():
     mask, betas = dynamic_negatives(torch.tensor([-3.0]), torch.tensor([[-1.0, -3.0]]), beta, margin=0.0)
     assert mask.tolist() == [[True, True]]
     assert betas[0].tolist() == pytest.approx([beta * (1 + math.tanh((-2 - 1) / 3) / 2), beta * (1 + math.tanh(1) / 2)])
+    # Rows of a batch are selected and weighted each on its own.
+    chosen, rejected = torch.tensor([-2.0, 0.0]), torch.tensor([[-1.0, -2.0, -5.0, -7.0], [-10.0, -9.8, -5.0, -1.0]])
+    together = dynamic_negatives(chosen, rejected, beta)
+    alone = [dynamic_negatives(chosen[row:row + 1], rejected[row:row + 1], beta) for row in range(2)]
+    assert together[0].tolist() == [mask[0].tolist() for mask, _ in alone]
+    torch.testing.assert_close(together[1], torch.cat([betas for _, betas in alone]))
     # 0 / 0 (the chosen title and one rejected at the discriminative mean): beta / 2, not NaN.
     mask, betas = dynamic_negatives(torch.tensor([-2.0]), torch.tensor([[-2.0]]), beta)
     assert mask.tolist() == [[True]] and betas.tolist() == [[beta / 2]]
