@@ -13,8 +13,8 @@ from accelerate import PartialState
 from trainer.cli import run
 from trainer.data import load_records, select_indices
 from trainer.errors import InputError
-from trainer.evaluation import (METRICS_FILE, PREDICTIONS_FILE, NonFiniteScores, answer_and_score_shared, score_answers,
-                                write_evaluation)
+from trainer.evaluation import (ANSWER_TOKENS, METRICS_FILE, PREDICTIONS_FILE, NonFiniteScores, answer_and_score_shared,
+                                score_answers, write_evaluation)
 from trainer.commands import OutputFlags, command, flag
 from trainer.flags import EvaluationDataFlags, ModelFlags, PromptFlags, check_adapter_folder
 from trainer.modeling import (BASE_FINGERPRINT_KEY, base_model_fingerprint, load_model_for_evaluation, load_tokenizer,
@@ -32,7 +32,7 @@ class InferenceFlags(ModelFlags, PromptFlags, EvaluationDataFlags, OutputFlags):
         None, "LoRA adapter folder to evaluate, its weights merged into the base model's (not in 4-bit); unset: "
               "the base model alone.")
     batch_size: int = flag(16, "Prompts generated (and their candidates scored) together.")
-    max_new_tokens: int = flag(20, "Longest answer generated, in tokens.")
+    max_new_tokens: int = flag(ANSWER_TOKENS, "Longest answer generated, in tokens.")
     score_candidates: bool = flag(
         True, "Also rank every prompt's candidates by the model's log-probability of answering with each (HR@1, "
               "HR@5, NDCG@5, NDCG@10, MRR); generation then reuses the prompt computation of the scoring pass.")

@@ -6,7 +6,8 @@
 # only over the same code: mutmut records which tests reach a function once, so after a change to the
 # code or the tests it would run a changed function's mutants against too few tests and report survivors
 # that the suite kills. Any change (commit or working tree) starts the pass again from a fresh mutants/.
-#   bash scripts/mutation.sh
+#   bash scripts/mutation.sh                          # every module
+#   bash scripts/mutation.sh "trainer.losses*"        # the mutants whose names match (mutmut's globs)
 #
 #   MAX_CHILDREN    mutants tested at once (2)
 #   SHARED_DATA_DIR the shared data folder of the tests (else ../shared/data beside the repository)
@@ -20,5 +21,5 @@ if [[ ! -f mutants/code-state || $(cat mutants/code-state) != "$code_state" ]]; 
     echo "$code_state" > mutants/code-state
 fi
 # One thread per mutant: MAX_CHILDREN of them share the cores.
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} mutmut run --max-children "${MAX_CHILDREN:-2}"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} mutmut run --max-children "${MAX_CHILDREN:-2}" "$@"
 mutmut results --all true | python scripts/mutation_report.py

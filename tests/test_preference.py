@@ -24,13 +24,14 @@ from softmax_dpo import softmax_dpo
 from trainer.collaborative import load_hints, statistics_of
 from trainer.data import parse_record
 from trainer.errors import InputError
-from trainer.evaluation import answer_and_score
+from trainer.evaluation import ANSWER_TOKENS, answer_and_score
 from trainer.losses import dynamic_negatives, preference_loss
 from trainer.logprobs import (collate_packed, completion_logps, first_predicting_position, pack_example,
                               packed_attention, packed_attention_mask, packed_completion_logps)
 from trainer.modeling import load_tokenizer
-from trainer.negatives import (SCORE_CACHE_FOLDER, _cache_key, highest_scored_others, rejected_titles,
-                               sample_negatives, sample_popular_negatives)
+from trainer.metrics import match_answer
+from trainer.negatives import (SCORE_CACHE_FOLDER, _cache_key, highest_scored_others, own_answer_first,
+                               rejected_titles, sample_negatives, sample_popular_negatives)
 from trainer.preference_stage import preference_dataset, sample_records
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeCollator, MultiNegativeDPOConfig,
                                         MultiNegativeDPOTrainer, REFERENCE_COLUMN)
@@ -495,6 +496,55 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
     # stage's cache key built without the prompts survived mutation testing before this.)
     softmax_dpo(**run | {"domain": "movie"})
     assert len(list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())) == 3
+
+
+def test_own_answer_first_by_hand():
+    """SPRec's self-play negatives: the model's wrong answer, then others drawn as the random rule draws."""
+    record = parse_record({"historyList": "", "itemList": ["A", "B", "C", "D", "E"], "trueSelection": "B"}, "made-up", 0)
+    assert own_answer_first(record, "D", 1, 7, 3) == ["D"]
+    drawn = own_answer_first(record, "D", 3, 7, 3)
+    assert drawn[0] == "D" and len(set(drawn)) == 3 and not {"B"} & set(drawn)
+    assert drawn == own_answer_first(record, "D", 3, 7, 3) and drawn == rejected_titles(record, 3, "self", 3, 7,
+                                                                                         own_answer="D")
+    # A right answer, or one naming no single candidate, gives the random rule's draw.
+    for answer in ("B", None):
+        assert own_answer_first(record, answer, 2, 7, 3) == rejected_titles(record, 3, "random", 2, 7)
+    with pytest.raises(ValueError, match="not a candidate"):
+        own_answer_first(record, "Z", 2, 7, 3)
+    with pytest.raises(ValueError, match="cannot draw 4 negatives from 3"):
+        own_answer_first(record, "D", 5, 7, 3)
+
+
+def test_self_play_negatives_are_the_starting_models_own_answers_answered_once(tiny_model_dir, tokenizer, tmp_path,
+                                                                                monkeypatch):
+    """--negatives self: the stage caches, per prompt, the candidate the SFT adapter's greedy answer names (as
+    inference.py would answer), builds each example's rejected titles from it, and reads the cache on a rerun."""
+    sft_dir = tmp_path / "sft"
+    lora_model(tiny_model_dir).save_pretrained(sft_dir)
+    train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(3)])
+    run = dict(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
+               negatives="self", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5,
+               output_dir=str(tmp_path / "sdpo"))
+    softmax_dpo(**run)
+    cached = list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())
+    assert [path.name.endswith("-answers.json") for path in cached] == [True]
+    own_answers = json.loads(cached[0].read_text())
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_model_dir), str(sft_dir)).eval()
+    examples = sample_records(train_file, None, 5, 2)
+    builder = PromptBuilder("music", tokenizer, 512, seed=5)
+    left = load_tokenizer(tiny_model_dir, padding_side="left")
+    answers, _ = answer_and_score(model, left, [builder.build(record, index) for index, record in examples],
+                                  [record for _, record in examples], 3, ANSWER_TOKENS, False)
+    assert own_answers == [match_answer(answer, record.candidates) for answer, (_, record) in zip(answers, examples)]
+    # Each example's rejected titles follow its answer; a wrong one given here comes first.
+    wrong = [next(title for title in record.candidates if title != record.target) for _, record in examples]
+    dataset = preference_dataset(examples, 5, builder, tokenizer, 2, "self", own_answers=wrong)
+    for (index, record), answer, example in zip(examples, wrong, dataset):
+        rejected = [tokenizer.decode(ids[:-1]).strip() for ids in example["completion_ids"][1:]]
+        assert rejected == own_answer_first(record, answer, 2, 5, index) and rejected[0] == answer
+    with monkeypatch.context() as patched:
+        patched.setattr("trainer.evaluation.answer_and_score", lambda *args, **kwargs: pytest.fail("answered twice"))
+        softmax_dpo(**run)
 
 
 def test_the_score_cache_key_follows_the_base_the_adapter_weights_the_prompts_and_the_candidates(tmp_path,

@@ -25,6 +25,8 @@ from trainer.prompts import encode_answer, encode_prompt
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+# Tokens an answer may take: enough for the longest LastFM or MovieLens title and its end of turn.
+ANSWER_TOKENS = 20
 
 
 class NonFiniteScores(InputError):

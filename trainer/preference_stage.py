@@ -29,7 +29,7 @@ from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationF
 from trainer.losses import DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, loss_choices
 from trainer.modeling import (base_model_fingerprint, check_attn_implementation,
                               is_adapter_folder, load_model_for_training, lora_config)
-from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_scores
+from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_answers, starting_model_scores
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeDPOConfig, MultiNegativeDPOTrainer,
                                         REFERENCE_ADAPTER_NAME)
 from trainer.prompts import PromptBuilder, evaluation_template, preference_example
@@ -52,13 +52,15 @@ def sample_records(path: str, max_samples: int | None, seed: int, neg_num: int) 
 
 def preference_dataset(examples: list[tuple[int, Record]], seed: int, builder: PromptBuilder, tokenizer,
                        neg_num: int, negatives: str = "random", popularity: Mapping[str, int] | None = None,
-                       scores: list[list[float]] | None = None) -> Dataset:
+                       scores: list[list[float]] | None = None, own_answers: list[str | None] | None = None) -> Dataset:
     """Tokenized (prompt_ids, completion_ids) preference examples: the true title, then `neg_num`
-    rejected ones chosen by `negatives` (trainer.negatives; `scores`, per example, for "hard")."""
+    rejected ones chosen by `negatives` (trainer.negatives; per example, `scores` for "hard" and
+    `own_answers` for "self")."""
     rows = []
     for position, (index, record) in enumerate(examples):
         rejected = rejected_titles(record, index, negatives, neg_num, seed, builder.hints, popularity,
-                                   scores[position] if scores is not None else None)
+                                   scores[position] if scores is not None else None,
+                                   own_answers[position] if own_answers is not None else None)
         rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected))
     return Dataset.from_list(rows)
 
@@ -102,9 +104,11 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
         "random", "random (drawn uniformly from the other candidates, seeded by --seed and the example index; the "
                   "paper's), popular (drawn in proportion to 1 + how often each was the true item of a training "
                   "record), hinted (needs --hint_file: the k other candidates that the training counts rank "
-                  "highest, the ones a model following the hint would name wrongly) or hard (the k other "
+                  "highest, the ones a model following the hint would name wrongly), hard (the k other "
                   "candidates the starting model scores highest, scored once before training and cached in "
-                  "--output_dir for a rerun).")
+                  "--output_dir for a rerun) or self (SPRec's self-play: the starting model's own answer where it "
+                  "names a wrong candidate, then random others; answered once before training, cached the same "
+                  "way; scripts/self_play.sh runs rounds of it).")
     beta: float = flag(1.0, "Inverse temperature of the implicit reward beta * log(pi / pi_ref); above 0.")
     target_margin: float = flag(
         0.0, f"gamma: the margin by which the chosen title's reward must win (SimPO's target margin), for the losses "
@@ -186,13 +190,19 @@ def train_preference(flags: PreferenceFlags) -> None:
 
     datasets = []
     for examples, builder in splits:
-        scores = None
+        scores = own_answers = None
+        prompts, records = [builder.build(record, index) for index, record in examples], [record for _, record in examples]
         if flags.negatives == "hard":  # the starting model's own scores of every candidate
-            scores = starting_model_scores(model, tokenizer, [builder.build(record, index) for index, record in examples],
-                                           [record for _, record in examples], flags.batch_size, model_path,
+            scores = starting_model_scores(model, tokenizer, prompts, records, flags.batch_size, model_path,
                                            flags.adapter, flags.output_dir)
+        if flags.negatives == "self":  # the candidate the starting model's own answer names
+            own_answers = starting_model_answers(model, tokenizer, prompts, records, flags.batch_size, model_path,
+                                                 flags.adapter, flags.output_dir)
+            wrong = sum(answer is not None and answer != record.target for answer, record in zip(own_answers, records))
+            logger.info("The starting model names a wrong candidate on %d of %d prompts: its answer is their first "
+                        "rejected title; the others draw theirs at random", wrong, len(records))
         datasets.append(preference_dataset(examples, flags.seed, builder, tokenizer, flags.neg_num, flags.negatives,
-                                           popularity, scores))
+                                           popularity, scores, own_answers))
     train_dataset, eval_dataset = datasets[0], datasets[1] if len(datasets) > 1 else None
     logger.info("%s with %d %s negatives on %d training prompts (%s)%s", flags.loss_type, flags.neg_num,
                 flags.negatives, len(train_dataset), flags.train_file,
