@@ -298,6 +298,19 @@ def test_boundary_cluster_is_the_highest_interval():
     # Fewer values than clusters: each its own cluster, the highest alone.
     assert boundary_cluster(torch.tensor([[-4.0, -1.0]])).tolist() == [[False, True]]
     assert boundary_cluster(torch.tensor([[-4.0]])).tolist() == [[True]]
+    # Lloyd's iterations worked by hand (starts: the sorted row's first, middle and last values).
+    # The maximum needs a second cluster's members to move: {-7.75, -6.5, -6.5}, {-4.25, -4, -3.75}, {-1}.
+    assert boundary_cluster(torch.tensor([[-4.0, -3.75, -1.0, -6.5, -7.75, -4.25, -6.5]])).tolist() == [
+        [False, False, True, False, False, False, False]]
+    # Tied starts (-2.25 twice) leave a cluster empty at first; it keeps its centre and takes the two -2.25s
+    # next: {-7.5}, {-2.5}, {-2.25, -2.25}.
+    assert boundary_cluster(torch.tensor([[-2.25, -7.5, -2.25, -2.5]])).tolist() == [[True, False, True, False]]
+    # A single member's centre is its value: -7 alone pulls -6.25 over, leaving {-4.5} on top.
+    assert boundary_cluster(torch.tensor([[-7.0, -9.75, -6.25, -4.5, -9.75, -9.25]])).tolist() == [
+        [False, False, False, True, False, False]]
+    assert boundary_cluster(torch.tensor([[-2.5, -2.75, -7.0, -7.5]])).tolist() == [[True, False, False, False]]
+    # One value repeated: every start is one centre, two clusters stay empty, all values are on top.
+    assert boundary_cluster(torch.tensor([[-3.0] * 5])).tolist() == [[True] * 5]
 
 
 def test_what_a_loss_does_not_read_is_refused():
@@ -305,6 +318,8 @@ def test_what_a_loss_does_not_read_is_refused():
     lengths = {"chosen_lengths": torch.ones(1), "rejected_lengths": torch.ones(1, 2)}
     with pytest.raises(ValueError, match="token counts"):
         preference_loss("simpo_sdpo", *batch, beta=1.0)
+    with pytest.raises(ValueError, match="token counts"):  # one of the two is not enough
+        preference_loss("simpo_sdpo", *batch, beta=1.0, chosen_lengths=lengths["chosen_lengths"])
     with pytest.raises(ValueError, match="no target margin"):
         preference_loss("sdpo", *batch, beta=1.0, target_margin=0.5)
     for loss_type in ("simpo_sdpo", "listwise"):
@@ -314,4 +329,7 @@ def test_what_a_loss_does_not_read_is_refused():
             preference_loss(loss_type, *batch, beta=torch.ones(1, 2), **lengths_for(loss_type, batch[1]))
     with pytest.raises(ValueError, match="a negative counted in every row"):
         preference_loss("sdpo", *batch, beta=1.0, negative_mask=torch.tensor([[False, False]]))
+    pair = (torch.zeros(2), torch.zeros(2, 2), torch.zeros(2), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="a negative counted in every row"):  # the second row counts none
+        preference_loss("sdpo", *pair, beta=1.0, negative_mask=torch.tensor([[True, False], [False, False]]))
     assert preference_loss("simpo_sdpo", *batch, beta=1.0, **lengths).shape == (1,)
