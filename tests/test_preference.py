@@ -469,7 +469,7 @@ def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_
     softmax_dpo(**run)
     assert not (sft_dir / SCORE_CACHE_FOLDER).exists(), "the adapter folder is only read (it may be shared or read-only)"
     cached = list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())
-    assert len(cached) == 1
+    assert len(cached) == 1 and not cached[0].name.endswith("-answers.json"), "scores and answers have their own files"
     scores = json.loads(cached[0].read_text())
     # The cached scores are the SFT model's: candidate scoring of the same prompts, recomputed here.
     model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_model_dir), str(sft_dir)).eval()
@@ -513,6 +513,7 @@ def test_own_answer_first_by_hand():
         own_answer_first(record, "Z", 2, 7, 3)
     with pytest.raises(ValueError, match="cannot draw 4 negatives from 3"):
         own_answer_first(record, "D", 5, 7, 3)
+    assert sorted(own_answer_first(record, "D", 4, 7, 3)) == ["A", "C", "D", "E"]  # every other candidate
 
 
 def test_self_play_negatives_are_the_starting_models_own_answers_answered_once(tiny_model_dir, tokenizer, tmp_path,
