@@ -514,6 +514,13 @@ def test_own_answer_first_by_hand():
     with pytest.raises(ValueError, match="cannot draw 4 negatives from 3"):
         own_answer_first(record, "D", 5, 7, 3)
     assert sorted(own_answer_first(record, "D", 4, 7, 3)) == ["A", "C", "D", "E"]  # every other candidate
+    # Seeded by the run and the example through rejected_titles: over 12 candidates, 5 drawn of 10 others.
+    wide = parse_record({"historyList": "", "itemList": [f"T{i}" for i in range(12)], "trueSelection": "T0"},
+                        "made-up", 0)
+    drawn = rejected_titles(wide, 4, "self", 6, 11, own_answer="T3")
+    assert drawn == own_answer_first(wide, "T3", 6, 11, 4) and drawn[1:] != own_answer_first(wide, "T3", 6, 12, 4)[1:]
+    with pytest.raises(ValueError, match="cannot draw 5 negatives from 4"):
+        sample_negatives(record, 5, 7, 3)
 
 
 def test_self_play_negatives_are_the_starting_models_own_answers_answered_once(tiny_model_dir, tokenizer, tmp_path,
