@@ -78,6 +78,12 @@ def test_wilson_interval_matches_hand_computed_values():
     # 10/10 mirrors it, the upper bound exactly 1 (a bar's error above 1.0 must not come out negative).
     low, high = wilson_interval(10, 10)
     assert low == pytest.approx(1 - 0.27753, abs=1e-4) and high == 1.0
+    # One success of one: low = 1 - 0.79345 (the 0/1 upper bound, z^2/(1+z^2)); one of ten is above 0.
+    assert wilson_interval(1, 1) == pytest.approx((0.20655, 1.0), abs=1e-4)
+    assert wilson_interval(1, 10)[0] == pytest.approx(0.01787, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0), "no rows: nothing is known"
+    # At 0 of 69 the formula leaves the lower bound a rounding error above 0: it must be exactly 0.
+    assert wilson_interval(0, 69)[0] == 0.0
 
 
 def test_summarize_divides_by_all_rows():
@@ -87,6 +93,8 @@ def test_summarize_divides_by_all_rows():
     assert metrics["valid_ratio"] == 0.5
     low, high = metrics["hit_ratio_at_1_ci95"]
     assert low < 0.25 < high
+    with pytest.raises(ValueError, match="^no rows to summarize$"):
+        summarize([], [])
 
 
 def test_true_item_rank_breaks_ties_against_the_true_item():
@@ -104,7 +112,7 @@ def test_ranking_metrics_count_a_rank_equal_to_the_cutoff():
     assert metrics["ranking_hit_ratio_at_5"] == 0.5
     assert metrics["ranking_ndcg_at_5"] == pytest.approx(1 / math.log2(6) / 2)
     assert metrics["ranking_ndcg_at_10"] == pytest.approx((1 / math.log2(6) + 1 / math.log2(11)) / 2)
-    with pytest.raises(ValueError, match="no rows to summarize"):
+    with pytest.raises(ValueError, match="^no rows to summarize$"):
         summarize_ranks([])
 
 

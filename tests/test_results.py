@@ -4,6 +4,7 @@ import collections
 import json
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from trainer import results as results_module
@@ -64,6 +65,20 @@ def test_paired_bootstrap_interval_by_hand():
     assert low < 1 / 6 < high and low >= -1 and high <= 1
     with pytest.raises(ValueError, match="differ in number"):
         paired_bootstrap_interval([True], [True, False], seed=0)
+
+
+def test_paired_bootstrap_interval_equals_its_definition_one_resample_at_a_time():
+    """Resample r draws n row indices from the seeded generator, in turn; the interval is the 2.5% point and the
+    97.5% point of the sorted `samples` means, also for a count of resamples that the chunks do not divide
+    (breaks caught: one chunk too many or one resample too few, either end's index moved by one)."""
+    generator = np.random.default_rng(11)
+    first, second = generator.random(60).round(2), generator.random(60).round(2)
+    differences = first - second
+    for samples in (75, 1000):
+        draws = np.random.default_rng(3)
+        means = sorted(float(differences[draws.integers(0, 60, size=60)].mean()) for _ in range(samples))
+        expected = [means[int(0.025 * samples)], means[int(0.975 * samples) - 1]]
+        assert paired_bootstrap_interval(first.tolist(), second.tolist(), 3, samples=samples) == expected
 
 
 def test_paired_bootstrap_interval_is_95_percent_and_takes_fractions():
