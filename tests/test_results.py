@@ -1,13 +1,16 @@
 """trainer/results.py on a made-up run folder: the three files, the intervals, a missing stage."""
 
 import collections
+import importlib.util
 import json
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from trainer import results as results_module
+from tests.conftest import REPO_ROOT
 from tests.test_audit import synthetic_folder
 from trainer.audit import audit, markdown_table, write_audit
 from trainer.collaborative import popularity_rank
@@ -241,3 +244,31 @@ def test_results_end_with_the_data_audit(tmp_path):
     assert markdown_table(report) in table
     summary = json.loads((tmp_path / "results.json").read_text())
     assert [leak["name"] for leak in summary["audit"]["leaks"]] == ["candidate_list", "candidate_list"]
+
+
+def test_loss_comparison_pools_each_arms_seeds_per_prompt(tmp_path):
+    """scripts/studies/loss_comparison.py on a made-up study: S-DPO's two seeds hit prompts (1, 0, 0, 0) and
+    (1, 1, 0, 0), so per prompt (1, 0.5, 0, 0); listwise's (1, 1, 1, 0) and (1, 1, 0, 0) give (1, 1, 0.5, 0).
+    The pooled difference is (0 + 0.5 + 0.5 + 0) / 4 = 0.25, not a difference of one seed's runs; each seed's
+    HR@1 and the seeds' mean are listed."""
+    spec = importlib.util.spec_from_file_location("loss_comparison", os.path.join(REPO_ROOT, "scripts", "studies",
+                                                                                  "loss_comparison.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    setting = tmp_path / "hintsTrue"
+    write_stage(setting, "sft", [True, False, False, False], trained=True, ranks=[1, 2, 2, 2])
+    for stage, hits in {"sdpo-s42": [True, False, False, False], "sdpo-s7": [True, True, False, False],
+                        "listwise-s42": [True, True, True, False], "listwise-s7": [True, True, False, False]}.items():
+        write_stage(setting, stage, hits, trained=True, ranks=[1 if hit else 3 for hit in hits])
+    study.tables(output_dir=str(tmp_path))
+    rows = json.loads((tmp_path / "comparison.json").read_text())["hintsTrue"]
+    assert list(rows) == ["sft", "sdpo", "listwise"]
+    assert rows["listwise"]["seeds"] == {"7": 0.5, "42": 0.75} and rows["listwise"]["hit_ratio_at_1"] == 0.625
+    difference, (low, high) = rows["listwise"]["HR@1 - sdpo"]
+    assert difference == 0.25 and low <= 0.25 <= high
+    assert rows["sdpo"]["HR@1 - sdpo"] == [0.0, [0.0, 0.0]]
+    assert "| listwise | 7: 0.500, 42: 0.750 | 0.625 |" in (tmp_path / "comparison.md").read_text()
+    # Seeds evaluated on other prompts than S-DPO's cannot be paired.
+    write_stage(setting, "dmpo-s42", [True] * 3, trained=True, ranks=[1, 1, 1])
+    with pytest.raises(InputError, match="other prompts"):
+        study.tables(output_dir=str(tmp_path))

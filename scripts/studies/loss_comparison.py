@@ -30,13 +30,13 @@ COLUMNS = (("HR@1", "hit_ratio_at_1", 3), ("ranked HR@1", "ranking_hit_ratio_at_
 
 
 def seed_runs(run_dir: str) -> dict[str, dict[int, str]]:
-    """{variant: {seed: run folder name}} of one hint setting's folder."""
+    """{variant: {seed: run folder name}} of one hint setting's folder, seeds in increasing order."""
     runs = {}
     for name in sorted(os.listdir(run_dir)):
         match = RUN_NAME.fullmatch(name)
         if match and os.path.isdir(os.path.join(run_dir, name, "eval")):
             runs.setdefault(match["variant"], {})[int(match["seed"])] = name
-    return runs
+    return {variant: dict(sorted(seeds.items())) for variant, seeds in runs.items()}
 
 
 def pooled(run_dir: str, stages: list[str], measure) -> tuple[list[int], list[float]]:
@@ -73,7 +73,8 @@ def tables(output_dir: str = "output/loss-comparison", train_file: str | None = 
         runs = seed_runs(run_dir)
         if COMPARED_WITH not in runs:
             raise InputError(f"{run_dir}: no {COMPARED_WITH}-s<seed> run to compare the others with")
-        arms = {SFT_STAGE: {None: SFT_STAGE}} | runs
+        # The starting adapter, the loss compared with, then the others by name.
+        arms = {SFT_STAGE: {None: SFT_STAGE}, COMPARED_WITH: runs[COMPARED_WITH]} | runs
         rows = {}
         for variant, seeds in arms.items():
             summaries = [stage_summary(run_dir, stage, statistics) for stage in seeds.values()]
