@@ -55,8 +55,9 @@ def test_recent_history_titles_weigh_more_by_hand():
     # X last seen 1 item before the newest (Z), Y 2 items before: weights 0.5, 0.25, 1.
     assert history_weights(("X", "Y", "X", "Z"), 0.5) == {"X": 0.5, "Y": 0.25, "Z": 1.0}
     assert history_weights(("X", "Y", "X"), 1.0) == {"X": 1.0, "Y": 1.0}
-    with pytest.raises(ValueError, match="recency weights lie in"):
-        history_weights(("X",), 0.0)
+    for recency in (0.0, 1.5):  # a weight above 1 would make older titles count more than the newest
+        with pytest.raises(ValueError, match=rf"recency weights lie in \(0, 1\], got {recency}"):
+            history_weights(("X",), recency)
     statistics = ItemStatistics(TRAINING)
     newest_x = Record(history=("Z", "X"), candidates=CANDIDATES, target="D")
     # Alike: A = X 2 + Z 0 = 2, B = X 1 + Z 2 = 3. At 0.25 Z counts a quarter: A = 2, B = 1 + 0.5 = 1.5.
