@@ -117,6 +117,12 @@ def test_independent_draw_equals_the_slow_definition():
         assert together[row].tolist() == expected, f"record {row}"
 
 
+def test_catalogue_positions_by_hand():
+    catalogue = Catalogue([50, 30, 90])
+    assert catalogue.positions(np.array([[30, 40], [90, 50]])).tolist() == [[1, -1], [2, 0]]
+    assert catalogue.positions(np.array([100, 10])).tolist() == [-1, -1]  # beyond either end: none
+
+
 def test_distinct_positions_per_row_by_hand():
     # -1 pads a row and counts as none; position 0 is a position; repeats count once.
     rows = np.array([[-1, 0, 0, 3], [2, 2, 5, 5], [-1, -1, -1, -1], [0, 4, 4, 4]])
