@@ -1,6 +1,7 @@
 """trainer/audit.py: each planted leak is flagged on synthetic data, clean synthetic data is not; the rules and
 the chi-square tail worked out by hand; the LastFM splits, the authors' draw flagged and the clean one not."""
 
+import collections
 import json
 import logging
 import math
@@ -12,8 +13,8 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT, checkout_environment, write_records
-from trainer.audit import (TrainingCounts, audit, chi_square_survival, expected_hit, position_test, rule_keys,
-                           sequence_followers)
+from trainer.audit import (RULES, TrainingCounts, audit, audit_split, chi_square_survival, expected_hit, markdown_table,
+                           overlap_counts, position_test, rule_keys, sequence_followers, verdicts, write_audit)
 from trainer.data import Record, load_records
 from dataprep.llara_layout import prepare
 
@@ -250,3 +251,72 @@ def test_bad_folder_is_one_line(tmp_path):
                                text=True)
     assert completed.returncode == 2
     assert completed.stderr.strip() == f"error: {tmp_path}/train.json: file not found; the audit counts the training split"
+
+
+def made_up_report() -> dict:
+    """A report in audit()'s shape with numbers chosen so that every value lands in its own place: rule r on
+    split s has HR@1 0.1 r + 0.01 s, interval [HR@1 - 0.05, HR@1 + 0.07], gain over its baseline 0.02 r - 0.03
+    (interval [gain - 0.04, gain + 0.06]) and over popularity 0.5 - 0.01 r."""
+    splits = {}
+    for split_number, split in enumerate(("valid", "test"), start=1):
+        rules = {}
+        for rule_number, rule in enumerate(RULES):
+            hit = 0.1 * rule_number + 0.01 * split_number
+            gain = 0.02 * rule_number - 0.03
+            rules[rule] = {"hr_at_1": hit, "hr_at_1_ci95": [hit - 0.05, hit + 0.07], "gain_over_baseline": gain,
+                           "gain_over_baseline_ci95": [gain - 0.04, gain + 0.06],
+                           "gain_over_popularity": 0.5 - 0.01 * rule_number}
+        splits[split] = {"rules": rules, "chance": 0.05 * split_number,
+                         "position_test": {"p_value": 0.0123 * split_number}}
+    return {"splits": splits, "train": {"position_test": {"p_value": 0.5}}, "margin": 0.02,
+            "leaks": [{"name": "candidate_list", "rule": "candidate_list", "split": "test", "hr_at_1": 0.22}]}
+
+
+def test_the_report_reads_by_hand(tmp_path):
+    """The table's cells, the verdicts' words and where write_audit puts them, on a made-up report (the
+    formatting kept 63 mutants alive when only its presence was checked)."""
+    report = made_up_report()
+    table = markdown_table(report).splitlines()
+    assert table[0] == ("| rule | leak it reads (gain over) | valid HR@1 [95% CI] | valid gain [95% CI] | "
+                        "test HR@1 [95% CI] | test gain [95% CI] |")
+    assert table[1] == "|---|---|---|---|---|---|"
+    assert table[2] == "| popularity | (reference) | 0.010 [-0.040, 0.080] |  | 0.020 [-0.030, 0.090] |  |"
+    # candidate_list (rule 2): gain 0.01 [-0.03, +0.07], flagged on test only.
+    assert table[4] == ("| candidate_list | candidate_list (popularity) | 0.210 [0.160, 0.280] | "
+                        "+0.010 [-0.030, +0.070] | 0.220 [0.170, 0.290] | +0.010 [-0.030, +0.070] **leak** |")
+    assert table[6] == "| position | (shown) | 0.410 [0.360, 0.480] |  | 0.420 [0.370, 0.490] |  |"
+    assert table[-1] == "| chance (a random candidate) | | 0.050 |  | 0.100 |  |"
+    lines = verdicts(report)
+    assert lines[0] == ("LEAK candidate_list: the candidate list depends on the true item: records sharing a true item "
+                        "share their negatives. Rule candidate_list: HR@1 valid 0.210, +0.480 over popularity "
+                        "[-0.030, +0.070]; test 0.220, +0.480 over popularity [-0.030, +0.070]")
+    # shared_records reads rule shared_history (6) against transitions: gain 0.09 [+0.05, +0.15].
+    assert lines[3] == ("ok   shared_records: rule shared_history: HR@1 valid 0.610, +0.440 over popularity, "
+                        "+0.090 [+0.050, +0.150] over transitions; test 0.620, +0.440 over popularity, "
+                        "+0.090 [+0.050, +0.150] over transitions")
+    assert lines[-2] == ("     the true item's position against a uniform one (chi-square): train p = 0.5; "
+                         "valid p = 0.012; test p = 0.025")
+    assert lines[-1] == ("     a leak is flagged when its rule gains at least 0.02 HR@1 over its baseline, the 95% "
+                         "paired interval above 0")
+    write_audit(report, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "audit.md").read_text() == markdown_table(report) + "\n" + "\n".join(lines) + "\n"
+    assert json.loads((tmp_path / "out" / "audit.json").read_text()) == report
+
+
+def test_overlap_counts_and_a_rules_hit_ratio_by_hand():
+    """Training: (X, Y) -> A twice, (Y, Z) -> B. Evaluated: (X, Y) -> A with the training candidates (identical
+    to a training record), (X, Y) -> C (same history, another answer), (Q, Y, Z) -> B (its newest run Y, Z was
+    followed by B in training) and (Q, R) -> A (unseen). The popularity rule names the candidate most often a
+    training true item (A twice, B once): A on the first, third and last lists, B on the second (C, B, D); right
+    on the first and the last, so HR@1 = 2 / 4 (the breaks caught: the sum multiplied by the count, every
+    overlap count's condition turned)."""
+    train = [record(["X", "Y"], ["A", "B", "C"], "A"), record(["X", "Y"], ["A", "B", "D"], "A"),
+             record(["Y", "Z"], ["B", "C", "D"], "B")]
+    evaluated = [record(["X", "Y"], ["A", "B", "C"], "A"), record(["X", "Y"], ["C", "B", "D"], "C"),
+                 record(["Q", "Y", "Z"], ["A", "B", "D"], "B"), record(["Q", "R"], ["B", "A", "C"], "A")]
+    followers = [collections.Counter(), collections.Counter(), collections.Counter({"B": 1}), collections.Counter()]
+    assert overlap_counts(train, evaluated, followers) == {
+        "identical_to_a_training_record": 1, "same_history_and_true_item_as_a_training_record": 1,
+        "history_run_found_in_training_sequences": 1, "true_item_follows_that_run_in_training": 1}
+    split = audit_split(TrainingCounts(train, recency=1.0), evaluated, overlap_titles=2, seed=0)
+    assert split["rules"]["popularity"]["hr_at_1"] == 0.5

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import (DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, boundary_cluster, dmpo_loss, dpo_loss, dynamic_negatives, listwise_loss,
-                            loss_choices, mppo_loss, preference_loss, sdpo_loss, simpo_sdpo_loss)
+from trainer.losses import (DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, boundary_cluster, dmpo_loss,
+                            dpo_loss, dynamic_negatives, listwise_loss, loss_choices, mppo_loss, preference_loss,
+                            sdpo_loss, simpo_sdpo_loss)
 
 
 def log_sigmoid(x: float) -> float:
@@ -205,11 +206,13 @@ def test_listwise_by_hand():
 
     batch = as_tensors([0.0], [[-2.0, -1.0, -4.0]], [-1.0], [[-3.0, -0.5, -4.0]])
     expected = (lse(1, -0.5, 1, 0) - 1) + (lse(-0.5, 1, 0) + 0.5) + (lse(1, 0) - 1)
-    assert expected == pytest.approx(0.9521 + 1.9644 + 0.3133, abs=2e-4)  # log 7.0431 - 1, log 4.3248 + 0.5, log 3.7183 - 1
+    # log 7.0431 - 1, log 4.3248 + 0.5, log 3.7183 - 1
+    assert expected == pytest.approx(0.9521 + 1.9644 + 0.3133, abs=2e-4)
     assert listwise_loss(*batch, beta=1.0).item() == pytest.approx(expected, abs=1e-6)
     # Another reference order over the same rewards gives another loss: the order is the reference's.
     chosen, rejected, ref_chosen, ref_rejected = batch
-    reordered = (chosen, rejected + torch.tensor([[3.0, -3.0, 0.0]]), ref_chosen, ref_rejected + torch.tensor([[3.0, -3.0, 0.0]]))
+    shift = torch.tensor([[3.0, -3.0, 0.0]])
+    reordered = (chosen, rejected + shift, ref_chosen, ref_rejected + shift)
     # Now the reference ranks a (0) > b (-3.5) > c (-4) over the same rewards: the list is (1, 1, -0.5, 0).
     assert listwise_loss(*reordered, beta=1.0).item() == pytest.approx(
         (lse(1, 1, -0.5, 0) - 1) + (lse(1, -0.5, 0) - 1) + (lse(-0.5, 0) + 0.5), abs=1e-6)
@@ -245,7 +248,8 @@ def test_losses_count_only_the_masked_negatives_with_a_beta_each():
                            negative_mask=mask).item() == pytest.approx(-log_sigmoid(1.0), abs=1e-6)
     # Two prompts, each with its own mask: each row's loss is the one it gets alone (a sum or count over the
     # whole batch would mix them). Row 2 counts its last two negatives (gaps -10, -4; beta 2 each).
-    pair = (torch.tensor([0.0, 0.0]), torch.tensor([[1.0, -1.0, 2.0], [0.0, 5.0, 2.0]]), torch.zeros(2), torch.zeros(2, 3))
+    pair = (torch.tensor([0.0, 0.0]), torch.tensor([[1.0, -1.0, 2.0], [0.0, 5.0, 2.0]]), torch.zeros(2),
+            torch.zeros(2, 3))
     masks = torch.tensor([[True, True, False], [False, True, True]])
     pair_betas = torch.tensor([[1.0, 2.0, 5.0], [2.0, 2.0, 2.0]])
     for loss_type in ("dpo", "dmpo"):
@@ -292,7 +296,8 @@ def test_dynamic_negatives_by_hand():
 
 
 def test_boundary_cluster_is_the_highest_interval():
-    values = torch.tensor([[-1.0, -10.0, -9.8, -5.0, -4.9], [-3.0, -3.0, -3.0, -3.0, -3.0], [-2.0, -8.0, -2.1, -8.1, -7.9]])
+    values = torch.tensor([[-1.0, -10.0, -9.8, -5.0, -4.9], [-3.0, -3.0, -3.0, -3.0, -3.0],
+                           [-2.0, -8.0, -2.1, -8.1, -7.9]])
     assert boundary_cluster(values).tolist() == [[True, False, False, False, False], [True] * 5,
                                                  [True, False, True, False, False]]
     # Fewer values than clusters: each its own cluster, the highest alone.
@@ -324,7 +329,8 @@ def test_what_a_loss_does_not_read_is_refused():
         preference_loss("sdpo", *batch, beta=1.0, target_margin=0.5)
     for loss_type in ("simpo_sdpo", "listwise"):
         with pytest.raises(ValueError, match="no negative mask"):
-            preference_loss(loss_type, *batch, beta=1.0, negative_mask=torch.ones(1, 2, dtype=torch.bool), **lengths_for(loss_type, batch[1]))
+            preference_loss(loss_type, *batch, beta=1.0, negative_mask=torch.ones(1, 2, dtype=torch.bool),
+                            **lengths_for(loss_type, batch[1]))
         with pytest.raises(ValueError, match="no beta per negative"):
             preference_loss(loss_type, *batch, beta=torch.ones(1, 2), **lengths_for(loss_type, batch[1]))
     with pytest.raises(ValueError, match="a negative counted in every row"):
