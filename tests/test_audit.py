@@ -13,9 +13,11 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT, checkout_environment, write_records
-from trainer.audit import (RULES, TrainingCounts, audit, audit_split, chi_square_survival, expected_hit, markdown_table,
-                           overlap_counts, position_test, rule_keys, sequence_followers, verdicts, write_audit)
+from trainer.audit import (RULES, TrainingCounts, audit, audit_split, chi_square_survival, expected_hit, is_flagged,
+                           markdown_table, overlap_counts, position_test, read_splits, rule_keys, sequence_followers,
+                           verdicts, write_audit)
 from trainer.data import Record, load_records
+from trainer.errors import InputError
 from dataprep.llara_layout import prepare
 
 ITEMS = 300
@@ -320,3 +322,38 @@ def test_overlap_counts_and_a_rules_hit_ratio_by_hand():
         "history_run_found_in_training_sequences": 1, "true_item_follows_that_run_in_training": 1}
     split = audit_split(TrainingCounts(train, recency=1.0), evaluated, overlap_titles=2, seed=0)
     assert split["rules"]["popularity"]["hr_at_1"] == 0.5
+
+
+def test_a_splits_entries_chance_and_flags_by_hand():
+    """On the records of the test above: each leak rule's baseline named, its gains the differences of the
+    HR@1s, the records counted, chance the mean 1 / list length; the same seed gives the same intervals; a gain
+    exactly at the margin is flagged, an interval touching 0 is not."""
+    train = [record(["X", "Y"], ["A", "B", "C"], "A"), record(["X", "Y"], ["A", "B", "D"], "A"),
+             record(["Y", "Z"], ["B", "C", "D"], "B")]
+    evaluated = [record(["X", "Y"], ["A", "B", "C"], "A"), record(["X", "Y"], ["C", "B", "D", "E"], "C"),
+                 record(["Q", "Y", "Z"], ["A", "B", "D"], "B"), record(["Q", "R"], ["B", "A", "C"], "A")]
+    split = audit_split(TrainingCounts(train, recency=1.0), evaluated, overlap_titles=2, seed=0)
+    assert split["records"] == 4 and split["chance"] == pytest.approx((3 * (1 / 3) + 1 / 4) / 4)
+    rules = split["rules"]
+    for leak_rule, baseline in (("candidate_list", "popularity"), ("shared_history", "transitions")):
+        entry = rules[leak_rule]
+        assert entry["baseline"] == baseline
+        assert entry["gain_over_popularity"] == pytest.approx(entry["hr_at_1"] - rules["popularity"]["hr_at_1"])
+        assert entry["gain_over_baseline"] == pytest.approx(entry["hr_at_1"] - rules[baseline]["hr_at_1"])
+    assert audit_split(TrainingCounts(train, recency=1.0), evaluated, overlap_titles=2, seed=0) == split
+    assert is_flagged({"gain_over_baseline": 0.02, "gain_over_baseline_ci95": [0.001, 0.05]}, margin=0.02)
+    assert not is_flagged({"gain_over_baseline": 0.05, "gain_over_baseline_ci95": [0.0, 0.1]}, margin=0.02)
+    assert not is_flagged({"gain_over_baseline": 0.019, "gain_over_baseline_ci95": [0.001, 0.05]}, margin=0.02)
+
+
+def test_a_folder_the_audit_cannot_read_is_named(tmp_path):
+    with pytest.raises(InputError, match=f"^--data_dir {tmp_path / 'no'}: folder not found$"):
+        read_splits(str(tmp_path / "no"))
+    with pytest.raises(InputError, match=f"^{tmp_path / 'train.json'}: file not found; the audit counts the training split$"):
+        read_splits(str(tmp_path))
+    write_records(tmp_path / "train.json", [{"historyList": ["X"], "itemList": ["A", "B"], "trueSelection": "A"}])
+    write_records(tmp_path / "valid.json", [])  # an empty split is left out, not refused
+    with pytest.raises(InputError, match="no records in valid.json or test.json to audit$"):
+        read_splits(str(tmp_path))
+    write_records(tmp_path / "test.json", [{"historyList": ["Y"], "itemList": ["B", "A"], "trueSelection": "B"}])
+    assert sorted(read_splits(str(tmp_path))) == ["test", "train"]
