@@ -349,7 +349,8 @@ def test_a_splits_entries_chance_and_flags_by_hand():
 def test_a_folder_the_audit_cannot_read_is_named(tmp_path):
     with pytest.raises(InputError, match=f"^--data_dir {tmp_path / 'no'}: folder not found$"):
         read_splits(str(tmp_path / "no"))
-    with pytest.raises(InputError, match=f"^{tmp_path / 'train.json'}: file not found; the audit counts the training split$"):
+    missing_train = f"^{tmp_path / 'train.json'}: file not found; the audit counts the training split$"
+    with pytest.raises(InputError, match=missing_train):
         read_splits(str(tmp_path))
     write_records(tmp_path / "train.json", [{"historyList": ["X"], "itemList": ["A", "B"], "trueSelection": "A"}])
     write_records(tmp_path / "valid.json", [])  # an empty split is left out, not refused
