@@ -191,11 +191,13 @@ def train_preference(flags: PreferenceFlags) -> None:
     datasets = []
     for examples, builder in splits:
         scores = own_answers = None
-        prompts, records = [builder.build(record, index) for index, record in examples], [record for _, record in examples]
-        if flags.negatives == "hard":  # the starting model's own scores of every candidate
+        if flags.negatives in ("hard", "self"):  # negatives from the starting model's view of each prompt
+            prompts = [builder.build(record, index) for index, record in examples]
+            records = [record for _, record in examples]
+        if flags.negatives == "hard":  # its scores of every candidate
             scores = starting_model_scores(model, tokenizer, prompts, records, flags.batch_size, model_path,
                                            flags.adapter, flags.output_dir)
-        if flags.negatives == "self":  # the candidate the starting model's own answer names
+        if flags.negatives == "self":  # the candidate its own answer names
             own_answers = starting_model_answers(model, tokenizer, prompts, records, flags.batch_size, model_path,
                                                  flags.adapter, flags.output_dir)
             wrong = sum(answer is not None and answer != record.target for answer, record in zip(own_answers, records))
