@@ -458,14 +458,20 @@ def test_highest_scored_others_skip_the_true_item_and_keep_ties_in_list_order():
     assert highest_scored_others(record, [-0.1, -0.5, -9.0, -1.0], 3) == ["A", "D", "C"]
 
 
-def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_model_dir, tokenizer, tmp_path,
-                                                                            monkeypatch):
+def starting_model_negatives_run(tiny_model_dir, tmp_path, negatives: str):
+    """An SFT adapter, 3 training records and the flags of a one-step S-DPO run with `negatives` from them."""
     sft_dir = tmp_path / "sft"
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
     train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(3)])
     run = dict(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
-               negatives="hard", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5,
+               negatives=negatives, neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5,
                output_dir=str(tmp_path / "sdpo"))
+    return sft_dir, train_file, run
+
+
+def test_hard_negatives_are_the_sft_models_top_scored_mistakes_scored_once(tiny_model_dir, tokenizer, tmp_path,
+                                                                            monkeypatch):
+    sft_dir, train_file, run = starting_model_negatives_run(tiny_model_dir, tmp_path, "hard")
     softmax_dpo(**run)
     assert not (sft_dir / SCORE_CACHE_FOLDER).exists(), "the adapter folder is only read (it may be shared or read-only)"
     cached = list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())
@@ -527,12 +533,7 @@ def test_self_play_negatives_are_the_starting_models_own_answers_answered_once(t
                                                                                 monkeypatch):
     """--negatives self: the stage caches, per prompt, the candidate the SFT adapter's greedy answer names (as
     inference.py would answer), builds each example's rejected titles from it, and reads the cache on a rerun."""
-    sft_dir = tmp_path / "sft"
-    lora_model(tiny_model_dir).save_pretrained(sft_dir)
-    train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(3)])
-    run = dict(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
-               negatives="self", neg_num=2, max_steps=1, batch_size=3, gradient_accumulation_steps=1, seed=5,
-               output_dir=str(tmp_path / "sdpo"))
+    sft_dir, train_file, run = starting_model_negatives_run(tiny_model_dir, tmp_path, "self")
     softmax_dpo(**run)
     cached = list((tmp_path / "sdpo" / SCORE_CACHE_FOLDER).iterdir())
     assert [path.name.endswith("-answers.json") for path in cached] == [True]
