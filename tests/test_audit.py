@@ -2,6 +2,8 @@
 the chi-square tail worked out by hand; the LastFM splits, the authors' draw flagged and the clean one not."""
 
 import collections
+import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -13,9 +15,9 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT, checkout_environment, write_records
-from trainer.audit import (RULES, TrainingCounts, audit, audit_split, chi_square_survival, expected_hit, is_flagged,
-                           markdown_table, overlap_counts, position_test, read_splits, rule_keys, sequence_followers,
-                           verdicts, write_audit)
+from trainer.audit import (LEAKS, MIN_OVERLAP_TITLES, RULES, AuditFlags, TrainingCounts, audit, audit_split,
+                           chi_square_survival, expected_hit, is_flagged, markdown_table, overlap_counts, position_test,
+                           read_splits, rule_keys, sequence_followers, verdicts, write_audit)
 from trainer.data import Record, load_records
 from trainer.errors import InputError
 from dataprep.llara_layout import prepare
@@ -197,7 +199,11 @@ def test_chi_square_survival_by_hand():
     assert chi_square_survival(30.143527, 19) == pytest.approx(0.05, rel=1e-5)
     # Four degrees: Q = exp(-x/2) (1 + x/2).
     assert chi_square_survival(3.0, 4) == pytest.approx(math.exp(-1.5) * 2.5, rel=1e-12)
+    # x = a - 1, where the continued fraction would start by dividing by x + 1 - a = 0: the series' side.
+    assert chi_square_survival(2.0, 4) == pytest.approx(2 / math.e, rel=1e-12)
     assert chi_square_survival(0.0, 5) == 1.0
+    with pytest.raises(ValueError, match="^degrees of freedom must be at least 1, got 0$"):
+        chi_square_survival(1.0, 0)
 
 
 def test_position_test_by_hand():
@@ -207,6 +213,22 @@ def test_position_test_by_hand():
     assert found["chi_square"] == 10.0
     assert found["p_value"] == pytest.approx(0.0015654, rel=1e-4)
     assert found["true_item_at_position"] == [30, 10]
+
+
+def test_position_test_reads_by_hand_with_lists_of_two_lengths():
+    """Seven lists of 3 (the true item first 5 times, second once, third once) and three lists of 2 (the true
+    item second): expected per position 7/3 + 3/2 = 23/6, 23/6 and 7/3 against 5, 4 and 1 observed, so
+    chi-square = 49/138 + 1/138 + 16/21 = 543/483 on 2 degrees, whose tail is exp(-543/966). Every field
+    by hand: counts as integers, chi-square to 2 decimals, expected counts to 1 (the breaks caught: a key
+    renamed, the rounding changed, the counts left as floats)."""
+    records = ([record([], ["a", "b", "c"], "a")] * 5 + [record([], ["a", "b", "c"], "b"),
+                                                         record([], ["a", "b", "c"], "c")]
+               + [record([], ["a", "b"], "b")] * 3)
+    found = position_test(records)
+    assert found == {"chi_square": 1.12, "degrees_of_freedom": 2,
+                     "p_value": pytest.approx(math.exp(-543 / 966), rel=1e-12),
+                     "true_item_at_position": [5, 4, 1], "expected_at_position": [3.8, 3.8, 2.3]}
+    assert all(type(count) is int for count in found["true_item_at_position"])
 
 
 def test_lastfm_conversions_the_llara_draw_leaks_the_default_does_not(lastfm_source, tmp_path, caplog):
@@ -358,3 +380,59 @@ def test_a_folder_the_audit_cannot_read_is_named(tmp_path):
         read_splits(str(tmp_path))
     write_records(tmp_path / "test.json", [{"historyList": ["Y"], "itemList": ["B", "A"], "trueSelection": "B"}])
     assert sorted(read_splits(str(tmp_path))) == ["test", "train"]
+
+
+def test_audits_defaults_are_the_commands(tmp_path):
+    """The converters call audit() with its defaults: they must be data/audit.py's, so the audit.json a
+    conversion writes is the one the command writes with no flags (the breaks caught: overlap_titles 6, seed 1)."""
+    defaults = {field.name: field.default for field in dataclasses.fields(AuditFlags)}
+    for name, parameter in inspect.signature(audit).parameters.items():
+        if parameter.default is not inspect.Parameter.empty:
+            assert parameter.default == defaults[AuditFlags.renamed.get(name, name)], name
+
+
+def test_audit_refuses_out_of_range_values_and_accepts_their_edges(tmp_path):
+    """margin 0, recency 1 and the fewest overlap titles are allowed; just past each edge is refused with the
+    flag's name and value (the breaks caught: each comparison moved past its edge, a message-less error)."""
+    write_records(tmp_path / "train.json", [{"historyList": ["X", "Y", "Z"], "itemList": ["A", "B"],
+                                             "trueSelection": "A"}])
+    write_records(tmp_path / "test.json", [{"historyList": ["Y", "Z", "W"], "itemList": ["B", "A"],
+                                            "trueSelection": "B"}])
+    folder = str(tmp_path)
+    assert audit(folder, margin=0.0, recency=1.0, overlap_titles=MIN_OVERLAP_TITLES)["splits"]["test"]["records"] == 1
+    refusals = [(dict(margin=-0.001), r"^--margin must be 0 or more, got -0.001$"),
+                (dict(recency=0.0), r"^--hint_recency must lie in \(0, 1\], got 0.0$"),
+                (dict(recency=1.001), r"^--hint_recency must lie in \(0, 1\], got 1.001$"),
+                (dict(overlap_titles=MIN_OVERLAP_TITLES - 1),
+                 f"^--overlap_titles must be at least {MIN_OVERLAP_TITLES}, got {MIN_OVERLAP_TITLES - 1}$")]
+    for values, message in refusals:
+        with pytest.raises(InputError, match=message):
+            audit(folder, **values)
+
+
+def test_the_reports_fields_by_hand(tmp_path):
+    """audit.json's top level names the settings it ran with and the training split; each flagged leak repeats
+    its split's figures under fixed names; the bootstrap seed reaches the intervals, so the same seed gives the
+    same report and another seed other intervals (the breaks caught: a renamed key, the seed dropped)."""
+    folder = synthetic_folder(tmp_path, "candidate_list")
+    report = audit(folder, margin=0.02, recency=0.75, overlap_titles=4, seed=3)
+    assert set(report) == {"data_dir", "margin", "recency", "overlap_titles", "train", "splits", "leaks"}
+    settings = (report["data_dir"], report["margin"], report["recency"], report["overlap_titles"])
+    assert settings == (folder, 0.02, 0.75, 4)
+    assert report["train"] == {"records": len(load_records(os.path.join(folder, "train.json"))),
+                               "position_test": position_test(load_records(os.path.join(folder, "train.json")))}
+    assert report["leaks"], "the planted leak is flagged"
+    what = next(known.what for known in LEAKS if known.name == "candidate_list")
+    for leak in report["leaks"]:
+        rules = report["splits"][leak["split"]]["rules"]
+        entry = rules[leak["rule"]]
+        assert leak == {"name": "candidate_list", "split": leak["split"], "rule": "candidate_list",
+                        "what": what, "hr_at_1": entry["hr_at_1"],
+                        "popularity_hr_at_1": rules["popularity"]["hr_at_1"],
+                        "gain_over_popularity": entry["gain_over_popularity"], "baseline": "popularity",
+                        "gain_over_baseline": entry["gain_over_baseline"],
+                        "gain_over_baseline_ci95": entry["gain_over_baseline_ci95"]}
+    assert audit(folder, margin=0.02, recency=0.75, overlap_titles=4, seed=3) == report
+    other_seed = audit(folder, margin=0.02, recency=0.75, overlap_titles=4, seed=4)
+    assert other_seed["splits"]["test"]["rules"]["candidate_list"]["gain_over_baseline_ci95"] != \
+        report["splits"]["test"]["rules"]["candidate_list"]["gain_over_baseline_ci95"]
