@@ -189,6 +189,31 @@ def test_shared_history_and_sequence_overlap_by_hand():
     assert [key[0] for key in rule_keys(counts, shared, followers[0])["shared_history"]] == [0, 1]
 
 
+def test_counts_by_hand_runs_from_the_newest_titles_and_no_rate_past_the_lists():
+    """A history followed twice by A and once by B counts 2 and 1 (not seen or unseen); a record whose history
+    (P, Q, X, Y, Z) is longer than the 3 overlap titles matches its newest run X Y Z, absent from training, not
+    the Y Z that follows its first 3 titles (which (C, Y, Z) -> G would match); no training list reaches
+    position 2, whose rate is 0 (the breaks caught: `= 1` for `+= 1`, `history[+length:]`, a rate of 1 past
+    the lists)."""
+    train = [record(["X", "Y"], ["A", "B"], "A"), record(["X", "Y"], ["B", "A"], "A"),
+             record(["X", "Y"], ["A", "B"], "B"), record(["C", "Y", "Z"], ["G", "A"], "G")]
+    counts = TrainingCounts(train, recency=1.0)
+    assert counts.targets_by_history[("X", "Y")] == {"A": 2, "B": 1}
+    long_history = record(["P", "Q", "X", "Y", "Z"], ["G", "A"], "G")
+    assert sequence_followers(train, [long_history], overlap_titles=3) == [{}]
+    assert [counts.position_rate(position) for position in range(3)] == [2 / 4, 2 / 4, 0.0]
+
+
+def test_candidate_list_leaves_a_records_own_training_copy_out_by_hand():
+    """Training: (H) [A, B, C] -> A and (H2) [A, B, D] -> A. Evaluating the first record itself: A's lists name
+    B twice and C once as negatives (3), less its own copy's 2 (the list's other titles), over A's 2 lists
+    less that copy: 1 / 1. B and C were never a true item: 0 (the breaks caught: the copy's titles counted
+    as len + 1 or len - 2, its list added instead of removed, 1 for a title with no lists)."""
+    evaluated = record(["H"], ["A", "B", "C"], "A")
+    counts = TrainingCounts([evaluated, record(["H2"], ["A", "B", "D"], "A")], recency=1.0)
+    assert rule_keys(counts, evaluated, collections.Counter())["candidate_list"] == [(1.0, 2), (0.0, 0), (0.0, 0)]
+
+
 def test_chi_square_survival_by_hand():
     # Two degrees of freedom: the tail is exactly exp(-x / 2).
     for statistic in (0.5, 2.0, 7.3, 40.0):
