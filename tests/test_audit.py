@@ -208,10 +208,13 @@ def test_candidate_list_leaves_a_records_own_training_copy_out_by_hand():
     """Training: (H) [A, B, C] -> A and (H2) [A, B, D] -> A. Evaluating the first record itself: A's lists name
     B twice and C once as negatives (3), less its own copy's 2 (the list's other titles), over A's 2 lists
     less that copy: 1 / 1. B and C were never a true item: 0 (the breaks caught: the copy's titles counted
-    as len + 1 or len - 2, its list added instead of removed, 1 for a title with no lists)."""
+    as len + 1 or len - 2, its list added instead of removed, 1 for a title with no lists or never listed)."""
     evaluated = record(["H"], ["A", "B", "C"], "A")
     counts = TrainingCounts([evaluated, record(["H2"], ["A", "B", "D"], "A")], recency=1.0)
     assert rule_keys(counts, evaluated, collections.Counter())["candidate_list"] == [(1.0, 2), (0.0, 0), (0.0, 0)]
+    # The listing rate: A true in both of its 2 lists; E never listed in training, so rate 0, not 1.
+    never_listed = record(["H"], ["A", "E"], "A")
+    assert rule_keys(counts, never_listed, collections.Counter())["listing_rate"] == [(1.0, 2), (0.0, 0)]
 
 
 def test_chi_square_survival_by_hand():
