@@ -26,8 +26,8 @@ from trainer.data import parse_record
 from trainer.errors import InputError
 from trainer.evaluation import ANSWER_TOKENS, answer_and_score
 from trainer.losses import dynamic_negatives, preference_loss
-from trainer.logprobs import (collate_packed, completion_logps, first_predicting_position, pack_example,
-                              packed_attention, packed_attention_mask, packed_completion_logps)
+from trainer.logprobs import (collate_packed, completion_logps, completion_token_counts, first_predicting_position,
+                              pack_example, packed_attention, packed_attention_mask, packed_completion_logps)
 from trainer.modeling import load_tokenizer
 from trainer.metrics import match_answer
 from trainer.negatives import (SCORE_CACHE_FOLDER, _cache_key, highest_scored_others, own_answer_first,
@@ -93,6 +93,18 @@ def test_packed_rows_by_hand():
     assert batch["predictors"].tolist() == [[2, 3, 2], [2, 2, 4]]
     assert batch["targets"].tolist() == [[7, 8, 9], [4, 4, 4]]
     assert batch["owners"].tolist() == [[0, 0, 1], [0, 1, 1]]
+
+
+def test_completion_token_counts_by_hand():
+    """simpo_sdpo's lengths in the packed layout: prompt [5, 6] with completions [7, 8], [9] and [3, 3, 3];
+    prompt [1] with [4], [2] and [6], whose 3 target tokens against the first row's 6 leave 3 owners of -1
+    that count for no completion (the breaks caught: padding counted for completion 0, completion 0
+    skipped, counts sized by the wrong axis, float counts)."""
+    packed = [pack_example([5, 6], [[7, 8], [9], [3, 3, 3]]), pack_example([1], [[4], [2], [6]])]
+    batch = collate_packed(packed, 0)
+    assert batch["owners"].tolist() == [[0, 0, 1, 2, 2, 2], [0, 1, 2, -1, -1, -1]]
+    counts = completion_token_counts(batch["owners"], 3)
+    assert counts.tolist() == [[2, 1, 3], [1, 1, 1]] and counts.dtype == torch.long
 
 
 @pytest.mark.parametrize("align_prompts", [False, True])
