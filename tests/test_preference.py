@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import types
 
 import pytest
 import torch
@@ -186,7 +187,25 @@ def test_flex_attention_block_mask_gives_the_packed_pattern_and_values(tiny_mode
         flex = packed_completion_logps(model, batch, 4)
         model.base_model.model.config._attn_implementation = "sdpa"
         sdpa = packed_completion_logps(model, batch, 4)
-    torch.testing.assert_close(flex, sdpa, rtol=0, atol=1e-4)
+        torch.testing.assert_close(flex, sdpa, rtol=0, atol=1e-4)
+        # Rows longer than FlexAttention's 128-token blocks, laid out differently: the first mostly padding
+        # (its late queries attend no key of block 0), the second a 200-token prompt its late answers read.
+        # A block mask built for one row and broadcast to both skips the second row's needed blocks.
+        long_batch = collate_packed([pack_example([5] * 10, [[6] * 3, [7] * 2]),
+                                     pack_example([5, 8] * 100, [[6] * 60, [7] * 60])], 0)
+        model.base_model.model.config._attn_implementation = "flex_attention"
+        flex = packed_completion_logps(model, long_batch, 2)
+        model.base_model.model.config._attn_implementation = "sdpa"
+        torch.testing.assert_close(flex, packed_completion_logps(model, long_batch, 2), rtol=0, atol=1e-4)
+
+
+def test_an_attention_the_packed_forward_cannot_mask_is_named():
+    """flash_attention_2 takes no dense or block mask: the packed forward refuses it by name (the break
+    caught: the refusal without its message)."""
+    model = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="flash_attention_2"))
+    with pytest.raises(ValueError, match="^the packed forward needs sdpa, eager or flex_attention, not "
+                                         "'flash_attention_2'$"):
+        packed_attention_mask(model, torch.zeros(1, 2, dtype=torch.long))
 
 
 @pytest.mark.parametrize("beta", [0.0, -1.0])
