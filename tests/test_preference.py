@@ -96,13 +96,22 @@ def test_packed_rows_by_hand():
     assert batch["owners"].tolist() == [[0, 0, 1], [0, 1, 1]]
 
 
+def test_packing_refuses_an_empty_prompt_or_completion():
+    """Either empty part alone is refused, with the reason (the breaks caught: `and` for `or`, the message)."""
+    for prompt, completions in (([], [[7]]), ([5], [[7], []])):
+        with pytest.raises(ValueError, match="^packing needs a non-empty prompt and non-empty completions$"):
+            pack_example(prompt, completions)
+
+
 def test_completion_token_counts_by_hand():
     """simpo_sdpo's lengths in the packed layout: prompt [5, 6] with completions [7, 8], [9] and [3, 3, 3];
     prompt [1] with [4], [2] and [6], whose 3 target tokens against the first row's 6 leave 3 owners of -1
     that count for no completion (the breaks caught: padding counted for completion 0, completion 0
-    skipped, counts sized by the wrong axis, float counts)."""
+    skipped, counts sized by the wrong axis, float counts, prompts aligned by default)."""
     packed = [pack_example([5, 6], [[7, 8], [9], [3, 3, 3]]), pack_example([1], [[4], [2], [6]])]
     batch = collate_packed(packed, 0)
+    # Left-padded by default: both rows end at the last position (aligning the prompts is the evaluation's).
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 3, 3, 3], [0, 0, 0, 0, 1, 4, 2, 6]]
     assert batch["owners"].tolist() == [[0, 0, 1, 2, 2, 2], [0, 1, 2, -1, -1, -1]]
     counts = completion_token_counts(batch["owners"], 3)
     assert counts.tolist() == [[2, 1, 3], [1, 1, 1]] and counts.dtype == torch.long
