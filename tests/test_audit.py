@@ -447,8 +447,8 @@ def test_the_reports_fields_by_hand(tmp_path):
     assert set(report) == {"data_dir", "margin", "recency", "overlap_titles", "train", "splits", "leaks"}
     settings = (report["data_dir"], report["margin"], report["recency"], report["overlap_titles"])
     assert settings == (folder, 0.02, 0.75, 4)
-    assert report["train"] == {"records": len(load_records(os.path.join(folder, "train.json"))),
-                               "position_test": position_test(load_records(os.path.join(folder, "train.json")))}
+    train = load_records(os.path.join(folder, "train.json"))
+    assert report["train"] == {"records": len(train), "position_test": position_test(train)}
     assert report["leaks"], "the planted leak is flagged"
     what = next(known.what for known in LEAKS if known.name == "candidate_list")
     for leak in report["leaks"]:
