@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import (DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, boundary_cluster, dmpo_loss,
-                            dpo_loss, dynamic_negatives, listwise_loss, loss_choices, mppo_loss, preference_loss,
+from trainer.losses import (DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, NEGATIVE_SHARERS,
+                            boundary_cluster, dmpo_loss, dpo_loss, dynamic_negatives, jaccard, listwise_loss,
+                            loss_choices, mppo_loss, napo_loss, napo_margins, napo_shared_negatives, preference_loss,
                             sdpo_loss, simpo_sdpo_loss)
 
 
@@ -20,8 +21,14 @@ def as_tensors(chosen, rejected, ref_chosen, ref_rejected, dtype=torch.float32):
             torch.tensor(ref_chosen, dtype=dtype), torch.tensor(ref_rejected, dtype=dtype))
 
 
-def lengths_for(loss_type: str, rejected: torch.Tensor) -> dict:
-    """Token counts for a loss that reads them (every title 2 tokens long); nothing for the others."""
+def lengths_for(loss_type: str, rejected: torch.Tensor, share: bool = False) -> dict:
+    """What a loss reads besides the log-probs: token counts (every title 2 tokens long), or for NAPO nothing
+    shared and no margins (with `share`, every title of the batch shared and every margin 1); nothing for
+    the others."""
+    if LOSSES[loss_type].shares_negatives:
+        batch, k = rejected.shape
+        return {"shared_negatives": torch.full((batch, batch, k), share),
+                "negative_margins": torch.full(rejected.shape, float(share), dtype=rejected.dtype)}
     if not LOSSES[loss_type].reads_lengths:
         return {}
     return {"chosen_lengths": torch.full(rejected.shape[:1], 2.0), "rejected_lengths": torch.full(rejected.shape, 2.0)}
@@ -107,7 +114,8 @@ def test_finite_loss_and_gradients_at_extreme_margins(dtype, loss_type, margin):
     chosen = torch.tensor([margin, 0.0], dtype=dtype, requires_grad=True)
     rejected = torch.tensor([[0.0, -margin, 1.0], [margin, margin, -margin]], dtype=dtype, requires_grad=True)
     zeros = torch.zeros(2, dtype=dtype), torch.zeros(2, 3, dtype=dtype)
-    lengths = {name: value.to(dtype) for name, value in lengths_for(loss_type, rejected).items()}
+    lengths = {name: value.to(dtype) if value.is_floating_point() else value
+               for name, value in lengths_for(loss_type, rejected.detach(), share=True).items()}
     loss = preference_loss(loss_type, chosen, rejected, *zeros, beta=1.0, **lengths).sum()
     loss.backward()
     assert torch.isfinite(loss)
@@ -169,10 +177,11 @@ def test_mppo_by_hand_and_without_the_reference():
 
 
 def test_the_registry_is_the_one_list_of_losses():
-    assert LOSS_TYPES == tuple(LOSSES) == ("sdpo", "dpo", "dmpo", "mppo", "simpo_sdpo", "listwise")
+    assert LOSS_TYPES == tuple(LOSSES) == ("sdpo", "dpo", "dmpo", "mppo", "simpo_sdpo", "listwise", "napo")
     assert [name for name, loss in LOSSES.items() if not loss.needs_reference] == ["mppo", "simpo_sdpo"]
     assert LENGTH_READERS == ("simpo_sdpo",)
     assert DYNAMIC_NEGATIVE_TAKERS == ("sdpo", "dpo", "dmpo", "mppo")
+    assert NEGATIVE_SHARERS == ("napo",)
     assert all(f"{name} (" in loss_choices() for name in LOSSES)
     assert loss_choices().startswith(f"sdpo ({LOSSES['sdpo'].summary}); dpo (")
 
@@ -327,7 +336,7 @@ def test_what_a_loss_does_not_read_is_refused():
         preference_loss("simpo_sdpo", *batch, beta=1.0, chosen_lengths=lengths["chosen_lengths"])
     with pytest.raises(ValueError, match="no target margin"):
         preference_loss("sdpo", *batch, beta=1.0, target_margin=0.5)
-    for loss_type in ("simpo_sdpo", "listwise"):
+    for loss_type in ("simpo_sdpo", "listwise", "napo"):
         with pytest.raises(ValueError, match="no negative mask"):
             preference_loss(loss_type, *batch, beta=1.0, negative_mask=torch.ones(1, 2, dtype=torch.bool),
                             **lengths_for(loss_type, batch[1]))
@@ -339,3 +348,100 @@ def test_what_a_loss_does_not_read_is_refused():
     with pytest.raises(ValueError, match="a negative counted in every row"):  # the second row counts none
         preference_loss("sdpo", *pair, beta=1.0, negative_mask=torch.tensor([[True, False], [False, False]]))
     assert preference_loss("simpo_sdpo", *batch, beta=1.0, **lengths).shape == (1,)
+
+
+def test_napo_by_hand_with_a_shared_title_and_margins():
+    """Two prompts, k = 2, references 0, beta 1. Prompt 0 (chosen 0, rejected -1, -2) also takes prompt 1's
+    first title (-3); prompt 1 (chosen -1, rejected -3, 0) takes prompt 0's second (-2). Each title keeps
+    its margin (0.5, 0; 1, 0.25) wherever it goes:
+        L_0 = log(1 + e^{-1 + 0.5} + e^{-2} + e^{-3 + 1}),
+        L_1 = log(1 + e^{-3 + 1 + 1} + e^{0 + 1 + 0.25} + e^{-2 + 1}),
+    as -log sigmoid(-log sum exp(x)) = log(1 + sum exp(x))."""
+    chosen, rejected = torch.tensor([0.0, -1.0], requires_grad=True), torch.tensor([[-1.0, -2.0], [-3.0, 0.0]],
+                                                                                   requires_grad=True)
+    zeros = torch.zeros(2), torch.zeros(2, 2)
+    shared = torch.tensor([[[False, False], [True, False]], [[False, True], [False, False]]])
+    margins = torch.tensor([[0.5, 0.0], [1.0, 0.25]])
+    expected = [math.log(1 + math.exp(-0.5) + math.exp(-2) + math.exp(-2)),
+                math.log(1 + math.exp(-1) + math.exp(1.25) + math.exp(-1))]
+    assert expected == pytest.approx([0.6298, 1.6537], abs=1e-4)  # log 1.8772, log 5.2261
+    loss = preference_loss("napo", chosen, rejected, *zeros, beta=1.0, shared_negatives=shared,
+                           negative_margins=margins)
+    assert loss.tolist() == pytest.approx(expected, abs=1e-6)
+    # The diagonal is ignored: a prompt's own titles always count, once.
+    with_diagonal = shared | torch.eye(2, dtype=torch.bool).unsqueeze(-1)
+    assert napo_loss(chosen, rejected, *zeros, 1.0, shared_negatives=with_diagonal,
+                     negative_margins=margins).tolist() == pytest.approx(expected, abs=1e-6)
+    # The shared title carries gradient back to the prompt it came from: prompt 0's loss moves prompt 1's first
+    # title, not its second, by the softmax weight of that title in prompt 0's pool.
+    loss[0].backward()
+    weight = math.exp(-2) / (1 + math.exp(-0.5) + math.exp(-2) + math.exp(-2))
+    assert rejected.grad[1].tolist() == pytest.approx([weight, 0.0], abs=1e-6)
+    # beta scales the rewards, not the margins: beta 2 gives prompt 0 log(1 + e^{-2 + 0.5} + e^{-4} + e^{-6 + 1}).
+    assert napo_loss(chosen, rejected, *zeros, 2.0, shared_negatives=shared, negative_margins=margins)[0].item() == \
+        pytest.approx(math.log(1 + math.exp(-1.5) + math.exp(-4) + math.exp(-5)), abs=1e-6)
+
+
+def test_napo_without_sharing_or_margins_is_sdpo_and_with_one_negative_dpo():
+    torch.manual_seed(0)
+    chosen, ref_chosen = torch.randn(5) * 3, torch.randn(5) * 3
+    rejected, ref_rejected = torch.randn(5, 4) * 3, torch.randn(5, 4) * 3
+    nothing = {"shared_negatives": torch.zeros(5, 5, 4, dtype=torch.bool), "negative_margins": torch.zeros(5, 4)}
+    torch.testing.assert_close(napo_loss(chosen, rejected, ref_chosen, ref_rejected, 0.7, **nothing),
+                               sdpo_loss(chosen, rejected, ref_chosen, ref_rejected, 0.7), rtol=0, atol=1e-6)
+    one = {"shared_negatives": torch.zeros(5, 5, 1, dtype=torch.bool), "negative_margins": torch.zeros(5, 1)}
+    dpo = -F.logsigmoid(0.7 * ((chosen - ref_chosen) - (rejected[:, 0] - ref_rejected[:, 0])))
+    torch.testing.assert_close(napo_loss(chosen, rejected[:, :1], ref_chosen, ref_rejected[:, :1], 0.7, **one), dpo,
+                               rtol=0, atol=1e-6)
+
+
+def test_napo_margins_by_hand():
+    # 2 * sigmoid(-2 - (-1)) = 2 * sigmoid(-1) for the title scored above the baseline, 2 * sigmoid(1) below it.
+    scores = torch.tensor([[-1.0, -3.0], [-2.0, -12.0]])
+    margins = napo_margins(scores, -2.0, 2.0)
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert margins.flatten().tolist() == pytest.approx([2 * sigmoid(-1), 2 * sigmoid(1), 1.0, 2 * sigmoid(10)], abs=1e-6)
+    assert (2 * sigmoid(-1), 2 * sigmoid(1)) == pytest.approx((0.5379, 1.4621), abs=1e-4)
+    assert napo_margins(scores, torch.tensor(-2.0), 0.0).eq(0).all()
+    scored = scores.clone().requires_grad_()
+    assert not napo_margins(scored, -2.0, 2.0).requires_grad  # a margin is a target, not something to train
+
+
+def test_napo_shares_the_nearest_histories_titles_by_hand():
+    """Histories {a, b, c}, {a, b, d}, {z}: Jaccard 2/4 between the first two, 0 otherwise. Titles as token ids:
+    prompt 0 chose [1] over [2], [3]; prompt 1 chose [2] over [4], [3]; prompt 2 chose [5] over [1], [6]."""
+    histories = [["a", "b", "c"], ["a", "b", "d", "a"], ["z"]]
+    completions = [[[1], [2], [3]], [[2], [4], [3]], [[5], [1], [6]]]
+    assert jaccard(frozenset("abc"), frozenset("abd")) == 0.5 and jaccard(frozenset(), frozenset()) == 0.0
+    shared = napo_shared_negatives(histories, completions, neighbours=1)
+    assert shared.shape == (3, 3, 2) and shared.dtype == torch.bool
+    # Prompt 0 takes prompt 1's [4]; its [3] is prompt 0's own already.
+    assert shared[0].tolist() == [[False, False], [True, False], [False, False]]
+    # Prompt 1 takes nothing from prompt 0: [2] is its own true title, [3] its own rejected one.
+    assert shared[1].tolist() == [[False, False]] * 3
+    # Prompt 2 overlaps nobody: the tie goes to the earlier prompt, 0, whose [2] and [3] it lacks.
+    assert shared[2].tolist() == [[True, True], [False, False], [False, False]]
+    two = napo_shared_negatives(histories, completions, neighbours=2)
+    # Prompt 0 then takes prompt 2's [6], not its [1] (prompt 0's true title).
+    assert two[0].tolist() == [[False, False], [True, False], [False, True]]
+    # Prompt 2 takes [2], [3] from prompt 0, then [4] from prompt 1, whose [3] it holds by now.
+    assert two[2].tolist() == [[True, True], [True, False], [False, False]]
+    assert not napo_shared_negatives(histories, completions, neighbours=0).any()
+
+
+def test_napo_reads_its_pool_and_margins_and_nothing_else_does():
+    batch = as_tensors([-1.0, -2.0], [[-2.0, -3.0], [-1.0, -4.0]], [-1.0, -2.0], [[-2.0, -3.0], [-1.0, -4.0]])
+    options = lengths_for("napo", batch[1], share=True)
+    with pytest.raises(ValueError, match="napo reads shared_negatives and negative_margins"):
+        preference_loss("napo", *batch, beta=1.0)
+    with pytest.raises(ValueError, match="reads both"):
+        preference_loss("napo", *batch, beta=1.0, shared_negatives=options["shared_negatives"])
+    with pytest.raises(ValueError, match=r"\[B, B, k\]"):
+        preference_loss("napo", *batch, beta=1.0, shared_negatives=options["shared_negatives"][:, :1],
+                        negative_margins=options["negative_margins"])
+    with pytest.raises(ValueError, match=r"\[B, B, k\]"):
+        preference_loss("napo", *batch, beta=1.0, shared_negatives=options["shared_negatives"],
+                        negative_margins=options["negative_margins"][:1])
+    for loss_type in set(LOSS_TYPES) - {"napo"}:
+        with pytest.raises(ValueError, match="shares no negatives"):
+            preference_loss(loss_type, *batch, beta=1.0, **options, **lengths_for(loss_type, batch[1]))

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import types
 
 import pytest
@@ -26,7 +27,7 @@ from trainer.collaborative import load_hints, statistics_of
 from trainer.data import parse_record
 from trainer.errors import InputError
 from trainer.evaluation import ANSWER_TOKENS, answer_and_score
-from trainer.losses import dynamic_negatives, preference_loss
+from trainer.losses import dynamic_negatives, napo_margins, napo_shared_negatives, preference_loss
 from trainer.logprobs import (collate_packed, completion_logps, completion_token_counts, first_predicting_position,
                               pack_example, packed_attention, packed_attention_mask, packed_completion_logps)
 from trainer.modeling import load_tokenizer
@@ -35,7 +36,7 @@ from trainer.negatives import (SCORE_CACHE_FOLDER, _cache_key, highest_scored_ot
                                rejected_titles, sample_negatives, sample_popular_negatives)
 from trainer.preference_stage import preference_dataset, sample_records
 from trainer.preference_trainer import (LENGTH_COLUMN, MultiNegativeCollator, MultiNegativeDPOConfig,
-                                        MultiNegativeDPOTrainer, REFERENCE_COLUMN)
+                                        MultiNegativeDPOTrainer, NegativeScoreBaseline, REFERENCE_COLUMN)
 from trainer.prompts import PromptBuilder, answer_text, preference_example
 from trainer.training import token_throughput
 
@@ -667,12 +668,13 @@ def hand_loss(loss_type: str, chosen: float, rejected: list[float], reference_re
 
 
 def train_two_steps(tiny_model_dir, tokenizer, tmp_path, loss_type: str, beta: float, learning_rate: float = 0.05,
-                    **flags):
-    """An SFT adapter, then two logged steps of `loss_type` on 4 prompts x (1 + 3) titles, a checkpoint after
-    each. Returns the SFT adapter, the output folder, the logged losses and the tokenized examples."""
+                    records: list[dict] | None = None, **flags):
+    """An SFT adapter, then two logged steps of `loss_type` on 4 prompts (make_record's, unless `records`) x
+    (1 + 3) titles, a checkpoint after each. Returns the SFT adapter, the output folder, the logged losses and
+    the tokenized examples."""
     sft_dir = tmp_path / "sft"
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
-    train_file = write_records(tmp_path / "train.json", [make_record(index) for index in range(4)])
+    train_file = write_records(tmp_path / "train.json", records or [make_record(index) for index in range(4)])
     output_dir = tmp_path / loss_type
     softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
                 output_dir=str(output_dir), loss_type=loss_type, neg_num=3, beta=beta, batch_size=4,
@@ -741,6 +743,87 @@ def test_dynamicpo_options_through_the_stage(tiny_model_dir, tokenizer, tmp_path
     for variant in (preference_loss("sdpo", *inputs, beta=betas), preference_loss("sdpo", *inputs, beta=beta,
                                                                                     negative_mask=boundary)):
         assert abs(variant.mean().item() - expected) > 0.01
+
+
+def test_napo_through_the_stage(tiny_model_dir, tokenizer, tmp_path):
+    """NAPO on 4 prompts in one batch whose histories overlap so that each has one nearest neighbour (Jaccard 4/6
+    between the first two, 3/7 from the third to the second, 1/9 from the fourth to the first). Step 1: every
+    reward is 0, so each prompt's loss is log(1 + sum over its pool of e^margin), the margins from the SFT
+    adapter's mean token log-probs against their batch mean. Step 2: the same pool with the first checkpoint's
+    rewards, the baseline now 0.9 x step 1's mean + 0.1 x this batch's, as the checkpoint records. A stage that
+    drops the shared titles or the margins, or misplaces the baseline, fails by more than 0.01 here; one that
+    keeps no moving average fails on the recorded baseline (the scores move too little in one step for the loss
+    to tell)."""
+    histories = ["A::B::C::D::E", "A::B::C::D::F", "A::B::F::X::Y", "E::Q::R::S::T"]
+    records = [make_record(index) | {"historyList": history} for index, history in enumerate(histories)]
+    beta, max_margin = 2.0, 1.5
+    sft_dir, output_dir, logged, rows = train_two_steps(tiny_model_dir, tokenizer, tmp_path, "napo", beta,
+                                                         learning_rate=0.5, records=records, napo_max_margin=max_margin)
+    config = json.loads((output_dir / "run_config.json").read_text())
+    assert (config["napo_neighbours"], config["napo_max_margin"], config["napo_margin_decay"]) == (1, 1.5, 0.9)
+    assert [row["history"] for row in rows] == [history.split("::") for history in histories]
+    shared = napo_shared_negatives([row["history"] for row in rows], [row["completion_ids"] for row in rows], 1)
+    assert shared.any(dim=-1).nonzero().tolist() == [[0, 1], [1, 0], [2, 1], [3, 0]]
+    lengths = torch.tensor([list(map(len, row["completion_ids"])) for row in rows], dtype=torch.float32)
+    reference = torch.tensor(scored(sft_dir, tiny_model_dir, rows))
+    policy = torch.tensor(scored(output_dir / "checkpoint-1", tiny_model_dir, rows))
+    first_scores, second_scores = reference[:, 1:] / lengths[:, 1:], policy[:, 1:] / lengths[:, 1:]
+    margins = napo_margins(first_scores, first_scores.mean(), max_margin)
+    pool = (shared | torch.eye(4, dtype=torch.bool).unsqueeze(-1)).flatten(1)  # [B, B k]
+    assert logged[0] == pytest.approx(torch.log1p((margins.flatten().exp() * pool).sum(dim=1)).mean().item(), abs=1e-4)
+    baseline = 0.9 * first_scores.mean() + 0.1 * second_scores.mean()
+    saved = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert saved["NegativeScoreBaseline"]["attributes"]["value"] == pytest.approx(baseline.item(), abs=1e-5)
+    # The titles' scores move between the steps, so either step's mean alone is another value.
+    assert abs(second_scores.mean() - first_scores.mean()).item() * 0.1 > 1e-4
+    inputs = (policy[:, 0], policy[:, 1:], reference[:, 0], reference[:, 1:])
+
+    def napo(pool: torch.Tensor, baseline: torch.Tensor, max_margin: float) -> float:
+        return preference_loss("napo", *inputs, beta=beta, shared_negatives=pool,
+                               negative_margins=napo_margins(second_scores, baseline, max_margin)).mean().item()
+
+    expected = napo(shared, baseline, max_margin)
+    assert logged[1] == pytest.approx(expected, abs=2e-4)
+    # Nothing shared, no margins, or a baseline one nat per token off each move the loss by more than 0.01.
+    for variant in (napo(torch.zeros_like(shared), baseline, max_margin), napo(shared, baseline, 0.0),
+                    napo(shared, baseline + 1, max_margin)):
+        assert abs(variant - expected) > 0.01
+
+
+def test_negative_score_baseline_by_hand_and_across_a_restart():
+    baseline = NegativeScoreBaseline(decay=0.5)
+    # Before any training batch, an evaluation batch is measured from its own mean, and nothing is kept.
+    assert baseline.baseline(torch.tensor([[1.0, 3.0]]), update=False).item() == 2.0 and baseline.value is None
+    assert baseline.baseline(torch.tensor([[-1.0, -3.0]]), update=True).item() == -2.0
+    assert baseline.baseline(torch.tensor([[-4.0], [-4.0]]), update=True).item() == -3.0  # 0.5 * -2 + 0.5 * -4
+    assert baseline.baseline(torch.tensor([[10.0]]), update=False).item() == -3.0
+    assert baseline.state() == {"args": {"decay": 0.5}, "attributes": {"value": -3.0}}
+    restarted = NegativeScoreBaseline(decay=0.5)
+    state = types.SimpleNamespace(global_step=3, stateful_callbacks={"NegativeScoreBaseline": baseline.state()})
+    restarted.on_train_begin(None, state, None)
+    assert restarted.baseline(torch.tensor([[-1.0]]), update=True).item() == -2.0  # 0.5 * -3 + 0.5 * -1
+    fresh = NegativeScoreBaseline(decay=0.5)
+    fresh.on_train_begin(None, types.SimpleNamespace(global_step=0, stateful_callbacks=state.stateful_callbacks), None)
+    assert fresh.value is None
+
+
+def test_napo_needs_the_histories_and_its_flags_only_napo(tiny_model_dir, small_data_dir, tmp_path, tokenizer):
+    common = dict(model_name=tiny_model_dir, train_file=f"{small_data_dir}/train.json", max_valid_samples=0,
+                  adapter=save_sft_adapter(tiny_model_dir, tmp_path / "sft"))
+    for flags, message in (({"napo_neighbours": 2}, re.escape("--napo_neighbours: for ['napo'] only, not sdpo")),
+                           ({"napo_max_margin": 0.0, "napo_margin_decay": 0.5},
+                            re.escape("--napo_max_margin, --napo_margin_decay: for ['napo'] only, not sdpo")),
+                           ({"loss_type": "napo", "napo_neighbours": -1}, "--napo_neighbours and --napo_max_margin"),
+                           ({"loss_type": "napo", "napo_margin_decay": 1.0}, r"--napo_margin_decay in \[0, 1\)")):
+        output_dir = tmp_path / "refused"
+        with pytest.raises(InputError, match=message):
+            softmax_dpo(**common, output_dir=str(output_dir), **flags)
+        assert not output_dir.exists()
+    rows = Dataset.from_list([preference_example(tokenizer, "a prompt", "yes", ["no"])])
+    args = MultiNegativeDPOConfig(**trainer_config(tmp_path / "out"), loss_type="napo", neg_num=1)
+    with pytest.raises(ValueError, match="napo compares the prompts' histories: the train dataset lacks the column"):
+        MultiNegativeDPOTrainer(model=lora_model(tiny_model_dir), args=args, train_dataset=rows,
+                                processing_class=tokenizer)
 
 
 def reference_free_hand_loss(loss_type: str, logps: list[float], lengths: list[int], beta: float,

@@ -14,7 +14,8 @@ and returns the per-prompt loss, shape [B]. They are written with logsigmoid and
 they stay finite for any margin in fp32 and bf16. A loss that needs no reference ignores the two
 reference arguments, and the trainer then skips the reference pass (LOSSES: needs_reference). Some read
 more: token counts (simpo_sdpo), or DynamicPO's mask of the negatives that count and a beta per negative
-(dynamic_negatives computes both; sdpo, dpo, dmpo and mppo take them).
+(dynamic_negatives computes both; sdpo, dpo, dmpo and mppo take them), or NAPO's pool of titles shared
+across the batch and a margin per title (napo_shared_negatives and napo_margins compute them).
 
 LOSSES is the one list of the losses: the flag's choices, its help and the trainer read it.
 """
@@ -190,6 +191,77 @@ def dynamic_negatives(chosen_logps, rejected_logps, beta: float, margin: float =
     return boundary, beta * (1 + torch.tanh(scale) / 2)
 
 
+def napo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, *, shared_negatives,
+              negative_margins) -> torch.Tensor:
+    """NAPO (Ding et al. 2025, "On Negative-aware Preference Optimization for Recommendation", arXiv 2508.09653)
+    as this project builds it: S-DPO over a pool that adds the rejected titles of similar prompts in the batch,
+    each rejected title with its own margin. Prompt i's pool P_i holds its own k rejected titles and prompt
+    l's title j wherever shared_negatives[i, l, j]; a shared title keeps the reward it got under its own
+    prompt, r_l(y_lj) = log pi(y_lj | x_l) - log pi_ref(y_lj | x_l), so sharing costs no forward pass, and
+    the gradient reaches prompt l's forward through it. With m_lj the margin of title j of prompt l,
+
+        L_i = -log sigmoid( -log sum_{(l, j) in P_i} exp( beta * (r_l(y_lj) - r_i(y_iw)) + m_lj ) )
+
+    With nothing shared and every margin 0 it is S-DPO, and with k = 1 then DPO. The paper takes its margins
+    from an auxiliary model's confidence in each negative; here they come from napo_margins.
+
+    shared_negatives: [B, B, k] bool (the diagonal is ignored: a prompt's own titles always count);
+    negative_margins: [B, k], the margin travelling with each rejected title.
+    """
+    batch, k = rejected_logps.shape
+    chosen = rewards(chosen_logps, ref_chosen_logps, beta)  # [B]
+    rejected = rewards(rejected_logps, ref_rejected_logps, beta) + negative_margins  # [B, k]
+    own = torch.eye(batch, dtype=torch.bool, device=rejected.device).unsqueeze(-1)  # [B, B, 1]
+    pool = (own | shared_negatives).reshape(batch, batch * k)  # [B, B k]: prompt i's row lists every title
+    pairs = rejected.reshape(1, batch * k) - chosen.unsqueeze(-1)  # [B, B k]
+    return -F.logsigmoid(-torch.logsumexp(pairs.masked_fill(~pool, float("-inf")), dim=-1))
+
+
+def napo_margins(rejected_scores: torch.Tensor, baseline: torch.Tensor | float, max_margin: float) -> torch.Tensor:
+    """[B, k] -> [B, k]: NAPO's margin per rejected title, larger the surer it is a negative,
+
+        m_j = max_margin * sigmoid(baseline - score_j),
+
+    where score_j is how much the policy likes title j (the trainer uses its mean token log-probability)
+    and the baseline a running average of those scores (the trainer's EMA over its batches). A title scored
+    well below the usual negative is a confident negative and gets nearly max_margin; one scored above
+    them may be a title the user would like (a false negative) and gets little, so the loss pushes it less.
+    The paper reads this confidence off an auxiliary model; the policy's own scores stand in for it."""
+    return max_margin * torch.sigmoid(baseline - rejected_scores.detach())
+
+
+def jaccard(first: frozenset, second: frozenset) -> float:
+    """|A & B| / |A | B|, 0 for two empty sets."""
+    union = len(first | second)
+    return len(first & second) / union if union else 0.0
+
+
+def napo_shared_negatives(histories: list[list[str]], completions: list[list[list[int]]], neighbours: int
+                          ) -> torch.Tensor:
+    """[B, B, k] bool: which rejected titles of the batch's other prompts join each prompt's pool (napo_loss).
+
+    Prompt i takes the rejected titles of its `neighbours` most similar prompts in the batch, similarity
+    being the Jaccard overlap of the two histories' titles (ties go to the earlier prompt), the paper's
+    user similarity on what every data set holds. A title is not shared to a prompt whose true title it is
+    (it would be pushed down as a negative of its own user) nor when that prompt's pool already holds it.
+
+    histories: each prompt's history titles; completions: each prompt's 1 + k completions as token ids,
+    the chosen one first (titles are compared by their tokens).
+    """
+    batch, k = len(completions), len(completions[0]) - 1
+    history_sets = [frozenset(history) for history in histories]
+    shared = torch.zeros(batch, batch, k, dtype=torch.bool)
+    for i in range(batch):
+        others = sorted((l for l in range(batch) if l != i), key=lambda l: -jaccard(history_sets[i], history_sets[l]))
+        pooled = {tuple(tokens) for tokens in completions[i]}  # its true title and its own rejected ones
+        for l in others[:neighbours]:
+            for j, tokens in enumerate(completions[l][1:]):
+                if tuple(tokens) not in pooled:
+                    pooled.add(tuple(tokens))
+                    shared[i, l, j] = True
+    return shared
+
+
 @dataclasses.dataclass(frozen=True)
 class Loss:
     """One entry of LOSSES: the pure function, the words --help gives it, and what it reads besides the
@@ -201,6 +273,8 @@ class Loss:
         rejected_lengths, target_margin).
     takes_dynamic_negatives: accepts DynamicPO's options, a mask of the negatives that count
         (negative_mask) and a beta per negative ([B, k] in place of one number).
+    shares_negatives: reads which of the batch's other rejected titles join each prompt's pool and a
+        margin per rejected title (shared_negatives, negative_margins; NAPO's).
     """
 
     function: Callable[..., torch.Tensor]
@@ -208,6 +282,7 @@ class Loss:
     needs_reference: bool = True
     reads_lengths: bool = False
     takes_dynamic_negatives: bool = False
+    shares_negatives: bool = False
 
 
 LOSSES = {
@@ -222,10 +297,14 @@ LOSSES = {
                        reads_lengths=True),
     "listwise": Loss(listwise_loss, "Plackett-Luce over the chosen title and the k rejected ones in the "
                                     "reference's order"),
+    "napo": Loss(napo_loss, "NAPO: S-DPO that also takes the rejected titles of the most similar prompts in the "
+                            "batch, with a margin per rejected title from a running average of their scores",
+                 shares_negatives=True),
 }
 LOSS_TYPES = tuple(LOSSES)
 LENGTH_READERS = tuple(name for name, loss in LOSSES.items() if loss.reads_lengths)
 DYNAMIC_NEGATIVE_TAKERS = tuple(name for name, loss in LOSSES.items() if loss.takes_dynamic_negatives)
+NEGATIVE_SHARERS = tuple(name for name, loss in LOSSES.items() if loss.shares_negatives)
 
 
 def loss_choices() -> str:
@@ -235,10 +314,11 @@ def loss_choices() -> str:
 
 def preference_loss(loss_type: str, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                     beta, *, chosen_lengths=None, rejected_lengths=None, target_margin: float = 0.0,
-                    negative_mask=None) -> torch.Tensor:
+                    negative_mask=None, shared_negatives=None, negative_margins=None) -> torch.Tensor:
     """The per-prompt loss [B] of `loss_type` (one of LOSS_TYPES), given what that loss reads (see Loss):
     chosen_lengths [B] and rejected_lengths [B, k] token counts; negative_mask [B, k] bool and beta as a
-    float or [B, k]. A value the loss would not read is refused rather than ignored."""
+    float or [B, k]; shared_negatives [B, B, k] bool and negative_margins [B, k]. A value the loss would
+    not read is refused rather than ignored."""
     if loss_type not in LOSSES:
         raise ValueError(f"unknown loss type {loss_type!r}; choose one of {LOSS_TYPES}")
     if rejected_logps.dim() != 2 or rejected_logps.shape != ref_rejected_logps.shape:
@@ -249,6 +329,18 @@ def preference_loss(loss_type: str, chosen_logps, rejected_logps, ref_chosen_log
     dynamic = negative_mask is not None or isinstance(beta, torch.Tensor)
     if dynamic and not loss.takes_dynamic_negatives:
         raise ValueError(f"{loss_type} takes no negative mask and no beta per negative")
+    sharing = shared_negatives is not None or negative_margins is not None
+    if sharing != loss.shares_negatives:
+        raise ValueError(f"{loss_type} reads shared_negatives and negative_margins" if loss.shares_negatives
+                         else f"{loss_type} shares no negatives and reads no margin per negative")
+    if sharing:
+        batch, k = rejected_logps.shape
+        if shared_negatives is None or negative_margins is None:
+            raise ValueError(f"{loss_type} reads both shared_negatives and negative_margins")
+        if shared_negatives.shape != (batch, batch, k) or negative_margins.shape != (batch, k):
+            raise ValueError(f"shared_negatives must be [B, B, k] = {[batch, batch, k]} and negative_margins "
+                             f"[B, k], got {list(shared_negatives.shape)} and {list(negative_margins.shape)}")
+        return loss.function(*arguments, shared_negatives=shared_negatives, negative_margins=negative_margins)
     if negative_mask is not None:
         if negative_mask.shape != rejected_logps.shape or not negative_mask.any(dim=-1).all():
             raise ValueError(f"negative_mask must be [B, k] like the rejected log-probs with a negative counted "

@@ -26,7 +26,7 @@ from trainer.errors import InputError
 from trainer.commands import OutputFlags, flag
 from trainer.flags import (CheckpointFlags, LoraFlags, ModelFlags, OptimizationFlags, PromptFlags, TrainingDataFlags,
                            check_adapter_folder)
-from trainer.losses import DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, loss_choices
+from trainer.losses import DYNAMIC_NEGATIVE_TAKERS, LENGTH_READERS, LOSS_TYPES, LOSSES, NEGATIVE_SHARERS, loss_choices
 from trainer.modeling import (base_model_fingerprint, check_attn_implementation,
                               is_adapter_folder, load_model_for_training, lora_config)
 from trainer.negatives import NEGATIVE_SAMPLING, rejected_titles, starting_model_answers, starting_model_scores
@@ -61,7 +61,8 @@ def preference_dataset(examples: list[tuple[int, Record]], seed: int, builder: P
         rejected = rejected_titles(record, index, negatives, neg_num, seed, builder.hints, popularity,
                                    scores[position] if scores is not None else None,
                                    own_answers[position] if own_answers is not None else None)
-        rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected))
+        rows.append(preference_example(tokenizer, builder.build(record, index), record.target, rejected,
+                                       record.history))
     return Dataset.from_list(rows)
 
 
@@ -122,6 +123,17 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
                f"true title than for one near the clearly wrong ones, computed in every step. For "
                f"{', '.join(DYNAMIC_NEGATIVE_TAKERS)}.")
     dynamic_beta_margin: float = flag(6.0, "The fixed margin in DynamicPO's per-negative beta (the authors' 6.0).")
+    napo_neighbours: int = flag(
+        1, f"NAPO: each prompt also takes the rejected titles of this many of the most similar prompts in its batch "
+           f"(history overlap), except its own true title and titles it already has; 0 shares none. For "
+           f"{', '.join(NEGATIVE_SHARERS)}.")
+    napo_max_margin: float = flag(
+        1.0, f"NAPO: the largest margin of a rejected title, max_margin * sigmoid(baseline - score), the score being "
+             f"the policy's mean token log-probability of the title; 0 turns the margins off. For "
+             f"{', '.join(NEGATIVE_SHARERS)}.")
+    napo_margin_decay: float = flag(
+        0.9, f"NAPO: decay of the baseline, a moving average over training batches of their rejected titles' mean "
+             f"score, in [0, 1). For {', '.join(NEGATIVE_SHARERS)}.")
     packed_forward: bool = flag(
         True, "Compute each prompt once for all its 1 + neg_num titles; False scores 1 + neg_num padded sequences "
               "per prompt (the plain way, slower).")
@@ -148,6 +160,14 @@ class PreferenceFlags(CheckpointFlags, OptimizationFlags, LoraFlags, ModelFlags,
         if (self.boundary_negatives or self.dynamic_beta) and self.loss_type not in DYNAMIC_NEGATIVE_TAKERS:
             raise InputError(f"--boundary_negatives and --dynamic_beta apply to {list(DYNAMIC_NEGATIVE_TAKERS)}, "
                              f"not {self.loss_type}")
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        changed = [f"--{name}" for name in ("napo_neighbours", "napo_max_margin", "napo_margin_decay")
+                   if getattr(self, name) != defaults[name]]
+        if changed and self.loss_type not in NEGATIVE_SHARERS:
+            raise InputError(f"{', '.join(changed)}: for {list(NEGATIVE_SHARERS)} only, not {self.loss_type}")
+        if self.napo_neighbours < 0 or self.napo_max_margin < 0 or not 0 <= self.napo_margin_decay < 1:
+            raise InputError(f"--napo_neighbours and --napo_max_margin must be at least 0 and --napo_margin_decay in "
+                             f"[0, 1), got {self.napo_neighbours}, {self.napo_max_margin} and {self.napo_margin_decay}")
         if self.negatives not in NEGATIVE_SAMPLING:
             raise InputError(f"--negatives: expected one of {list(NEGATIVE_SAMPLING)}, got {self.negatives!r}")
         if self.negatives == "hinted" and not self.hint_file:
@@ -222,6 +242,9 @@ def train_preference(flags: PreferenceFlags) -> None:
         boundary_negatives=flags.boundary_negatives,
         dynamic_beta=flags.dynamic_beta,
         dynamic_beta_margin=flags.dynamic_beta_margin,
+        napo_neighbours=flags.napo_neighbours,
+        napo_max_margin=flags.napo_max_margin,
+        napo_margin_decay=flags.napo_margin_decay,
         gradient_checkpointing=flags.gradient_checkpointing,
     )
     trainer = MultiNegativeDPOTrainer(

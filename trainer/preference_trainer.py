@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 import torch
 from accelerate.utils import tqdm
 from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from trainer.logprobs import (collate_packed, completion_logps, completion_token_counts, pack_example,
                               packed_completion_logps, pad_left)
-from trainer.losses import LOSS_TYPES, LOSSES, dynamic_negatives, preference_loss, rewards
+from trainer.losses import (LOSS_TYPES, LOSSES, dynamic_negatives, napo_margins, napo_shared_negatives,
+                            preference_loss, rewards)
+from trainer.prompts import HISTORY_COLUMN
 from trainer.training import SameOrderForAnyProcessCount, GuardedTraining
 
 # DPOTrainer's name for the frozen copy of the adapter a run starts from (saved in every checkpoint).
@@ -32,6 +36,8 @@ PREFERENCE_COLUMNS = ["prompt_ids", "completion_ids"]
 REFERENCE_COLUMN = "ref_logps"
 # Added to every dataset (under MultiNegativeDPOConfig.length_column_name): packed_length of each example.
 LENGTH_COLUMN = "packed_length"
+# The batch's key for NAPO's shared rejected titles.
+SHARED_NEGATIVES = "shared_negatives"
 # What every step logs, in the order _record_metrics stacks them.
 METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected")
@@ -68,6 +74,14 @@ class MultiNegativeDPOConfig(DPOConfig):
             chosen one; recomputed in every step from the policy's log-probs. For the losses that take it.
         dynamic_beta_margin (`float`, defaults to `6.0`):
             The fixed margin of DynamicPO's per-negative beta (6.0 in the authors' code).
+        napo_neighbours (`int`, defaults to `1`):
+            NAPO: each prompt also takes the rejected titles of this many of the most similar prompts in its
+            batch (trainer.losses.napo_shared_negatives); 0 shares none. For the losses that share negatives.
+        napo_max_margin (`float`, defaults to `1.0`):
+            NAPO: the largest margin of a rejected title (trainer.losses.napo_margins); 0 turns the margins off.
+        napo_margin_decay (`float`, defaults to `0.9`):
+            NAPO: the decay of the moving average of the rejected titles' scores the margins are measured from,
+            updated once per training batch and kept in checkpoints.
         packed_forward (`bool`, defaults to `True`):
             One sequence per prompt holding the prompt once and then every completion, each completion
             attending only to the prompt and itself. False scores 1 + k padded sequences per prompt
@@ -86,6 +100,9 @@ class MultiNegativeDPOConfig(DPOConfig):
     boundary_negatives: bool = field(default=False, metadata={"help": "Count only DynamicPO's boundary negatives."})
     dynamic_beta: bool = field(default=False, metadata={"help": "DynamicPO's beta per negative."})
     dynamic_beta_margin: float = field(default=6.0, metadata={"help": "The margin of DynamicPO's per-negative beta."})
+    napo_neighbours: int = field(default=1, metadata={"help": "NAPO: similar prompts whose rejected titles are shared."})
+    napo_max_margin: float = field(default=1.0, metadata={"help": "NAPO: the largest margin of a rejected title."})
+    napo_margin_decay: float = field(default=0.9, metadata={"help": "NAPO: decay of the scores' moving average."})
     packed_forward: bool = field(default=True, metadata={"help": "Compute each prompt once for its 1 + k completions."})
     train_sampling_strategy: str = field(
         default="group_by_length",
@@ -105,6 +122,13 @@ class MultiNegativeDPOConfig(DPOConfig):
             raise ValueError(f"{self.loss_type[0]} has no target margin; target_margin must be 0")
         if (self.boundary_negatives or self.dynamic_beta) and not LOSSES[self.loss_type[0]].takes_dynamic_negatives:
             raise ValueError(f"{self.loss_type[0]} takes neither boundary negatives nor a dynamic beta")
+        if self.napo_neighbours < 0 or self.napo_max_margin < 0 or not 0 <= self.napo_margin_decay < 1:
+            raise ValueError(f"napo_neighbours and napo_max_margin must be at least 0 and napo_margin_decay in [0, 1), "
+                             f"got {self.napo_neighbours}, {self.napo_max_margin} and {self.napo_margin_decay}")
+
+    @property
+    def shares_negatives(self) -> bool:
+        return LOSSES[self.loss_type[0]].shares_negatives
 
 
 @dataclass
@@ -113,16 +137,23 @@ class MultiNegativeCollator:
 
     Packed: one left-padded row per prompt holding the prompt and then all 1 + k completions
     (trainer.logprobs.collate_packed). Plain: one left-padded row per (prompt, completion),
-    example-major: row i * (1 + k) + j is example i's completion j (j = 0: chosen).
+    example-major: row i * (1 + k) + j is example i's completion j (j = 0: chosen). With
+    `napo_neighbours` set (NAPO), the batch also says which rejected titles each prompt shares
+    (SHARED_NEGATIVES, [B, B, k] bool, trainer.losses.napo_shared_negatives).
     """
 
     pad_token_id: int
     packed: bool = True
+    napo_neighbours: int | None = None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self._packed(examples) if self.packed else self._plain(examples)
         if REFERENCE_COLUMN in examples[0]:
             batch[REFERENCE_COLUMN] = torch.tensor([example[REFERENCE_COLUMN] for example in examples])
+        if self.napo_neighbours is not None:
+            batch[SHARED_NEGATIVES] = napo_shared_negatives([example[HISTORY_COLUMN] for example in examples],
+                                                            [example["completion_ids"] for example in examples],
+                                                            self.napo_neighbours)
         return batch
 
     def _packed(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -143,6 +174,34 @@ class MultiNegativeCollator:
         }
 
 
+class NegativeScoreBaseline(TrainerCallback, ExportableState):
+    """NAPO's baseline for the margins: the moving average, over training batches, of the mean score of their
+    rejected titles (`decay` weighs the past). Saved in every checkpoint, so a continued run goes on from it;
+    it lives on the batches' device, so reading it never waits for a GPU."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.value: torch.Tensor | None = None
+
+    def baseline(self, scores: torch.Tensor, update: bool) -> torch.Tensor:
+        """The baseline for a batch of rejected-title scores, after this batch when `update` (training); before
+        any training batch, the batch's own mean."""
+        mean = scores.detach().float().mean()  # in float32 whatever the policy's dtype, as it accumulates
+        if not update:
+            return mean if self.value is None else self.value.to(mean)
+        self.value = mean if self.value is None else self.decay * self.value.to(mean) + (1 - self.decay) * mean
+        return self.value
+
+    def state(self) -> dict:
+        value = None if self.value is None else self.value.item()
+        return {"args": {"decay": self.decay}, "attributes": {"value": value}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if state.global_step > 0 and saved and saved["attributes"]["value"] is not None:  # continuing
+            self.value = torch.tensor(saved["attributes"]["value"])
+
+
 class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOTrainer):
     """DPOTrainer over batches of one chosen and `args.neg_num` rejected completions per prompt."""
 
@@ -151,7 +210,12 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
         return self.args.loss_type[0]
 
     def __init__(self, model, args: MultiNegativeDPOConfig, processing_class, **kwargs):
-        kwargs.setdefault("data_collator", MultiNegativeCollator(processing_class.pad_token_id, args.packed_forward))
+        kwargs.setdefault("data_collator", MultiNegativeCollator(
+            processing_class.pad_token_id, args.packed_forward, args.napo_neighbours if args.shares_negatives else None))
+        # Before Trainer's __init__, which lists the callbacks whose state checkpoints keep.
+        self._score_baseline = NegativeScoreBaseline(args.napo_margin_decay) if args.shares_negatives else None
+        if self._score_baseline is not None:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self._score_baseline]
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
         # Each micro-batch's metric means stay on the device until the next log: reading them on the
         # host would wait for the GPU after every forward pass instead of once per logged step.
@@ -166,6 +230,9 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
         if counts != {1 + args.neg_num}:
             raise ValueError(f"every {dataset_name} example needs 1 + {args.neg_num} completions, "
                              f"found {sorted(counts)}")
+        if args.shares_negatives and HISTORY_COLUMN not in dataset.column_names:
+            raise ValueError(f"{args.loss_type[0]} compares the prompts' histories: the {dataset_name} dataset lacks "
+                             f"the column {HISTORY_COLUMN!r}")
         if args.length_column_name in dataset.column_names:
             return dataset
         columns = dataset.select_columns(PREFERENCE_COLUMNS)
@@ -173,7 +240,8 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = PREFERENCE_COLUMNS + [REFERENCE_COLUMN, self.args.length_column_name]
+            self._signature_columns = PREFERENCE_COLUMNS + [REFERENCE_COLUMN, HISTORY_COLUMN,
+                                                            self.args.length_column_name]
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """The dataset with a column of its examples' reference log-probs, computed once, in dataset order."""
@@ -222,8 +290,15 @@ class MultiNegativeDPOTrainer(GuardedTraining, SameOrderForAnyProcessCount, DPOT
         return inputs["completion_mask"].sum(dim=1).view(-1, width)
 
     def _loss_options(self, inputs, policy: torch.Tensor) -> dict:
-        """What the loss reads besides the log-probs: token counts and margin, or DynamicPO's options."""
+        """What the loss reads besides the log-probs: token counts and margin, DynamicPO's options, or NAPO's."""
         args = self.args
+        if args.shares_negatives:
+            lengths = self._completion_lengths(inputs).to(policy.dtype)
+            # A title's score: its mean token log-probability, so that long titles do not read as unlikely.
+            scores = policy[:, 1:].detach() / lengths[:, 1:]
+            baseline = self._score_baseline.baseline(scores, update=self.model.training)
+            return {"shared_negatives": inputs[SHARED_NEGATIVES],
+                    "negative_margins": napo_margins(scores, baseline, args.napo_max_margin)}
         if LOSSES[args.loss_type[0]].reads_lengths:
             lengths = self._completion_lengths(inputs).to(policy.dtype)
             return {"chosen_lengths": lengths[:, 0], "rejected_lengths": lengths[:, 1:],

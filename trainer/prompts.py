@@ -7,6 +7,7 @@ trained on exactly the token boundary it sees when it generates after the prompt
 """
 
 import random
+from collections.abc import Sequence
 
 from trainer.data import Record, TITLE_SEPARATOR
 from trainer.errors import InputError
@@ -157,9 +158,18 @@ def supervised_example(tokenizer, prompt: str, title: str) -> dict[str, list[int
     return {"input_ids": prompt_ids + answer_ids, "labels": [-100] * len(prompt_ids) + answer_ids}
 
 
-def preference_example(tokenizer, prompt: str, chosen: str, rejected: list[str]) -> dict:
-    """prompt_ids, and completion_ids: the chosen answer first, then each rejected answer."""
-    return {
+# A preference example's column of its history titles.
+HISTORY_COLUMN = "history"
+
+
+def preference_example(tokenizer, prompt: str, chosen: str, rejected: list[str],
+                       history: Sequence[str] | None = None) -> dict:
+    """prompt_ids, and completion_ids: the chosen answer first, then each rejected answer; with `history`,
+    the history's titles too (NAPO compares users by them)."""
+    example = {
         "prompt_ids": encode_prompt(tokenizer, prompt),
         "completion_ids": [encode_answer(tokenizer, title) for title in [chosen, *rejected]],
     }
+    if history is not None:
+        example[HISTORY_COLUMN] = list(history)
+    return example

@@ -1,4 +1,4 @@
-"""The table of scripts/studies/loss_comparison.sh (docs/losses.md): for each hint setting, every loss variant's
+"""The table of scripts/studies/loss_comparison.sh (docs/losses.md holds its figures): for each hint setting, every loss variant's
 validation figures averaged over its preference seeds (each seed's HR@1 too), and its paired difference from
 S-DPO on the same prompts, pooled over seeds: each prompt counts each arm's mean over its seeds, and the 95%
 bootstrap interval resamples prompts (trainer.metrics.paired_bootstrap_interval).

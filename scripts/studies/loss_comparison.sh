@@ -3,9 +3,13 @@
 # loss variant from that same adapter at the same budget (the profile's PREF_ settings: prompts, epochs,
 # k, beta, learning rate), once per preference seed; every adapter, and the SFT one, evaluated on the same
 # seeded validation prompts with candidate scoring. Validation only: nothing here reads a test file. The
-# two hint settings run side by side, one thread each.
+# two hint settings run side by side, one thread each, logging to OUT/lane-hints<setting>-seeds-<seeds>.log.
 #   bash scripts/studies/loss_comparison.sh
 #   python scripts/studies/loss_comparison.py --output_dir output/loss-comparison --train_file data/lastfm/train.json
+# Runs already finished are kept, so the study can be spread over sessions, and one hint setting can use
+# two cores as two calls with other SEEDS once its SFT adapter is evaluated (both would train it otherwise):
+#   HINT_SETTINGS=False SEEDS=42 bash scripts/studies/loss_comparison.sh   # then, beside it:
+#   HINT_SETTINGS=False SEEDS=7 bash scripts/studies/loss_comparison.sh
 #
 #   OUT            where every run goes: OUT/hints<True|False>/<sft|variant-s<seed>>/eval/ (output/loss-comparison)
 #   VARIANTS       loss variants: a name of trainer/losses.py's LOSSES, or NAME+dynamic for DynamicPO's boundary
@@ -63,7 +67,7 @@ lane() {
 mkdir -p "$OUT"
 lanes=()
 for hints in $HINT_SETTINGS; do
-    lane "$hints" > "$OUT/lane-hints$hints.log" 2>&1 &
+    lane "$hints" > "$OUT/lane-hints$hints-seeds-${SEEDS// /-}.log" 2>&1 &
     lanes+=($!)
 done
 for lane_pid in "${lanes[@]}"; do
