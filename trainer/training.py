@@ -360,6 +360,10 @@ def finish_training_stage(trainer, output_dir: str, results: dict, save_adapter)
     save_adapter()
     if not trainer.is_world_process_zero():
         return
+    # Trainer records its stateful callbacks' states only in checkpoints; the final state gets them too.
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ExportableState):
+            trainer.state.stateful_callbacks[type(callback).__name__] = callback.state()
     trainer.save_state()
     follow_umask(output_dir)
     write_json_atomically(results, os.path.join(output_dir, TRAIN_RESULTS_FILE))
