@@ -676,10 +676,10 @@ def train_two_steps(tiny_model_dir, tokenizer, tmp_path, loss_type: str, beta: f
     lora_model(tiny_model_dir).save_pretrained(sft_dir)
     train_file = write_records(tmp_path / "train.json", records or [make_record(index) for index in range(4)])
     output_dir = tmp_path / loss_type
-    softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, max_valid_samples=0,
-                output_dir=str(output_dir), loss_type=loss_type, neg_num=3, beta=beta, batch_size=4,
-                gradient_accumulation_steps=1, max_steps=2, save_steps=1, logging_steps=1, learning_rate=learning_rate,
-                warmup_ratio=0.0, lr_scheduler_type="constant", seed=5, **flags)
+    softmax_dpo(model_name=tiny_model_dir, adapter=str(sft_dir), train_file=train_file, output_dir=str(output_dir),
+                loss_type=loss_type, neg_num=3, beta=beta, batch_size=4, gradient_accumulation_steps=1, max_steps=2,
+                save_steps=1, logging_steps=1, learning_rate=learning_rate, warmup_ratio=0.0,
+                lr_scheduler_type="constant", seed=5, **{"max_valid_samples": 0} | flags)
     logged = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
               if "loss" in entry]
     rows = preference_dataset(sample_records(train_file, None, 5, 3), 5, PromptBuilder("music", tokenizer, 512, seed=5),
@@ -757,10 +757,14 @@ def test_napo_through_the_stage(tiny_model_dir, tokenizer, tmp_path):
     histories = ["A::B::C::D::E", "A::B::C::D::F", "A::B::F::X::Y", "E::Q::R::S::T"]
     records = [make_record(index) | {"historyList": history} for index, history in enumerate(histories)]
     beta, max_margin = 2.0, 1.5
+    # Validated on 2 other prompts after training: validation reads the baseline but must not move it.
+    valid_file = write_records(tmp_path / "valid.json", [make_record(index) for index in range(4, 6)])
     sft_dir, output_dir, logged, rows = train_two_steps(tiny_model_dir, tokenizer, tmp_path, "napo", beta,
-                                                         learning_rate=0.5, records=records, napo_max_margin=max_margin)
+                                                         learning_rate=0.5, records=records, napo_max_margin=max_margin,
+                                                         valid_file=valid_file, max_valid_samples=None)
     config = json.loads((output_dir / "run_config.json").read_text())
     assert (config["napo_neighbours"], config["napo_max_margin"], config["napo_margin_decay"]) == (1, 1.5, 0.9)
+    assert json.loads((output_dir / "train_results.json").read_text())["valid_examples"] == 2
     assert [row["history"] for row in rows] == [history.split("::") for history in histories]
     shared = napo_shared_negatives([row["history"] for row in rows], [row["completion_ids"] for row in rows], 1)
     assert shared.any(dim=-1).nonzero().tolist() == [[0, 1], [1, 0], [2, 1], [3, 0]]
@@ -792,18 +796,18 @@ def test_napo_through_the_stage(tiny_model_dir, tokenizer, tmp_path):
 
 
 def test_negative_score_baseline_by_hand_and_across_a_restart():
-    baseline = NegativeScoreBaseline(decay=0.5)
+    baseline = NegativeScoreBaseline(decay=0.25)
     # Before any training batch, an evaluation batch is measured from its own mean, and nothing is kept.
     assert baseline.baseline(torch.tensor([[1.0, 3.0]]), update=False).item() == 2.0 and baseline.value is None
     assert baseline.baseline(torch.tensor([[-1.0, -3.0]]), update=True).item() == -2.0
-    assert baseline.baseline(torch.tensor([[-4.0], [-4.0]]), update=True).item() == -3.0  # 0.5 * -2 + 0.5 * -4
-    assert baseline.baseline(torch.tensor([[10.0]]), update=False).item() == -3.0
-    assert baseline.state() == {"args": {"decay": 0.5}, "attributes": {"value": -3.0}}
-    restarted = NegativeScoreBaseline(decay=0.5)
+    assert baseline.baseline(torch.tensor([[-4.0], [-4.0]]), update=True).item() == -3.5  # 0.25 * -2 + 0.75 * -4
+    assert baseline.baseline(torch.tensor([[10.0]]), update=False).item() == -3.5
+    assert baseline.state() == {"args": {"decay": 0.25}, "attributes": {"value": -3.5}}
+    restarted = NegativeScoreBaseline(decay=0.25)
     state = types.SimpleNamespace(global_step=3, stateful_callbacks={"NegativeScoreBaseline": baseline.state()})
     restarted.on_train_begin(None, state, None)
-    assert restarted.baseline(torch.tensor([[-1.0]]), update=True).item() == -2.0  # 0.5 * -3 + 0.5 * -1
-    fresh = NegativeScoreBaseline(decay=0.5)
+    assert restarted.baseline(torch.tensor([[-1.0]]), update=True).item() == -1.625  # 0.25 * -3.5 + 0.75 * -1
+    fresh = NegativeScoreBaseline(decay=0.25)
     fresh.on_train_begin(None, types.SimpleNamespace(global_step=0, stateful_callbacks=state.stateful_callbacks), None)
     assert fresh.value is None
 

@@ -1,6 +1,7 @@
 """What every training stage shares (trainer/training.py): the time budget and the data loader workers."""
 
 import json
+import types
 
 import pytest
 import torch
@@ -8,7 +9,10 @@ from safetensors.torch import load_file
 
 from sft import sft
 from softmax_dpo import softmax_dpo
-from trainer.training import dataloader_workers
+from transformers import TrainerState
+
+from trainer.preference_trainer import NegativeScoreBaseline
+from trainer.training import LearningCurveCallback, dataloader_workers, finish_training_stage
 
 STAGES = {"sft": sft, "softmax_dpo": softmax_dpo}
 
@@ -67,3 +71,19 @@ def test_automatic_workers_only_where_a_gpu_computes(monkeypatch):
     assert dataloader_workers(-1) == 0 and dataloader_workers(3) == 3
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert dataloader_workers(-1) == 2 and dataloader_workers(0) == 0
+
+
+def test_the_final_state_records_the_callbacks_last_states(tmp_path):
+    """Trainer writes its stateful callbacks' states into trainer_state.json only when it saves a checkpoint; a
+    run whose last step is not one would otherwise end with the states from when the trainer was built."""
+    baseline, curve = NegativeScoreBaseline(decay=0.9), LearningCurveCallback()
+    state = TrainerState(stateful_callbacks=[baseline, curve])  # taken now: no baseline yet
+    baseline.baseline(torch.tensor([[-2.0, -4.0]]), update=True)
+    curve.seconds_before = 12.5
+    trainer = types.SimpleNamespace(state=state, callback_handler=types.SimpleNamespace(callbacks=[baseline, curve]),
+                                    is_world_process_zero=lambda: True,
+                                    save_state=lambda: state.save_to_json(str(tmp_path / "trainer_state.json")))
+    finish_training_stage(trainer, str(tmp_path), {"train_loss": 1.0}, save_adapter=lambda: None)
+    saved = json.loads((tmp_path / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert saved["NegativeScoreBaseline"]["attributes"]["value"] == -3.0
+    assert saved["LearningCurveCallback"]["attributes"]["seconds_before"] >= 12.5
