@@ -4,6 +4,7 @@ import collections
 import importlib.util
 import json
 import os
+import shutil
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -261,13 +262,31 @@ def test_loss_comparison_pools_each_arms_seeds_per_prompt(tmp_path):
                         "listwise-s42": [True, True, True, False], "listwise-s7": [True, True, False, False]}.items():
         write_stage(setting, stage, hits, trained=True, ranks=[1 if hit else 3 for hit in hits])
     study.tables(output_dir=str(tmp_path))
-    rows = json.loads((tmp_path / "comparison.json").read_text())["hintsTrue"]
-    assert list(rows) == ["sft", "sdpo", "listwise"]
+    # A run not evaluated yet (its evaluation folder but no metrics) is left out and named.
+    (setting / "dpo-s42" / "eval").mkdir(parents=True)
+    study.tables(output_dir=str(tmp_path))
+    report = json.loads((tmp_path / "comparison.json").read_text())["hintsTrue"]
+    rows = report["variants"]
+    assert list(rows) == ["sft", "sdpo", "listwise"] and report["unfinished"] == ["dpo-s42"]
+    assert "Not evaluated yet, left out: dpo-s42." in (tmp_path / "comparison.md").read_text()
     assert rows["listwise"]["seeds"] == {"7": 0.5, "42": 0.75} and rows["listwise"]["hit_ratio_at_1"] == 0.625
     difference, (low, high) = rows["listwise"]["HR@1 - sdpo"]
     assert difference == 0.25 and low <= 0.25 <= high
     assert rows["sdpo"]["HR@1 - sdpo"] == [0.0, [0.0, 0.0]]
     assert "| listwise | 7: 0.500, 42: 0.750 | 0.625 |" in (tmp_path / "comparison.md").read_text()
+    # A variant run with one seed so far meets S-DPO's run of that seed alone: napo-s42 hits (1, 1, 0, 0) against
+    # sdpo-s42's (1, 0, 0, 0), +0.25, where S-DPO pooled over both seeds would give +0.125. One with a seed
+    # S-DPO lacks has nothing to pair with.
+    write_stage(setting, "napo-s42", [True, True, False, False], trained=True, ranks=[1, 1, 3, 3])
+    write_stage(setting, "dpo-s99", [True] * 4, trained=True, ranks=[1] * 4)
+    study.tables(output_dir=str(tmp_path))
+    rows = json.loads((tmp_path / "comparison.json").read_text())["hintsTrue"]["variants"]
+    assert rows["napo"]["HR@1 - sdpo"][0] == 0.25 and rows["dpo"]["HR@1 - sdpo"] is None
+    assert "| - (no seed in common) |" in (tmp_path / "comparison.md").read_text()
+    # SFT, one adapter, against every S-DPO seed: (1, 0, 0, 0) - (1, 0.5, 0, 0).
+    assert rows["sft"]["HR@1 - sdpo"][0] == -0.125
+    for stage in ("napo-s42", "dpo-s99"):
+        shutil.rmtree(setting / stage)
     # Seeds evaluated on other prompts than S-DPO's cannot be paired.
     write_stage(setting, "dmpo-s42", [True] * 3, trained=True, ranks=[1, 1, 1])
     with pytest.raises(InputError, match="other prompts"):

@@ -1,7 +1,8 @@
 """The table of scripts/studies/loss_comparison.sh (docs/losses.md holds its figures): for each hint setting, every loss variant's
 validation figures averaged over its preference seeds (each seed's HR@1 too), and its paired difference from
-S-DPO on the same prompts, pooled over seeds: each prompt counts each arm's mean over its seeds, and the 95%
-bootstrap interval resamples prompts (trainer.metrics.paired_bootstrap_interval).
+S-DPO on the same prompts and seeds, pooled over seeds: each prompt counts each arm's mean over the seeds both
+arms have (the SFT adapter against all of S-DPO's), and the 95% bootstrap interval resamples prompts
+(trainer.metrics.paired_bootstrap_interval).
 
     python scripts/studies/loss_comparison.py --output_dir output/loss-comparison --train_file data/lastfm/train.json
 """
@@ -15,7 +16,8 @@ from trainer.collaborative import statistics_of
 from trainer.errors import InputError
 from trainer.metrics import paired_bootstrap_interval
 from trainer.outputs import write_text_atomically
-from trainer.results import read_predictions, stage_summary
+from trainer.evaluation import METRICS_FILE
+from trainer.results import EVAL_FOLDER, read_predictions, stage_summary
 
 HINT_FOLDER = re.compile(r"hints(?P<hints>True|False)")
 RUN_NAME = re.compile(r"(?P<variant>[a-z_]+(\+dynamic)?)-s(?P<seed>\d+)")
@@ -29,14 +31,19 @@ COLUMNS = (("HR@1", "hit_ratio_at_1", 3), ("ranked HR@1", "ranking_hit_ratio_at_
            ("popularity rank", "answer_popularity_rank", 2))
 
 
-def seed_runs(run_dir: str) -> dict[str, dict[int, str]]:
-    """{variant: {seed: run folder name}} of one hint setting's folder, seeds in increasing order."""
-    runs = {}
+def seed_runs(run_dir: str) -> tuple[dict[str, dict[int, str]], list[str]]:
+    """{variant: {seed: run folder name}} of one hint setting's evaluated runs, seeds in increasing order, and
+    the names of the runs not evaluated yet (the study may still be running them)."""
+    runs, unfinished = {}, []
     for name in sorted(os.listdir(run_dir)):
         match = RUN_NAME.fullmatch(name)
-        if match and os.path.isdir(os.path.join(run_dir, name, "eval")):
+        if not match:
+            continue
+        if os.path.isfile(os.path.join(run_dir, name, EVAL_FOLDER, METRICS_FILE)):
             runs.setdefault(match["variant"], {})[int(match["seed"])] = name
-    return {variant: dict(sorted(seeds.items())) for variant, seeds in runs.items()}
+        else:
+            unfinished.append(name)
+    return {variant: dict(sorted(seeds.items())) for variant, seeds in runs.items()}, unfinished
 
 
 def pooled(run_dir: str, stages: list[str], measure) -> tuple[list[int], list[float]]:
@@ -54,8 +61,17 @@ def cell(value, decimals: int) -> str:
     return "-" if value is None else f"{value:.{decimals}f}"
 
 
+def difference_cell(difference) -> str:
+    """(difference, (low, high)) as the table shows it; None where the arms share no seed."""
+    if difference is None:
+        return "- (no seed in common)"
+    value, (low, high) = difference
+    return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def tables(output_dir: str = "output/loss-comparison", train_file: str | None = None, bootstrap_seed: int = 0) -> None:
-    """Print and write OUTPUT_DIR/comparison.md and comparison.json.
+    """Print and write OUTPUT_DIR/comparison.md and comparison.json (per hint setting, each variant's row and the
+    runs left out as not evaluated yet).
 
     Args:
         output_dir: The study's folder (loss_comparison.sh's OUT).
@@ -70,7 +86,7 @@ def tables(output_dir: str = "output/loss-comparison", train_file: str | None = 
         raise InputError(f"{output_dir}: no hintsTrue or hintsFalse folder; has loss_comparison.sh run?")
     for setting in settings:
         run_dir = os.path.join(output_dir, setting)
-        runs = seed_runs(run_dir)
+        runs, unfinished = seed_runs(run_dir)
         if COMPARED_WITH not in runs:
             raise InputError(f"{run_dir}: no {COMPARED_WITH}-s<seed> run to compare the others with")
         # The starting adapter, the loss compared with, then the others by name.
@@ -83,25 +99,34 @@ def tables(output_dir: str = "output/loss-comparison", train_file: str | None = 
                         for _, key, _ in COLUMNS}
             rows[variant] = {"seeds": {str(seed): summary["hit_ratio_at_1"] for seed, summary in zip(seeds, summaries)},
                              "evaluated_prompts": summaries[0]["evaluated_prompts"]} | averages
+            # Paired by seed as well as by prompt: against S-DPO's runs of the seeds this variant has (all of
+            # them for the SFT adapter), so that a study still running compares like with like.
+            baseline_seeds = runs[COMPARED_WITH]
+            compared = [stage for seed, stage in baseline_seeds.items() if seed in seeds or variant == SFT_STAGE]
+            mine_stages = [stage for seed, stage in seeds.items() if seed in baseline_seeds or variant == SFT_STAGE]
             for name, measure in MEASURES.items():
-                _, mine = pooled(run_dir, list(seeds.values()), measure)
-                indices, theirs = pooled(run_dir, list(runs[COMPARED_WITH].values()), measure)
+                if not compared:
+                    rows[variant][f"{name} - {COMPARED_WITH}"] = None
+                    continue
+                _, mine = pooled(run_dir, mine_stages, measure)
+                indices, theirs = pooled(run_dir, compared, measure)
                 if len(mine) != len(theirs):
                     raise InputError(f"{run_dir}: {variant} and {COMPARED_WITH} were evaluated on other prompts")
                 rows[variant][f"{name} - {COMPARED_WITH}"] = (
                     (sum(mine) - sum(theirs)) / len(mine), paired_bootstrap_interval(mine, theirs, bootstrap_seed))
-        report[setting] = rows
+        report[setting] = {"variants": rows, "unfinished": unfinished}
         lines += [f"## {setting.replace('hints', 'hints ')}", "",
                   "| variant | seeds (HR@1 each) | " + " | ".join(column for column, _, _ in COLUMNS)
-                  + f" | HR@1 - {COMPARED_WITH} [95% CI] | ranked HR@1 - {COMPARED_WITH} [95% CI] |",
+                  + f" | HR@1 - {COMPARED_WITH}, same seeds [95% CI] | ranked HR@1 - {COMPARED_WITH}, same seeds [95% CI] |",
                   "|---" * (len(COLUMNS) + 4) + "|"]
         for variant, row in rows.items():
             seeds = ", ".join(f"{seed}: {value:.3f}" for seed, value in row["seeds"].items()) if variant != SFT_STAGE \
                 else "(the starting adapter)"
-            differences = [f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]"
-                           for difference, (low, high) in (row[f"{name} - {COMPARED_WITH}"] for name in MEASURES)]
+            differences = [difference_cell(row[f"{name} - {COMPARED_WITH}"]) for name in MEASURES]
             lines.append(f"| {variant} | {seeds} | " + " | ".join(cell(row[key], decimals) for _, key, decimals in COLUMNS)
                          + " | " + " | ".join(differences) + " |")
+        if unfinished:
+            lines += ["", f"Not evaluated yet, left out: {', '.join(unfinished)}."]
         lines.append("")
     text = "\n".join(lines)
     write_text_atomically(text, os.path.join(output_dir, "comparison.md"))
