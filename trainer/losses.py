@@ -252,13 +252,14 @@ def napo_shared_negatives(histories: list[list[str]], completions: list[list[lis
     history_sets = [frozenset(history) for history in histories]
     shared = torch.zeros(batch, batch, k, dtype=torch.bool)
     for i in range(batch):
-        others = sorted((l for l in range(batch) if l != i), key=lambda l: -jaccard(history_sets[i], history_sets[l]))
+        others = sorted((other for other in range(batch) if other != i),
+                        key=lambda other: -jaccard(history_sets[i], history_sets[other]))
         pooled = {tuple(tokens) for tokens in completions[i]}  # its true title and its own rejected ones
-        for l in others[:neighbours]:
-            for j, tokens in enumerate(completions[l][1:]):
+        for other in others[:neighbours]:
+            for j, tokens in enumerate(completions[other][1:]):
                 if tuple(tokens) not in pooled:
                     pooled.add(tuple(tokens))
-                    shared[i, l, j] = True
+                    shared[i, other, j] = True
     return shared
 
 
