@@ -274,6 +274,10 @@ def test_loss_comparison_pools_each_arms_seeds_per_prompt(tmp_path):
     assert difference == 0.25 and low <= 0.25 <= high
     assert rows["sdpo"]["HR@1 - sdpo"] == [0.0, [0.0, 0.0]]
     assert "| listwise | 7: 0.500, 42: 0.750 | 0.625 |" in (tmp_path / "comparison.md").read_text()
+    # Each shared seed's difference: 0.5 - 0.5 with seed 7, 0.75 - 0.25 with seed 42; SFT against each seed.
+    assert rows["listwise"]["HR@1 - sdpo by seed"] == {"7": 0.0, "42": 0.5}
+    assert rows["sft"]["HR@1 - sdpo by seed"] == {"7": -0.25, "42": 0.0}
+    assert "| 7: +0.000, 42: +0.500 | +0.250 [" in (tmp_path / "comparison.md").read_text()
     # A variant run with one seed so far meets S-DPO's run of that seed alone: napo-s42 hits (1, 1, 0, 0) against
     # sdpo-s42's (1, 0, 0, 0), +0.25, where S-DPO pooled over both seeds would give +0.125. One with a seed
     # S-DPO lacks has nothing to pair with.
@@ -282,7 +286,8 @@ def test_loss_comparison_pools_each_arms_seeds_per_prompt(tmp_path):
     study.tables(output_dir=str(tmp_path))
     rows = json.loads((tmp_path / "comparison.json").read_text())["hintsTrue"]["variants"]
     assert rows["napo"]["HR@1 - sdpo"][0] == 0.25 and rows["dpo"]["HR@1 - sdpo"] is None
-    assert "| - (no seed in common) |" in (tmp_path / "comparison.md").read_text()
+    assert rows["napo"]["HR@1 - sdpo by seed"] == {"42": 0.25} and rows["dpo"]["HR@1 - sdpo by seed"] == {}
+    assert "| - | - (no seed in common) |" in (tmp_path / "comparison.md").read_text()
     # SFT, one adapter, against every S-DPO seed: (1, 0, 0, 0) - (1, 0.5, 0, 0).
     assert rows["sft"]["HR@1 - sdpo"][0] == -0.125
     for stage in ("napo-s42", "dpo-s99"):

@@ -1,8 +1,8 @@
 """The table of scripts/studies/loss_comparison.sh (docs/losses.md holds its figures): for each hint setting, every loss variant's
-validation figures averaged over its preference seeds (each seed's HR@1 too), and its paired difference from
-S-DPO on the same prompts and seeds, pooled over seeds: each prompt counts each arm's mean over the seeds both
-arms have (the SFT adapter against all of S-DPO's), and the 95% bootstrap interval resamples prompts
-(trainer.metrics.paired_bootstrap_interval).
+validation figures averaged over its preference seeds (each seed's HR@1 too), each shared seed's HR@1 difference
+from S-DPO, and the difference from S-DPO on the same prompts pooled over seeds: each prompt counts each arm's
+mean over the seeds both arms have (the SFT adapter against all of S-DPO's), and the 95% bootstrap interval
+resamples prompts (trainer.metrics.paired_bootstrap_interval).
 
     python scripts/studies/loss_comparison.py --output_dir output/loss-comparison --train_file data/lastfm/train.json
 """
@@ -91,6 +91,8 @@ def tables(output_dir: str = "output/loss-comparison", train_file: str | None = 
             raise InputError(f"{run_dir}: no {COMPARED_WITH}-s<seed> run to compare the others with")
         # The starting adapter, the loss compared with, then the others by name.
         arms = {SFT_STAGE: {None: SFT_STAGE}, COMPARED_WITH: runs[COMPARED_WITH]} | runs
+        baseline_hits = {seed: stage_summary(run_dir, stage)["hit_ratio_at_1"]
+                         for seed, stage in runs[COMPARED_WITH].items()}
         rows = {}
         for variant, seeds in arms.items():
             summaries = [stage_summary(run_dir, stage, statistics) for stage in seeds.values()]
@@ -104,6 +106,11 @@ def tables(output_dir: str = "output/loss-comparison", train_file: str | None = 
             baseline_seeds = runs[COMPARED_WITH]
             compared = [stage for seed, stage in baseline_seeds.items() if seed in seeds or variant == SFT_STAGE]
             mine_stages = [stage for seed, stage in seeds.items() if seed in baseline_seeds or variant == SFT_STAGE]
+            # Each shared seed's HR@1 difference, so a lead held on every seed reads apart from one seed's luck.
+            hits = {seed: summary["hit_ratio_at_1"] for seed, summary in zip(seeds, summaries)}
+            rows[variant][f"HR@1 - {COMPARED_WITH} by seed"] = {
+                str(seed): (hits[None] if variant == SFT_STAGE else hits[seed]) - baseline_hits[seed]
+                for seed in baseline_seeds if seed in seeds or variant == SFT_STAGE}
             for name, measure in MEASURES.items():
                 if not compared:
                     rows[variant][f"{name} - {COMPARED_WITH}"] = None
@@ -117,12 +124,14 @@ def tables(output_dir: str = "output/loss-comparison", train_file: str | None = 
         report[setting] = {"variants": rows, "unfinished": unfinished}
         lines += [f"## {setting.replace('hints', 'hints ')}", "",
                   "| variant | seeds (HR@1 each) | " + " | ".join(column for column, _, _ in COLUMNS)
-                  + f" | HR@1 - {COMPARED_WITH}, same seeds [95% CI] | ranked HR@1 - {COMPARED_WITH}, same seeds [95% CI] |",
-                  "|---" * (len(COLUMNS) + 4) + "|"]
+                  + f" | HR@1 - {COMPARED_WITH} by seed | HR@1 - {COMPARED_WITH}, same seeds [95% CI]"
+                  + f" | ranked HR@1 - {COMPARED_WITH}, same seeds [95% CI] |",
+                  "|---" * (len(COLUMNS) + 5) + "|"]
         for variant, row in rows.items():
             seeds = ", ".join(f"{seed}: {value:.3f}" for seed, value in row["seeds"].items()) if variant != SFT_STAGE \
                 else "(the starting adapter)"
-            differences = [difference_cell(row[f"{name} - {COMPARED_WITH}"]) for name in MEASURES]
+            by_seed = ", ".join(f"{seed}: {value:+.3f}" for seed, value in row[f"HR@1 - {COMPARED_WITH} by seed"].items())
+            differences = [by_seed or "-"] + [difference_cell(row[f"{name} - {COMPARED_WITH}"]) for name in MEASURES]
             lines.append(f"| {variant} | {seeds} | " + " | ".join(cell(row[key], decimals) for _, key, decimals in COLUMNS)
                          + " | " + " | ".join(differences) + " |")
         if unfinished:
