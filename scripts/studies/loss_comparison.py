@@ -104,13 +104,13 @@ def tables(output_dir: str = "output/loss-comparison", train_file: str | None = 
             # Paired by seed as well as by prompt: against S-DPO's runs of the seeds this variant has (all of
             # them for the SFT adapter), so that a study still running compares like with like.
             baseline_seeds = runs[COMPARED_WITH]
-            compared = [stage for seed, stage in baseline_seeds.items() if seed in seeds or variant == SFT_STAGE]
-            mine_stages = [stage for seed, stage in seeds.items() if seed in baseline_seeds or variant == SFT_STAGE]
+            shared = [seed for seed in baseline_seeds if seed in seeds or variant == SFT_STAGE]
+            compared = [baseline_seeds[seed] for seed in shared]
+            mine_stages = list(seeds.values()) if variant == SFT_STAGE else [seeds[seed] for seed in shared]
             # Each shared seed's HR@1 difference, so a lead held on every seed reads apart from one seed's luck.
             hits = {seed: summary["hit_ratio_at_1"] for seed, summary in zip(seeds, summaries)}
             rows[variant][f"HR@1 - {COMPARED_WITH} by seed"] = {
-                str(seed): (hits[None] if variant == SFT_STAGE else hits[seed]) - baseline_hits[seed]
-                for seed in baseline_seeds if seed in seeds or variant == SFT_STAGE}
+                str(seed): hits[None if variant == SFT_STAGE else seed] - baseline_hits[seed] for seed in shared}
             for name, measure in MEASURES.items():
                 if not compared:
                     rows[variant][f"{name} - {COMPARED_WITH}"] = None
